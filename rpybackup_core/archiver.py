@@ -1,0 +1,396 @@
+"""The backup side: walk sources, chunk and seal new data, upload what the server lacks, commit.
+
+A run is one upload session. Chunks are batched: the server is asked which ids of a batch it
+lacks, only those are sealed and sent (pipelined), and each id is asked about at most once per
+run. Files the files cache knows as unchanged are not read; their chunk ids are confirmed with
+the server in one batch per directory and the file is read only if something is missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chunker import Chunker
+from .crypto import MasterKey, Sealer
+from .errors import BackupIncomplete, UsageError
+from .files_cache import FilesCache
+from .progress import Progress, ProgressCallback, ignore_progress
+from .remote import RemoteRepository
+from .tree import DIR, FILE, SYMLINK, Node, encode_tree
+
+log = logging.getLogger(__name__)
+
+_BATCH_BYTES = 8 * 1024 * 1024
+_BATCH_CHUNKS = 1024
+_PUT_BYTES = 12 * 1024 * 1024
+_REFS_BATCH = 32768
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class BackupResult:
+    snapshot: str
+    time: str
+    files: int
+    dirs: int
+    bytes: int
+    uploaded_bytes: int
+    uploaded_chunks: int
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot": self.snapshot,
+            "time": self.time,
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes": self.bytes,
+            "uploaded_bytes": self.uploaded_bytes,
+            "uploaded_chunks": self.uploaded_chunks,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class ChunkUploader:
+    """Deduplicates, seals and sends chunks, and reports every referenced id to the server."""
+
+    def __init__(self, remote: RemoteRepository, sealer: Sealer, progress: Progress) -> None:
+        self.remote = remote
+        self.sealer = sealer
+        self.progress = progress
+        self.on_server: set[bytes] = set()
+        self.referenced: set[bytes] = set()
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_bytes = 0
+        self._refs_queue: list[bytes] = []
+        self.uploaded_chunks = 0
+
+    def reference(self, chunk_id: bytes) -> None:
+        if chunk_id not in self.referenced:
+            self.referenced.add(chunk_id)
+            self._refs_queue.append(chunk_id)
+
+    def add(self, chunk_id: bytes, data: memoryview | bytes) -> None:
+        self.reference(chunk_id)
+        if chunk_id in self.on_server or chunk_id in self._pending:
+            return
+        self._pending[chunk_id] = bytes(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= _BATCH_BYTES or len(self._pending) >= _BATCH_CHUNKS:
+            self.flush()
+
+    def missing(self, ids: list[bytes]) -> set[bytes]:
+        """Which of these ids (believed stored) the server lacks; the rest count as stored."""
+        unknown = [i for i in dict.fromkeys(ids) if i not in self.on_server and i not in self._pending]
+        missing: set[bytes] = set()
+        for start in range(0, len(unknown), _BATCH_CHUNKS * 16):
+            batch = unknown[start : start + _BATCH_CHUNKS * 16]
+            for chunk_id, present in zip(batch, self.remote.has(batch), strict=True):
+                if present:
+                    self.on_server.add(chunk_id)
+                else:
+                    missing.add(chunk_id)
+        return missing
+
+    def flush(self) -> None:
+        if self._pending:
+            ids = list(self._pending)
+            present = self.remote.has(ids)
+            records: list[tuple[bytes, bytes]] = []
+            size = 0
+            for chunk_id, is_present in zip(ids, present, strict=True):
+                data = self._pending[chunk_id]
+                if not is_present:
+                    sealed = self.sealer.seal(chunk_id, data)
+                    records.append((chunk_id, sealed))
+                    size += len(sealed)
+                    self.progress.uploaded_bytes += len(sealed)
+                    self.uploaded_chunks += 1
+                    if size >= _PUT_BYTES:
+                        self.remote.put(records)
+                        records, size = [], 0
+                self.on_server.add(chunk_id)
+            if records:
+                self.remote.put(records)
+            self._pending.clear()
+            self._pending_bytes = 0
+        if len(self._refs_queue) >= _REFS_BATCH:
+            self._send_refs()
+
+    def finish(self) -> None:
+        self.flush()
+        self._send_refs()
+        self.remote.flush_puts()
+
+    def _send_refs(self) -> None:
+        for start in range(0, len(self._refs_queue), _REFS_BATCH):
+            self.remote.refs(self._refs_queue[start : start + _REFS_BATCH])
+        self._refs_queue = []
+
+
+def normalize_sources(paths: list[str]) -> list[Path]:
+    """Absolute, de-duplicated sources; a source inside another source is dropped."""
+    if not paths:
+        raise UsageError("nothing to back up: give paths or set backup.sources in the config")
+    absolute = sorted({Path(os.path.abspath(os.path.expanduser(p))) for p in paths})
+    kept: list[Path] = []
+    for path in absolute:
+        if not any(path == k or k in path.parents for k in kept):
+            kept.append(path)
+    return kept
+
+
+class Archiver:
+    def __init__(
+        self,
+        remote: RemoteRepository,
+        key: MasterKey,
+        cache: FilesCache | None,
+        excludes: list[str],
+        progress: ProgressCallback = ignore_progress,
+    ) -> None:
+        self.remote = remote
+        self.sealer = Sealer(key)
+        self.chunker = Chunker()
+        self.cache = cache
+        self.excludes = excludes
+        self.report = progress
+        self.progress = Progress("backup")
+        self.uploader = ChunkUploader(remote, self.sealer, self.progress)
+        self.dirs = 0
+
+    # ---- entry point ------------------------------------------------------------------------
+
+    def run(
+        self,
+        sources: list[Path],
+        when: datetime.datetime | None = None,
+        tags: list[str] | None = None,
+        parent: str | None = None,
+    ) -> BackupResult:
+        moment = (when or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
+        root_nodes = self._root(sources)
+        if not root_nodes:
+            raise BackupIncomplete(
+                "no source could be read: " + "; ".join(self.progress.errors or ["(none given)"])
+            )
+        root_ids = self._store_tree(root_nodes)
+        self.uploader.finish()
+        stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+        stats = {
+            "files": self.progress.files_done,
+            "dirs": self.dirs,
+            "bytes": self.progress.bytes_done,
+            "uploaded_bytes": self.progress.uploaded_bytes,
+            "errors": len(self.progress.errors),
+        }
+        snapshot = self.remote.commit(
+            {
+                "time": stamp,
+                "hostname": socket.gethostname(),
+                "tags": tags or [],
+                "paths": [str(source) for source in sources],
+                "stats": stats,
+                "root": [chunk_id.hex() for chunk_id in root_ids],
+                "parent": parent,
+            }
+        )
+        if self.cache is not None:
+            self.cache.commit()
+        self.progress.phase = "done"
+        self.report(self.progress)
+        return BackupResult(
+            snapshot=snapshot,
+            time=stamp,
+            files=self.progress.files_done,
+            dirs=self.dirs,
+            bytes=self.progress.bytes_done,
+            uploaded_bytes=self.progress.uploaded_bytes,
+            uploaded_chunks=self.uploader.uploaded_chunks,
+            errors=list(self.progress.errors),
+            seconds=self.progress.elapsed,
+        )
+
+    # ---- trees ------------------------------------------------------------------------------
+
+    def _store_tree(self, nodes: list[Node]) -> list[bytes]:
+        data = encode_tree(nodes)
+        ids = []
+        for piece in self.chunker.buffer(data):
+            chunk_id = self.sealer.chunk_id(piece)
+            self.uploader.add(chunk_id, piece)
+            ids.append(chunk_id)
+        return ids
+
+    def _root(self, sources: list[Path]) -> list[Node]:
+        """The snapshot root: each source under its absolute path, parents as plain dirs."""
+        layout: dict[str, Any] = {}
+        for source in sources:
+            level = layout
+            parts = source.parts[1:]
+            for part in parts[:-1]:
+                level = level.setdefault(part, {})
+            level[parts[-1] if parts else ""] = source
+        return self._layout_nodes(Path("/"), layout)
+
+    def _layout_nodes(self, base: Path, layout: dict[str, Any]) -> list[Node]:
+        nodes = []
+        for name, value in sorted(layout.items()):
+            if isinstance(value, Path):
+                if name == "":
+                    nodes.extend(self._directory_entries(value))
+                    continue
+                node = self._entry(value)
+            else:
+                path = base / name
+                try:
+                    st = os.stat(path)
+                except OSError as exc:
+                    self._error(path, exc)
+                    continue
+                node = Node.from_stat(name, DIR, st)
+                node.content = self._store_tree(self._layout_nodes(path, value))
+                self.dirs += 1
+            if node is not None:
+                nodes.append(node)
+        return nodes
+
+    # ---- walking ----------------------------------------------------------------------------
+
+    def _excluded(self, path: Path) -> bool:
+        text = str(path)
+        return any(
+            fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(text, pattern)
+            for pattern in self.excludes
+        )
+
+    def _error(self, path: Path, exc: OSError | str) -> None:
+        reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
+        message = f"{path}: {reason}"
+        log.warning("skipped %s", message)
+        self.progress.errors.append(message)
+
+    def _entry(self, path: Path, st: os.stat_result | None = None) -> Node | None:
+        try:
+            st = st or os.lstat(path)
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        name = path.name
+        if stat.S_ISDIR(st.st_mode):
+            node = Node.from_stat(name, DIR, st)
+            node.content = self._store_tree(self._directory_entries(path))
+            self.dirs += 1
+            return node
+        if stat.S_ISLNK(st.st_mode):
+            node = Node.from_stat(name, SYMLINK, st)
+            try:
+                node.target = os.readlink(path)
+            except OSError as exc:
+                self._error(path, exc)
+                return None
+            return node
+        if stat.S_ISREG(st.st_mode):
+            return self._read_file(path, st)
+        log.info("skipped %s: not a regular file, directory or symlink", path)
+        return None
+
+    def _directory_entries(self, path: Path) -> list[Node]:
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            self._error(path, exc)
+            return []
+        nodes: list[Node] = []
+        cached: list[tuple[Path, os.stat_result, Any]] = []
+        for entry in entries:
+            child = Path(entry.path)
+            if self._excluded(child):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(child, exc)
+                continue
+            hit = None
+            if self.cache is not None and stat.S_ISREG(st.st_mode):
+                hit = self.cache.lookup(str(child), st)
+            if hit is not None:
+                cached.append((child, st, hit))
+                continue
+            node = self._entry(child, st)
+            if node is not None:
+                nodes.append(node)
+        nodes.extend(self._cached_files(cached))
+        return nodes
+
+    def _cached_files(self, cached: list[tuple[Path, os.stat_result, Any]]) -> list[Node]:
+        """Unchanged files: reuse their chunk ids unless the server lost one of them."""
+        if not cached:
+            return []
+        missing = self.uploader.missing([cid for _, _, hit in cached for cid in hit.ids])
+        nodes = []
+        for path, st, hit in cached:
+            if missing.intersection(hit.ids):
+                node = self._read_file(path, st)
+            else:
+                node = Node.from_stat(path.name, FILE, st)
+                node.size, node.sha256, node.content = hit.size, hit.sha256, list(hit.ids)
+                for chunk_id in hit.ids:
+                    self.uploader.reference(chunk_id)
+                self.progress.files_done += 1
+                self.progress.bytes_done += hit.size
+                if self.cache is not None:
+                    self.cache.stage(str(path), st, hit.sha256, hit.ids)
+            if node is not None:
+                nodes.append(node)
+        self.report(self.progress)
+        return nodes
+
+    def _read_file(self, path: Path, st: os.stat_result) -> Node | None:
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        self.progress.current = str(path)
+        digest = hashlib.sha256()
+        ids: list[bytes] = []
+        size = 0
+        try:
+            before = os.fstat(fd)
+            with os.fdopen(fd, "rb", buffering=0) as handle:
+                for piece in self.chunker.stream(handle):
+                    digest.update(piece)
+                    chunk_id = self.sealer.chunk_id(piece)
+                    self.uploader.add(chunk_id, piece)
+                    ids.append(chunk_id)
+                    size += len(piece)
+                    self.progress.bytes_done += len(piece)
+                    self.report(self.progress)
+                after = os.fstat(handle.fileno())
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+            log.warning("%s changed while it was read; stored what was read", path)
+        node = Node.from_stat(path.name, FILE, before)
+        node.size, node.sha256, node.content = size, digest.hexdigest(), ids
+        self.progress.files_done += 1
+        if self.cache is not None and (after.st_mtime_ns, after.st_size) == (
+            before.st_mtime_ns, before.st_size
+        ):
+            self.cache.stage(str(path), after, node.sha256, ids)
+        return node

@@ -1,0 +1,84 @@
+"""What commands print: JSON documents for scripts, tables and progress bars for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as RichProgress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ..progress import Progress, ProgressCallback, ignore_progress
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def table(columns: list[str], rows: list[list[str]]) -> None:
+    grid = Table(box=None, pad_edge=False, show_edge=False)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*row)
+    stdout.print(grid)
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool) -> Iterator[ProgressCallback]:
+    """A Rich progress bar on a terminal, refreshed at most ten times a second."""
+    if not enabled or not stderr.is_terminal:
+        yield ignore_progress
+        return
+    bar = RichProgress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[files]} files"),
+        console=stderr,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, files=0)
+    last = 0.0
+
+    def update(progress: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.1 and progress.phase != "done":
+            return
+        last = now
+        bar.update(
+            task,
+            completed=progress.bytes_done,
+            total=progress.bytes_total,
+            files=progress.files_done,
+        )
+
+    with bar:
+        yield update

@@ -1,0 +1,261 @@
+"""The client API: what the CLI, watch mode and the console call. Nothing here prints.
+
+Every call opens its own authenticated connection, so the API is safe to use from worker
+threads (one call per thread at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .archiver import Archiver, BackupResult, normalize_sources
+from .config import ClientConfig
+from .crypto import MasterKey, Sealer, unwrap_key, wrap_key
+from .errors import BackupIncomplete, ConfigError, EnrollmentFailed, NotFound, UsageError
+from .files_cache import FilesCache
+from .progress import ProgressCallback, ignore_progress
+from .remote import RemoteRepository
+from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
+from .tree import DIR, Node
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    time: str
+    hostname: str
+    tags: list[str]
+    paths: list[str]
+    stats: dict[str, Any]
+    root: list[bytes]
+
+    @classmethod
+    def from_wire(cls, doc: dict[str, Any]) -> SnapshotInfo:
+        return cls(
+            id=str(doc["id"]),
+            time=str(doc["time"]),
+            hostname=str(doc.get("hostname", "")),
+            tags=list(doc.get("tags", [])),
+            paths=list(doc.get("paths", [])),
+            stats=dict(doc.get("stats", {})),
+            root=[bytes.fromhex(h) for h in doc["root"]],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "short_id": self.id[:8],
+            "time": self.time,
+            "hostname": self.hostname,
+            "tags": self.tags,
+            "paths": self.paths,
+            "stats": self.stats,
+        }
+
+
+@dataclass(frozen=True)
+class ListedEntry:
+    path: str
+    node: Node
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "path": self.path,
+            "type": self.node.kind,
+            "mode": oct(self.node.mode),
+            "mtime_ns": self.node.mtime_ns,
+            "size": self.node.size,
+        }
+        if self.node.target:
+            doc["target"] = self.node.target
+        return doc
+
+
+class BackupClient:
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.key = MasterKey.from_text(config.key)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[RemoteRepository]:
+        remote = RemoteRepository.connect(
+            self.config.server, self.config.fingerprint, self.config.name, self.config.token
+        )
+        try:
+            yield remote
+        finally:
+            remote.close()
+
+    # ---- backups ----------------------------------------------------------------------------
+
+    def backup(
+        self,
+        paths: list[str] | None = None,
+        when: datetime.datetime | None = None,
+        tags: list[str] | None = None,
+        progress: ProgressCallback = ignore_progress,
+        use_cache: bool = True,
+    ) -> BackupResult:
+        """Back up the given paths (default: the configured sources) as one snapshot.
+
+        Raises BackupIncomplete (after committing) when some files could not be read.
+        """
+        sources = normalize_sources(paths or self.config.sources)
+        excludes = [*self.config.excludes, str(self.config.cache_path)]
+        cache = FilesCache(self.config.cache_path) if use_cache else None
+        try:
+            with self.connection() as remote:
+                parent = self._latest_id(remote)
+                archiver = Archiver(remote, self.key, cache, excludes, progress)
+                result = archiver.run(sources, when, tags, parent)
+        finally:
+            if cache is not None:
+                cache.close()
+        if result.errors:
+            raise BackupIncomplete(
+                f"snapshot {result.snapshot[:8]} committed, but {len(result.errors)} "
+                f"item(s) could not be read: {result.errors[0]}",
+                result,
+            )
+        return result
+
+    @staticmethod
+    def _latest_id(remote: RemoteRepository) -> str | None:
+        snapshots = remote.snapshots()
+        return str(snapshots[-1]["id"]) if snapshots else None
+
+    # ---- snapshots --------------------------------------------------------------------------
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        with self.connection() as remote:
+            return [SnapshotInfo.from_wire(doc) for doc in remote.snapshots()]
+
+    @staticmethod
+    def resolve(snapshots: list[SnapshotInfo], ref: str) -> SnapshotInfo:
+        """``latest``, a full id, or a unique id prefix of at least 4 characters."""
+        if not snapshots:
+            raise NotFound("there are no snapshots yet")
+        if ref == "latest":
+            return snapshots[-1]
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise UsageError(f"{ref!r} is not a snapshot id (give 'latest' or 4+ hex digits)")
+        matches = [snap for snap in snapshots if snap.id.startswith(ref)]
+        if not matches:
+            raise NotFound(f"no snapshot {ref}")
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id {ref} is ambiguous; give more digits")
+        return matches[0]
+
+    def list_files(
+        self, path: str = "/", snapshot: str = "latest", recursive: bool = True
+    ) -> tuple[SnapshotInfo, list[ListedEntry]]:
+        with self.connection() as remote:
+            snap = self.resolve([SnapshotInfo.from_wire(d) for d in remote.snapshots()], snapshot)
+            reader = TreeReader(remote, Sealer(self.key))
+            parts = split_snapshot_path(path)
+            _, node = reader.find(snap.root, parts)
+            base = "/" + "/".join(parts) if parts else ""
+            if node is None or node.kind == DIR:
+                root = snap.root if node is None else node.content
+                if recursive:
+                    entries = [ListedEntry(base + p, n) for p, n in reader.walk(root)]
+                else:
+                    entries = [ListedEntry(f"{base}/{n.name}", n) for n in reader.load(root)]
+            else:
+                entries = [ListedEntry(base, node)]
+        return snap, entries
+
+    def restore(
+        self,
+        snapshot: str,
+        target: Path,
+        include: str | None = None,
+        progress: ProgressCallback = ignore_progress,
+    ) -> tuple[SnapshotInfo, RestoreResult]:
+        with self.connection() as remote:
+            snap = self.resolve([SnapshotInfo.from_wire(d) for d in remote.snapshots()], snapshot)
+            restorer = Restorer(remote, self.key, progress)
+            restorer.progress.bytes_total = int(snap.stats.get("bytes", 0)) if not include else None
+            result = restorer.restore(snap.root, target, include)
+        return snap, result
+
+    def get_file(self, path: str, dest: Path | None = None, snapshot: str | None = None) -> Path:
+        """Fetch one file, from the given snapshot or else the newest snapshot holding it."""
+        parts = split_snapshot_path(path)
+        if not parts:
+            raise UsageError("give the path of a file inside the snapshot")
+        with self.connection() as remote:
+            snaps = [SnapshotInfo.from_wire(d) for d in remote.snapshots()]
+            candidates = [self.resolve(snaps, snapshot)] if snapshot else list(reversed(snaps))
+            if not candidates:
+                raise NotFound("there are no snapshots yet")
+            restorer = Restorer(remote, self.key)
+            node = None
+            for snap in candidates:
+                try:
+                    _, node = restorer.trees.find(snap.root, parts)
+                    break
+                except NotFound:
+                    continue
+            if node is None:
+                raise NotFound(f"/{'/'.join(parts)} is in no snapshot")
+            target = dest or Path(parts[-1])
+            if target.is_dir():
+                target = target / parts[-1]
+            restorer.fetch_file(node, target)
+        return target
+
+
+def enroll(
+    address: str,
+    code: str,
+    fingerprint: str,
+    config_path: Path,
+    name: str | None = None,
+    passphrase: str | None = None,
+) -> tuple[ClientConfig, str | None]:
+    """Join a server and write the client config; returns it and a generated recovery passphrase.
+
+    A first enrollment makes a new master key and stores a passphrase-wrapped copy on the
+    server (with a generated passphrase when none is given). Re-enrolling a client whose key is
+    already on the server recovers that key, which needs the passphrase.
+    """
+    if config_path.exists():
+        raise ConfigError(f"{config_path} already exists; remove it or pass another --config")
+    with RemoteRepository.open(address, fingerprint) as remote:
+        reply = remote.enroll(code)
+    client_name = str(reply["client"])
+    if name and name != client_name:
+        raise EnrollmentFailed(f"the code was issued for {client_name!r}, not {name!r}")
+    token = str(reply["token"])
+    generated = None
+    with RemoteRepository.connect(address, fingerprint, client_name, token) as remote:
+        if reply.get("has_key"):
+            if not passphrase:
+                raise EnrollmentFailed(
+                    f"{client_name!r} already has backups on this server; give its passphrase "
+                    "(--passphrase-file or RPYBACKUP_PASSPHRASE) to recover the key"
+                )
+            key = unwrap_key(remote.wrapped_key(), passphrase)
+        else:
+            key = MasterKey.generate()
+            if not passphrase:
+                generated = passphrase = secrets.token_urlsafe(18)
+            remote.set_wrapped_key(wrap_key(key, passphrase))
+    config = ClientConfig(
+        path=config_path,
+        server=address,
+        fingerprint=fingerprint,
+        name=client_name,
+        token=token,
+        key=key.to_text(),
+    )
+    config.save()
+    return config, generated

@@ -1,0 +1,174 @@
+"""Client-side cryptography: chunk ids, compression + sealing, and passphrase key wrapping.
+
+* A chunk id is keyed BLAKE3 of the plaintext, so the server never learns plaintext hashes.
+* A sealed blob is ``version | nonce | AES-256-GCM(compression flag | data)`` with the chunk id as
+  associated data: a blob moved to another id fails to open.
+* The storage hash is plain BLAKE3 of the sealed bytes; the server checks it on write and read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from .errors import ConfigError, CryptoError
+
+ID_SIZE = 32
+SEAL_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SEAL_OVERHEAD = 1 + NONCE_SIZE + 1 + TAG_SIZE
+
+_RAW = 0
+_ZSTD = 1
+# Stored uncompressed when zstd saves less than this fraction: decompressing costs time at
+# restore for no space back.
+_MIN_SAVING = 0.03
+# A chunk whose first 64 KiB do not compress at level 1 is almost surely incompressible
+# (media, archives, random data); the probe costs far less than compressing all of it.
+_PROBE_SIZE = 64 * 1024
+
+
+def storage_hash(sealed: bytes | memoryview) -> bytes:
+    return blake3.blake3(sealed).digest()
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The repository secret: one key for sealing, one for chunk ids."""
+
+    seal_key: bytes
+    id_key: bytes
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        return cls(secrets.token_bytes(32), secrets.token_bytes(32))
+
+    def to_text(self) -> str:
+        return base64.b64encode(self.seal_key + self.id_key).decode("ascii")
+
+    @classmethod
+    def from_text(cls, text: str) -> MasterKey:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError as exc:
+            raise ConfigError("master key in the client config is not valid base64") from exc
+        if len(raw) != 64:
+            raise ConfigError("master key in the client config has the wrong length")
+        return cls(raw[:32], raw[32:])
+
+
+class Sealer:
+    """Compresses and encrypts chunks. Not thread-safe: use one per thread."""
+
+    def __init__(self, key: MasterKey, level: int = 3) -> None:
+        self._key = key
+        self._aead = AESGCM(key.seal_key)
+        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._probe = zstandard.ZstdCompressor(level=1)
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
+        return blake3.blake3(plaintext, key=self._key.id_key).digest()
+
+    def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytes:
+        body = self._compress(plaintext)
+        nonce = os.urandom(NONCE_SIZE)
+        return bytes((SEAL_VERSION,)) + nonce + self._aead.encrypt(nonce, body, chunk_id)
+
+    def open(self, chunk_id: bytes, sealed: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and verify a blob against the id it was stored under."""
+        sealed = memoryview(sealed)
+        if len(sealed) < SEAL_OVERHEAD or sealed[0] != SEAL_VERSION:
+            raise CryptoError(f"blob {chunk_id.hex()[:16]} has an unknown format")
+        nonce = sealed[1 : 1 + NONCE_SIZE]
+        try:
+            body = self._aead.decrypt(nonce, sealed[1 + NONCE_SIZE :], chunk_id)
+        except InvalidTag as exc:
+            raise CryptoError(f"blob {chunk_id.hex()[:16]} failed authentication") from exc
+        plaintext = self._decompress(chunk_id, body)
+        if self.chunk_id(plaintext) != chunk_id:
+            raise CryptoError(f"blob {chunk_id.hex()[:16]} does not match its id")
+        return plaintext
+
+    def _compress(self, plaintext: bytes | memoryview) -> bytes:
+        size = len(plaintext)
+        if size > _PROBE_SIZE:
+            probe = self._probe.compress(plaintext[:_PROBE_SIZE])
+            if len(probe) > _PROBE_SIZE * (1 - _MIN_SAVING):
+                return bytes((_RAW,)) + bytes(plaintext)
+        packed = self._compressor.compress(plaintext)
+        if len(packed) <= size * (1 - _MIN_SAVING):
+            return bytes((_ZSTD,)) + packed
+        return bytes((_RAW,)) + bytes(plaintext)
+
+    def _decompress(self, chunk_id: bytes, body: bytes) -> bytes:
+        flag, data = body[0], memoryview(body)[1:]
+        if flag == _RAW:
+            return bytes(data)
+        if flag == _ZSTD:
+            try:
+                return self._decompressor.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise CryptoError(f"blob {chunk_id.hex()[:16]} does not decompress") from exc
+        raise CryptoError(f"blob {chunk_id.hex()[:16]} has an unknown compression")
+
+
+_KDF_TIME = 3
+_KDF_MEMORY_KIB = 64 * 1024
+_KDF_LANES = 4
+
+
+def _derive(passphrase: str, salt: bytes, iterations: int, memory_kib: int, lanes: int) -> bytes:
+    kdf = Argon2id(
+        salt=salt, length=32, iterations=iterations, lanes=lanes, memory_cost=memory_kib
+    )
+    return kdf.derive(passphrase.encode("utf-8"))
+
+
+def wrap_key(key: MasterKey, passphrase: str) -> str:
+    """The master key sealed under an Argon2id-derived key, as a JSON document for the server."""
+    salt = os.urandom(16)
+    kek = _derive(passphrase, salt, _KDF_TIME, _KDF_MEMORY_KIB, _KDF_LANES)
+    nonce = os.urandom(NONCE_SIZE)
+    sealed = AESGCM(kek).encrypt(nonce, key.seal_key + key.id_key, b"rpybackup-master-key")
+    doc = {
+        "kdf": "argon2id",
+        "iterations": _KDF_TIME,
+        "memory_kib": _KDF_MEMORY_KIB,
+        "lanes": _KDF_LANES,
+        "salt": base64.b64encode(salt).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "sealed": base64.b64encode(sealed).decode(),
+    }
+    return json.dumps(doc, sort_keys=True)
+
+
+def unwrap_key(wrapped: str, passphrase: str) -> MasterKey:
+    try:
+        doc = json.loads(wrapped)
+        salt = base64.b64decode(doc["salt"])
+        nonce = base64.b64decode(doc["nonce"])
+        sealed = base64.b64decode(doc["sealed"])
+        iterations, memory_kib, lanes = doc["iterations"], doc["memory_kib"], doc["lanes"]
+        if doc["kdf"] != "argon2id" or not (1 <= iterations <= 16) or not (
+            8 <= memory_kib <= 4 * 1024 * 1024
+        ):
+            raise ValueError("unsupported KDF parameters")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CryptoError("the wrapped master key is malformed") from exc
+    kek = _derive(passphrase, salt, iterations, memory_kib, lanes)
+    try:
+        raw = AESGCM(kek).decrypt(nonce, sealed, b"rpybackup-master-key")
+    except InvalidTag as exc:
+        raise CryptoError("wrong passphrase for the wrapped master key") from exc
+    return MasterKey(raw[:32], raw[32:])

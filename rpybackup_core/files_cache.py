@@ -1,0 +1,84 @@
+"""The client's files cache: lets a run skip reading files unchanged since an earlier run.
+
+Keyed on path; an entry is used only if size, mtime_ns, ctime_ns and inode all still match.
+Entries are staged during a run and written only after the snapshot is committed, so a failed
+run never leaves the cache pointing at chunks the server did not accept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from .crypto import ID_SIZE
+
+_KEEP_GENERATIONS = 3
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    sha256: str
+    size: int
+    ids: list[bytes]
+
+
+class FilesCache:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(directory / "files.sqlite", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS files (
+                path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+                inode INTEGER, sha256 TEXT, ids BLOB, generation INTEGER);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
+            """
+        )
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        self.generation = (row[0] if row else 0) + 1
+        self._staged: list[tuple[object, ...]] = []
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    def lookup(self, path: str, st: os.stat_result) -> CachedFile | None:
+        row = self._db.execute(
+            "SELECT size, mtime_ns, ctime_ns, inode, sha256, ids FROM files WHERE path = ?",
+            (path,),
+        ).fetchone()
+        if row is None:
+            return None
+        size, mtime_ns, ctime_ns, inode, sha256, ids = row
+        if (size, mtime_ns, ctime_ns, inode) != (
+            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        ):
+            return None
+        raw = bytes(ids)
+        return CachedFile(sha256, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
+
+    def stage(self, path: str, st: os.stat_result, sha256: str, ids: list[bytes]) -> None:
+        self._staged.append(
+            (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha256, b"".join(ids),
+             self.generation)
+        )
+
+    def commit(self) -> None:
+        """Record the staged entries after a committed snapshot; forget long-unseen paths."""
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
+        )
+        self._db.execute(
+            "DELETE FROM files WHERE generation < ?", (self.generation - _KEEP_GENERATIONS,)
+        )
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,)
+        )
+        self._db.execute("COMMIT")
+        self._staged = []
+        self.generation += 1

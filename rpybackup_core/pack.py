@@ -1,0 +1,102 @@
+"""Pack files: sealed blobs back to back, with a trailer that indexes them.
+
+    pack    = magic "RPBPACK1" | blob* | trailer | trailer_len:u32be | magic "RPBPEND1"
+    trailer = (chunk_id:32 offset:u64be length:u32be storage_hash:32)*
+
+The trailer makes each pack self-describing, so the index can be rebuilt from packs alone and
+``check`` can compare the two. A pack is written under a temp name, fsynced, then handed to the
+storage backend; only then are its index rows committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IntegrityError
+from .storage import storage_error
+
+MAGIC = b"RPBPACK1"
+END_MAGIC = b"RPBPEND1"
+ENTRY = struct.Struct(">32sQI32s")
+TAIL = struct.Struct(">I8s")
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    chunk_id: bytes
+    offset: int
+    length: int
+    storage_hash: bytes
+
+
+class PackWriter:
+    """An open pack in the server's temp directory. Not thread-safe: one per upload session."""
+
+    def __init__(self, temp_dir: Path) -> None:
+        temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.name = secrets.token_hex(16)
+        self.path = temp_dir / f"{self.name}.pack.tmp"
+        self.entries: list[PackEntry] = []
+        try:
+            self._handle = self.path.open("xb")
+            self._handle.write(MAGIC)
+        except OSError as exc:
+            raise storage_error(exc, "opening a new pack") from exc
+        self.size = len(MAGIC)
+
+    def append(self, chunk_id: bytes, storage_hash: bytes, sealed: bytes | memoryview) -> PackEntry:
+        entry = PackEntry(chunk_id, self.size, len(sealed), storage_hash)
+        try:
+            self._handle.write(sealed)
+        except OSError as exc:
+            raise storage_error(exc, "writing a pack") from exc
+        self.entries.append(entry)
+        self.size += len(sealed)
+        return entry
+
+    def finish(self) -> Path:
+        """Write the trailer and fsync; the file is then ready for the backend."""
+        trailer = b"".join(
+            ENTRY.pack(e.chunk_id, e.offset, e.length, e.storage_hash) for e in self.entries
+        )
+        try:
+            self._handle.write(trailer)
+            self._handle.write(TAIL.pack(len(trailer), END_MAGIC))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, "finishing a pack") from exc
+        self.size += len(trailer) + TAIL.size
+        return self.path
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def parse_trailer(data: bytes) -> list[PackEntry]:
+    """The entries of a whole pack's bytes, checked for internal consistency."""
+    if len(data) < len(MAGIC) + TAIL.size or not data.startswith(MAGIC):
+        raise IntegrityError("pack has no valid header")
+    trailer_len, end = TAIL.unpack_from(data, len(data) - TAIL.size)
+    if end != END_MAGIC or trailer_len % ENTRY.size:
+        raise IntegrityError("pack has no valid trailer")
+    start = len(data) - TAIL.size - trailer_len
+    if start < len(MAGIC):
+        raise IntegrityError("pack trailer is longer than the pack")
+    entries = []
+    for pos in range(start, start + trailer_len, ENTRY.size):
+        chunk_id, offset, length, digest = ENTRY.unpack_from(data, pos)
+        if offset < len(MAGIC) or offset + length > start:
+            raise IntegrityError("pack trailer points outside the pack")
+        entries.append(PackEntry(chunk_id, offset, length, digest))
+    return entries

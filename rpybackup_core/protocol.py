@@ -1,0 +1,129 @@
+"""Wire framing: length-prefixed frames of a JSON header plus a binary payload.
+
+    frame   = header_len:u32be payload_len:u32be header:bytes[header_len] payload:bytes[payload_len]
+    header  = UTF-8 JSON object; requests carry "op" and "id", replies echo "id"
+
+Both lengths are bounded before anything is allocated. Reads go through ``recv_into`` on one
+buffer per connection that grows to the largest frame seen (never past the bound), so there is no
+buffer size to tune. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConnectionClosed, FrameTooLarge, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAGIC = "rpybackup"
+PREFIX = struct.Struct(">II")
+MAX_HEADER = 64 * 1024
+# A put or get batch: several chunks of at most 4 MiB each, plus their record headers.
+MAX_PAYLOAD = 16 * 1024 * 1024
+_INITIAL_BUFFER = 64 * 1024
+
+# Record layout inside a put payload: chunk id, storage hash, sealed length, sealed bytes.
+RECORD = struct.Struct(">32s32sI")
+
+
+@dataclass
+class Frame:
+    header: dict[str, Any]
+    payload: memoryview
+
+    @property
+    def op(self) -> str:
+        op = self.header.get("op")
+        if not isinstance(op, str):
+            raise ProtocolError("request has no operation")
+        return op
+
+
+class FramedSocket:
+    """One peer's framed stream over a (TLS) socket. Not thread-safe."""
+
+    def __init__(self, sock: socket.socket, max_payload: int = MAX_PAYLOAD) -> None:
+        self.sock = sock
+        self.max_payload = max_payload
+        self._buffer = bytearray(_INITIAL_BUFFER)
+
+    def send(self, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        if len(encoded) > MAX_HEADER:
+            raise FrameTooLarge(f"frame header of {len(encoded)} bytes exceeds {MAX_HEADER}")
+        if len(payload) > self.max_payload:
+            raise FrameTooLarge(f"frame payload of {len(payload)} bytes exceeds {self.max_payload}")
+        head = PREFIX.pack(len(encoded), len(payload)) + encoded
+        if len(payload) <= 64 * 1024:
+            self.sock.sendall(head + bytes(payload))
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(payload)
+
+    def recv(self) -> Frame:
+        """The next frame; its payload view is valid until the next call."""
+        prefix = self._read_exact(PREFIX.size, at_frame_start=True)
+        header_len, payload_len = PREFIX.unpack(prefix)
+        if header_len == 0 or header_len > MAX_HEADER:
+            raise FrameTooLarge(f"frame header length {header_len} is out of bounds")
+        if payload_len > self.max_payload:
+            raise FrameTooLarge(f"frame payload length {payload_len} exceeds {self.max_payload}")
+        body = self._read_exact(header_len + payload_len)
+        try:
+            header = json.loads(body[:header_len].tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError("frame header is not valid JSON") from exc
+        if not isinstance(header, dict):
+            raise ProtocolError("frame header is not an object")
+        return Frame(header, body[header_len:])
+
+    def _read_exact(self, size: int, at_frame_start: bool = False) -> memoryview:
+        if size > len(self._buffer):
+            self._buffer = bytearray(max(size, 2 * len(self._buffer)))
+        view = memoryview(self._buffer)[:size]
+        received = 0
+        while received < size:
+            count = self.sock.recv_into(view[received:], size - received)
+            if count == 0:
+                if received == 0 and at_frame_start:
+                    raise ConnectionClosed("peer closed the connection")
+                raise ProtocolError("connection closed in the middle of a frame")
+            received += count
+        return view
+
+
+def pack_records(records: list[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
+    parts = []
+    for chunk_id, digest, sealed in records:
+        parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
+        parts.append(sealed)
+    return b"".join(parts)
+
+
+def unpack_records(payload: memoryview) -> list[tuple[bytes, bytes, memoryview]]:
+    """Split a records payload; every length is checked against what is actually there."""
+    records = []
+    offset = 0
+    total = len(payload)
+    while offset < total:
+        if total - offset < RECORD.size:
+            raise ProtocolError("truncated record header")
+        chunk_id, digest, length = RECORD.unpack_from(payload, offset)
+        offset += RECORD.size
+        if length > total - offset:
+            raise ProtocolError("record length runs past the payload")
+        records.append((chunk_id, digest, payload[offset : offset + length]))
+        offset += length
+    return records
+
+
+def split_ids(payload: memoryview, id_size: int = 32) -> list[bytes]:
+    if len(payload) % id_size:
+        raise ProtocolError("id list payload is not a whole number of ids")
+    raw = payload.tobytes()
+    return [raw[i : i + id_size] for i in range(0, len(raw), id_size)]

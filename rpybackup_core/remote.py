@@ -1,0 +1,190 @@
+"""The client's connection to the server: TLS with a pinned fingerprint, framed requests.
+
+``RemoteRepository`` is the only place the client speaks the wire protocol. Uploads are
+pipelined: ``put`` sends without waiting and the replies are collected in a bounded window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+from .config import parse_address
+from .crypto import storage_hash
+from .errors import (
+    ConnectionClosed,
+    IntegrityError,
+    ProtocolError,
+    ServerUnreachable,
+    from_wire,
+)
+from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, pack_records, unpack_records
+from .tls import client_context, verify_pinned
+
+CONNECT_TIMEOUT = 15.0
+IO_TIMEOUT = 600.0
+PUT_WINDOW = 8
+
+
+class RemoteRepository:
+    def __init__(self, framed: FramedSocket, address: str) -> None:
+        self._framed = framed
+        self.address = address
+        self._next_id = 0
+        self._outstanding_puts: list[int] = []
+        self.client = ""
+        self.admin = False
+        self.server_version = ""
+
+    # ---- connecting -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, address: str, fingerprint: str) -> RemoteRepository:
+        """Connect, pin the certificate and say hello; nothing is sent before the pin matches."""
+        host, port = parse_address(address)
+        try:
+            raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ServerUnreachable(f"cannot reach the server at {address}: {reason}") from exc
+        try:
+            tls = client_context().wrap_socket(raw, server_hostname=host)
+            verify_pinned(tls, fingerprint)
+        except ssl.SSLError as exc:
+            raw.close()
+            raise ServerUnreachable(f"TLS handshake with {address} failed: {exc}") from exc
+        except BaseException:
+            raw.close()
+            raise
+        tls.settimeout(IO_TIMEOUT)
+        remote = cls(FramedSocket(tls), address)
+        try:
+            reply, _ = remote.request("hello", magic=MAGIC, protocol=PROTOCOL_VERSION)
+        except (ProtocolError, OSError) as exc:
+            remote.close()
+            raise ServerUnreachable(f"{address} does not speak the rpybackup protocol") from exc
+        remote.server_version = str(reply.get("server", ""))
+        return remote
+
+    @classmethod
+    def connect(cls, address: str, fingerprint: str, name: str, token: str) -> RemoteRepository:
+        remote = cls.open(address, fingerprint)
+        try:
+            reply, _ = remote.request("auth", client=name, token=token)
+        except BaseException:
+            remote.close()
+            raise
+        remote.client = name
+        remote.admin = bool(reply.get("admin"))
+        return remote
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._framed.sock.close()
+
+    def __enter__(self) -> RemoteRepository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _send(self, op: str, payload: bytes = b"", **fields: Any) -> int:
+        self._next_id += 1
+        try:
+            self._framed.send({"op": op, "id": self._next_id, **fields}, payload)
+        except OSError as exc:
+            raise ServerUnreachable(f"lost the connection to {self.address}: {exc}") from exc
+        return self._next_id
+
+    def _receive(self, request_id: int) -> tuple[dict[str, Any], memoryview]:
+        try:
+            frame = self._framed.recv()
+        except ConnectionClosed as exc:
+            raise ServerUnreachable(f"the server at {self.address} closed the connection") from exc
+        except OSError as exc:
+            raise ServerUnreachable(f"lost the connection to {self.address}: {exc}") from exc
+        header = frame.header
+        if header.get("id") != request_id:
+            raise ProtocolError("reply does not match the request")
+        error = header.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise ProtocolError("malformed error reply")
+            raise from_wire(str(error.get("code")), str(error.get("message")))
+        return header, frame.payload
+
+    def request(self, op: str, payload: bytes = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
+        self.flush_puts()
+        request_id = self._send(op, payload, **fields)
+        header, body = self._receive(request_id)
+        return header, body.tobytes()
+
+    # ---- chunk operations -------------------------------------------------------------------
+
+    def has(self, ids: list[bytes]) -> list[bool]:
+        _, answer = self.request("has", b"".join(ids))
+        if len(answer) != len(ids):
+            raise ProtocolError("has reply does not match the question")
+        return [flag == 1 for flag in answer]
+
+    def put(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Send (chunk id, sealed blob) records without waiting for the reply."""
+        payload = pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
+        self._outstanding_puts.append(self._send("put", payload))
+        while len(self._outstanding_puts) > PUT_WINDOW:
+            self._receive(self._outstanding_puts.pop(0))
+
+    def flush_puts(self) -> None:
+        while self._outstanding_puts:
+            self._receive(self._outstanding_puts.pop(0))
+
+    def refs(self, ids: list[bytes]) -> None:
+        self.request("refs", b"".join(ids))
+
+    def get(self, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (chunk id, sealed blob) for the ids, in order, each checked in transit."""
+        self.flush_puts()
+        request_id = self._send("get", b"".join(ids))
+        expected = iter(ids)
+        while True:
+            header, payload = self._receive(request_id)
+            for chunk_id, digest, sealed in unpack_records(payload):
+                if chunk_id != next(expected, None):
+                    raise ProtocolError("server returned chunks out of order")
+                blob = sealed.tobytes()
+                if storage_hash(blob) != digest:
+                    raise IntegrityError(f"chunk {chunk_id.hex()[:16]} was damaged in transit")
+                yield chunk_id, blob
+            if not header.get("more"):
+                break
+        if next(expected, None) is not None:
+            raise ProtocolError("server returned fewer chunks than asked for")
+
+    # ---- snapshots and keys -----------------------------------------------------------------
+
+    def commit(self, meta: dict[str, Any]) -> str:
+        header, _ = self.request("commit", **meta)
+        return str(header["snapshot"])
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        header, _ = self.request("snapshots")
+        snapshots = header.get("snapshots")
+        if not isinstance(snapshots, list):
+            raise ProtocolError("malformed snapshot list")
+        return snapshots
+
+    def set_wrapped_key(self, wrapped: str) -> None:
+        self.request("set_key", wrapped.encode("utf-8"))
+
+    def wrapped_key(self) -> str:
+        _, payload = self.request("get_key")
+        return payload.decode("utf-8")
+
+    def enroll(self, code: str) -> dict[str, Any]:
+        header, _ = self.request("enroll", code=code)
+        return header

@@ -1,0 +1,533 @@
+"""The server's repository: per-client chunk index, packs and snapshots, in SQLite (WAL).
+
+Every method that touches client data takes the authenticated client's numeric id; nothing a
+client sends becomes a path. Commit order: pack durable -> index rows -> snapshot row, so a crash
+anywhere leaves every earlier snapshot intact (see docs/repository.md).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from .crypto import storage_hash
+from .errors import (
+    AuthenticationFailed,
+    EnrollmentFailed,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    StorageError,
+)
+from .pack import PackWriter
+from .storage import Backend, LocalBackend
+
+log = logging.getLogger(__name__)
+
+PACKS = "packs"
+DB_FILE = "repo.sqlite"
+_SQL_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    token_hash BLOB,
+    wrapped_key TEXT,
+    created REAL NOT NULL,
+    enrolled REAL,
+    last_seen REAL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS enroll_codes (
+    code_hash BLOB PRIMARY KEY,
+    client_id INTEGER NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    expires REAL NOT NULL,
+    used REAL
+);
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,
+    client_id INTEGER NOT NULL REFERENCES clients(id),
+    name TEXT UNIQUE NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    client_id INTEGER NOT NULL,
+    chunk_id BLOB NOT NULL,
+    pack_id INTEGER NOT NULL REFERENCES packs(id),
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    UNIQUE (client_id, chunk_id)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack_id);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    client_id INTEGER NOT NULL REFERENCES clients(id),
+    time REAL NOT NULL,
+    hostname TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    root BLOB NOT NULL,
+    parent TEXT,
+    refs BLOB NOT NULL,
+    ref_count INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_client ON snapshots(client_id, time);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    client TEXT,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+
+def hash_secret(secret: str) -> bytes:
+    """Enrollment codes and tokens are 100+ random bits, so a plain SHA-256 is a safe store."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def make_enrollment_code() -> str:
+    raw = secrets.token_bytes(15)
+    text = "".join("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[b % 32] for b in raw)
+    return "-".join(text[i : i + 5] for i in range(0, 15, 5))
+
+
+def normalize_code(code: str) -> str:
+    return code.strip().upper().replace(" ", "")
+
+
+def iso_time(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def encode_refs(rowids: Iterable[int]) -> bytes:
+    """Sorted chunk row ids, delta-encoded and zstd-compressed: a byte or two per reference."""
+    ordered = sorted(set(rowids))
+    deltas = array.array("Q", (b - a for a, b in zip([0, *ordered], ordered, strict=False)))
+    return zstandard.ZstdCompressor(level=9).compress(deltas.tobytes())
+
+
+def decode_refs(blob: bytes) -> list[int]:
+    deltas = array.array("Q")
+    deltas.frombytes(zstandard.ZstdDecompressor().decompress(blob))
+    total = 0
+    result = []
+    for delta in deltas:
+        total += delta
+        result.append(total)
+    return result
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    id: int
+    name: str
+    admin: bool
+    created: float
+    enrolled: float | None
+    last_seen: float | None
+    revoked: bool
+    has_key: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "admin": self.admin,
+            "enrolled": iso_time(self.enrolled) if self.enrolled else None,
+            "last_seen": iso_time(self.last_seen) if self.last_seen else None,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    id: str
+    client_id: int
+    time: float
+    hostname: str
+    tags: list[str]
+    paths: list[str]
+    stats: dict[str, Any]
+    root: list[bytes]
+    parent: str | None
+    ref_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": iso_time(self.time),
+            "hostname": self.hostname,
+            "tags": self.tags,
+            "paths": self.paths,
+            "stats": self.stats,
+            "root": [chunk_id.hex() for chunk_id in self.root],
+            "parent": self.parent,
+            "chunks": self.ref_count,
+        }
+
+
+@dataclass(frozen=True)
+class ChunkLocation:
+    rowid: int
+    chunk_id: bytes
+    pack: str
+    offset: int
+    length: int
+    storage_hash: bytes
+
+
+class Repository:
+    """Thread-safe: one SQLite connection behind a lock; pack I/O happens outside it."""
+
+    def __init__(self, data_dir: Path, backend: Backend | None = None) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.backend = backend or LocalBackend(data_dir / "storage")
+        self.temp_dir = data_dir / "tmp"
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            data_dir / DB_FILE, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def audit(self, event: str, client: str | None, **detail: Any) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO audit(time, client, event, detail) VALUES (?, ?, ?, ?)",
+                (time.time(), client, event, json.dumps(detail, sort_keys=True)),
+            )
+
+    # ---- clients ----------------------------------------------------------------------------
+
+    _CLIENT_COLUMNS = (
+        "id, name, admin, created, enrolled, last_seen, revoked, wrapped_key IS NOT NULL"
+    )
+
+    @staticmethod
+    def _client(row: tuple[Any, ...]) -> ClientRecord:
+        return ClientRecord(
+            row[0], row[1], bool(row[2]), row[3], row[4], row[5], bool(row[6]), bool(row[7])
+        )
+
+    def client_by_name(self, name: str) -> ClientRecord:
+        rows = self._query(f"SELECT {self._CLIENT_COLUMNS} FROM clients WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound(f"no client named {name!r}")
+        return self._client(rows[0])
+
+    def list_clients(self) -> list[ClientRecord]:
+        rows = self._query(f"SELECT {self._CLIENT_COLUMNS} FROM clients ORDER BY name")
+        return [self._client(row) for row in rows]
+
+    def add_client(self, name: str, admin: bool, ttl: int, reenroll: bool = False) -> str:
+        """Register a client (or re-enroll an existing one) and return a one-time code."""
+        code = make_enrollment_code()
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute("SELECT id, revoked FROM clients WHERE name = ?", (name,)).fetchone()
+            if row and not reenroll and not row[1]:
+                raise InvalidRequest(
+                    f"client {name!r} already exists; use --reenroll to issue a new code"
+                )
+            if row:
+                client_id = row[0]
+                db.execute("UPDATE clients SET admin = ? WHERE id = ?", (int(admin), client_id))
+            else:
+                cursor = db.execute(
+                    "INSERT INTO clients(name, admin, created) VALUES (?, ?, ?)",
+                    (name, int(admin), now),
+                )
+                client_id = int(cursor.lastrowid or 0)
+            db.execute("DELETE FROM enroll_codes WHERE client_id = ?", (client_id,))
+            db.execute(
+                "INSERT INTO enroll_codes(code_hash, client_id, expires) VALUES (?, ?, ?)",
+                (hash_secret(normalize_code(code)), client_id, now + ttl),
+            )
+        self.audit("client_add", name, admin=admin, reenroll=bool(row))
+        return code
+
+    def remove_client(self, name: str) -> None:
+        """Revoke a client's credential; its snapshots stay until retention removes them."""
+        client = self.client_by_name(name)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE clients SET revoked = 1, token_hash = NULL WHERE id = ?", (client.id,)
+            )
+            db.execute("DELETE FROM enroll_codes WHERE client_id = ?", (client.id,))
+        self.audit("client_remove", name)
+
+    def enroll(self, code: str) -> tuple[ClientRecord, str]:
+        """Spend a one-time code; returns the client and its new secret token."""
+        digest = hash_secret(normalize_code(code))
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT client_id, expires, used FROM enroll_codes WHERE code_hash = ?", (digest,)
+            ).fetchone()
+            if row is None:
+                raise EnrollmentFailed("enrollment code is not valid")
+            client_id, expires, used = row
+            if used is not None:
+                raise EnrollmentFailed("enrollment code was already used")
+            if expires < now:
+                raise EnrollmentFailed("enrollment code has expired; ask for a new one")
+            db.execute("UPDATE enroll_codes SET used = ? WHERE code_hash = ?", (now, digest))
+            db.execute(
+                "UPDATE clients SET token_hash = ?, enrolled = ?, revoked = 0 WHERE id = ?",
+                (hash_secret(token), now, client_id),
+            )
+            record = self._client(
+                db.execute(
+                    f"SELECT {self._CLIENT_COLUMNS} FROM clients WHERE id = ?", (client_id,)
+                ).fetchone()
+            )
+        self.audit("enroll", record.name)
+        return record, token
+
+    def authenticate(self, name: str, token: str) -> ClientRecord:
+        rows = self._query(
+            f"SELECT {self._CLIENT_COLUMNS}, token_hash FROM clients WHERE name = ?", (name,)
+        )
+        # Compare against a dummy digest when the name is unknown, so timing does not tell.
+        stored = rows[0][-1] if rows and rows[0][-1] else b"\x00" * 32
+        valid = hmac.compare_digest(stored, hash_secret(token))
+        if not rows or not valid or rows[0][6]:
+            raise AuthenticationFailed("client name or credential not accepted")
+        return self._client(rows[0][:-1])
+
+    def touch(self, client_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE clients SET last_seen = ? WHERE id = ?", (time.time(), client_id))
+
+    def set_wrapped_key(self, client_id: int, wrapped: str) -> None:
+        """Store the passphrase-wrapped key once; clients can never overwrite it."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT wrapped_key FROM clients WHERE id = ?", (client_id,)
+            ).fetchone()
+            if row and row[0] is not None:
+                raise InvalidRequest("a wrapped key is already stored for this client")
+            db.execute("UPDATE clients SET wrapped_key = ? WHERE id = ?", (wrapped, client_id))
+
+    def wrapped_key(self, client_id: int) -> str | None:
+        rows = self._query("SELECT wrapped_key FROM clients WHERE id = ?", (client_id,))
+        return rows[0][0] if rows else None
+
+    # ---- chunks -----------------------------------------------------------------------------
+
+    def lookup(self, client_id: int, ids: list[bytes]) -> dict[bytes, int]:
+        """Map each indexed chunk id of this client to its row id; unknown ids are absent."""
+        found: dict[bytes, int] = {}
+        for start in range(0, len(ids), _SQL_BATCH):
+            batch = ids[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(batch))
+            for rowid, chunk_id in self._query(
+                f"SELECT id, chunk_id FROM chunks WHERE client_id = ? AND chunk_id IN ({marks})",
+                [client_id, *batch],
+            ):
+                found[bytes(chunk_id)] = rowid
+        return found
+
+    def new_pack(self) -> PackWriter:
+        return PackWriter(self.temp_dir)
+
+    def commit_pack(self, client_id: int, writer: PackWriter) -> dict[bytes, int]:
+        """Make a pack durable in the backend, then index its chunks; returns their row ids."""
+        local = writer.finish()
+        name = f"{client_id}/{writer.name[:2]}/{writer.name}"
+        try:
+            self.backend.put_file(PACKS, name, local)
+        except StorageError:
+            writer.abort()
+            raise
+        rowids: dict[bytes, int] = {}
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO packs(client_id, name, size, created) VALUES (?, ?, ?, ?)",
+                (client_id, name, writer.size, time.time()),
+            )
+            pack_id = cursor.lastrowid
+            for entry in writer.entries:
+                # A concurrent session may have indexed the same chunk first; its copy wins and
+                # ours becomes garbage for GC.
+                db.execute(
+                    "INSERT OR IGNORE INTO chunks(client_id, chunk_id, pack_id, offset, length, "
+                    "hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    (client_id, entry.chunk_id, pack_id, entry.offset, entry.length,
+                     entry.storage_hash),
+                )
+        rowids.update(self.lookup(client_id, [entry.chunk_id for entry in writer.entries]))
+        log.debug("pack %s committed: %d chunks, %d bytes", name, len(writer.entries), writer.size)
+        return rowids
+
+    def locate(self, client_id: int, ids: list[bytes]) -> dict[bytes, ChunkLocation]:
+        found: dict[bytes, ChunkLocation] = {}
+        for start in range(0, len(ids), _SQL_BATCH):
+            batch = ids[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(batch))
+            for row in self._query(
+                "SELECT c.id, c.chunk_id, p.name, c.offset, c.length, c.hash FROM chunks c "
+                f"JOIN packs p ON p.id = c.pack_id WHERE c.client_id = ? AND c.chunk_id IN ({marks})",
+                [client_id, *batch],
+            ):
+                found[bytes(row[1])] = ChunkLocation(
+                    row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5])
+                )
+        return found
+
+    def read_chunks(self, client_id: int, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (id, sealed blob) in the order asked, each verified against its storage hash."""
+        where = self.locate(client_id, ids)
+        for chunk_id in ids:
+            location = where.get(chunk_id)
+            if location is None:
+                raise NotFound(f"chunk {chunk_id.hex()[:16]} is not stored")
+            data = self.backend.get_range(PACKS, location.pack, location.offset, location.length)
+            if storage_hash(data) != location.storage_hash:
+                log.error("chunk %s in pack %s fails its storage hash", chunk_id.hex(), location.pack)
+                raise IntegrityError(
+                    f"chunk {chunk_id.hex()[:16]} in pack {location.pack} is damaged on the server"
+                )
+            yield chunk_id, data
+
+    # ---- snapshots --------------------------------------------------------------------------
+
+    def add_snapshot(self, client_id: int, meta: dict[str, Any], rowids: set[int]) -> str:
+        """Commit a snapshot; every referenced chunk must already be durably indexed."""
+        snapshot_id = secrets.token_hex(16)
+        refs = sorted(rowids)
+        with self._transaction() as db:
+            present = 0
+            for start in range(0, len(refs), _SQL_BATCH):
+                batch = refs[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(batch))
+                present += db.execute(
+                    f"SELECT COUNT(*) FROM chunks WHERE client_id = ? AND id IN ({marks})",
+                    [client_id, *batch],
+                ).fetchone()[0]
+            if present != len(refs):
+                raise InvalidRequest("snapshot references chunks the server does not hold")
+            db.execute(
+                "INSERT INTO snapshots(id, client_id, time, hostname, tags, paths, stats, root, "
+                "parent, refs, ref_count, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    snapshot_id,
+                    client_id,
+                    meta["time"],
+                    meta["hostname"],
+                    json.dumps(meta["tags"]),
+                    json.dumps(meta["paths"]),
+                    json.dumps(meta["stats"]),
+                    b"".join(meta["root"]),
+                    meta.get("parent"),
+                    encode_refs(refs),
+                    len(refs),
+                    time.time(),
+                ),
+            )
+        return snapshot_id
+
+    _SNAPSHOT_COLUMNS = "id, client_id, time, hostname, tags, paths, stats, root, parent, ref_count"
+
+    @staticmethod
+    def _snapshot(row: tuple[Any, ...]) -> SnapshotRecord:
+        root = bytes(row[7])
+        return SnapshotRecord(
+            id=row[0],
+            client_id=row[1],
+            time=row[2],
+            hostname=row[3],
+            tags=json.loads(row[4]),
+            paths=json.loads(row[5]),
+            stats=json.loads(row[6]),
+            root=[root[i : i + 32] for i in range(0, len(root), 32)],
+            parent=row[8],
+            ref_count=row[9],
+        )
+
+    def list_snapshots(self, client_id: int) -> list[SnapshotRecord]:
+        rows = self._query(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE client_id = ? "
+            "ORDER BY time, created",
+            (client_id,),
+        )
+        return [self._snapshot(row) for row in rows]
+
+    def snapshot_refs(self, client_id: int, snapshot_id: str) -> list[int]:
+        rows = self._query(
+            "SELECT refs FROM snapshots WHERE client_id = ? AND id = ?", (client_id, snapshot_id)
+        )
+        if not rows:
+            raise NotFound(f"no snapshot {snapshot_id}")
+        return decode_refs(rows[0][0])
+
+    def chunk_stats(self, client_id: int) -> dict[str, int]:
+        rows = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM chunks WHERE client_id = ?",
+            (client_id,),
+        )
+        packs = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM packs WHERE client_id = ?", (client_id,)
+        )
+        return {
+            "chunks": rows[0][0],
+            "chunk_bytes": rows[0][1],
+            "packs": packs[0][0],
+            "stored_bytes": packs[0][1],
+        }
+
+    def snapshot_counts(self) -> dict[int, tuple[int, float | None]]:
+        rows = self._query("SELECT client_id, COUNT(*), MAX(time) FROM snapshots GROUP BY client_id")
+        counts: dict[int, tuple[int, float | None]] = defaultdict(lambda: (0, None))
+        for client_id, count, latest in rows:
+            counts[client_id] = (count, latest)
+        return counts

@@ -1,0 +1,118 @@
+"""The server daemon: a TLS 1.3 listener with one thread per connection from a bounded pool."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+
+from .config import ServerConfig
+from .errors import ProtocolError, RPyBackupError
+from .protocol import FramedSocket
+from .repository import Repository
+from .session import Session
+from .tls import server_context
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 20.0
+
+
+class BackupServer:
+    def __init__(self, config: ServerConfig, repo: Repository | None = None) -> None:
+        self.config = config
+        self.repo = repo or Repository(config.data_dir)
+        self.context = server_context(config.tls_dir)
+        family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
+        self._listener = socket.create_server(
+            (config.listen_host, config.listen_port), family=family, backlog=128
+        )
+        self._listener.settimeout(0.5)
+        self._slots = threading.BoundedSemaphore(config.max_connections)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._active: set[socket.socket] = set()
+        self._active_lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def serve_forever(self) -> None:
+        log.info("listening on %s:%d (TLS 1.3)", *self.address)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    raw, peer = self._listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self._stopping.is_set():
+                        break
+                    raise
+                self._admit(raw, f"{peer[0]}:{peer[1]}")
+        finally:
+            self._drain()
+            self._stopped.set()
+
+    def _admit(self, raw: socket.socket, peer: str) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("refusing %s: all %d connection slots busy", peer,
+                        self.config.max_connections)
+            raw.close()
+            return
+        with self._active_lock:
+            self._active.add(raw)
+        thread = threading.Thread(
+            target=self._handle, args=(raw, peer), name=f"conn-{peer}", daemon=True
+        )
+        self._threads.add(thread)
+        thread.start()
+
+    def _handle(self, raw: socket.socket, peer: str) -> None:
+        tls: ssl.SSLSocket | None = None
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
+            tls = self.context.wrap_socket(raw, server_side=True)
+            tls.settimeout(self.config.idle_timeout)
+            Session(self.repo, FramedSocket(tls), peer, self.config.pack_size).run()
+        except ProtocolError as exc:
+            log.warning("%s: protocol error, closing: %s", peer, exc)
+        except RPyBackupError as exc:
+            log.warning("%s: %s", peer, exc)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("%s: connection ended: %s", peer, exc)
+        except Exception:
+            log.exception("%s: unexpected failure in connection handler", peer)
+        finally:
+            with contextlib.suppress(OSError):
+                (tls or raw).close()
+            with self._active_lock:
+                self._active.discard(raw)
+            self._threads.discard(threading.current_thread())
+            self._slots.release()
+
+    def stop(self) -> None:
+        """Ask the accept loop to end; safe from a signal handler."""
+        self._stopping.set()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop accepting, end every connection (open packs are sealed), wait for the loop."""
+        self.stop()
+        self._stopped.wait(timeout)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._active_lock:
+            active = list(self._active)
+        for raw in active:
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+        log.info("server stopped")

@@ -1,0 +1,370 @@
+"""One client connection on the server: hello, authentication, then an allow-list of requests.
+
+Every request after ``auth`` runs against the authenticated client's id only; there is no request
+that names another client's data. Errors a client can cause become an error reply (the
+connection stays usable); protocol violations close the connection; nothing a client sends can
+stop the server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .crypto import ID_SIZE, SEAL_OVERHEAD, storage_hash
+from .chunker import MAX_SIZE
+from .errors import (
+    ConnectionClosed,
+    IntegrityError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RPyBackupError,
+    ServerError,
+)
+from .pack import PackEntry, PackWriter
+from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
+from .repository import ClientRecord, Repository
+
+log = logging.getLogger(__name__)
+
+# A sealed chunk: the largest plaintext chunk, stored raw, plus the AEAD framing.
+MAX_SEALED = MAX_SIZE + SEAL_OVERHEAD + 1024
+MAX_IDS_PER_REQUEST = 65536
+MAX_REFS_PER_SNAPSHOT = 20_000_000
+MAX_TAGS = 64
+MAX_TEXT = 4096
+
+Handler = Callable[["Session", Frame], tuple[dict[str, Any], bytes] | None]
+
+
+def _text(header: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = header.get(key, default)
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise InvalidRequest(f"field {key!r} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _text_list(header: dict[str, Any], key: str) -> list[str]:
+    value = header.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        raise InvalidRequest(f"field {key!r} must be a list of at most {MAX_TAGS} strings")
+    if not all(isinstance(item, str) and len(item) <= MAX_TEXT for item in value):
+        raise InvalidRequest(f"field {key!r} must hold short strings")
+    return value
+
+
+def _hex_ids(header: dict[str, Any], key: str) -> list[bytes]:
+    value = header.get(key)
+    if not isinstance(value, list) or not value or len(value) > 4096:
+        raise InvalidRequest(f"field {key!r} must be a non-empty list of chunk ids")
+    ids = []
+    for item in value:
+        if not isinstance(item, str) or len(item) != 2 * ID_SIZE:
+            raise InvalidRequest(f"field {key!r} holds a malformed chunk id")
+        try:
+            ids.append(bytes.fromhex(item))
+        except ValueError as exc:
+            raise InvalidRequest(f"field {key!r} holds a malformed chunk id") from exc
+    return ids
+
+
+def _parse_time(text: str) -> float:
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(f"snapshot time {text!r} is not ISO 8601") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    stamp = moment.timestamp()
+    if not math.isfinite(stamp):
+        raise InvalidRequest("snapshot time is out of range")
+    return stamp
+
+
+class Session:
+    def __init__(
+        self, repo: Repository, framed: FramedSocket, peer: str, pack_size: int
+    ) -> None:
+        self.repo = repo
+        self.framed = framed
+        self.peer = peer
+        self.pack_size = pack_size
+        self.client: ClientRecord | None = None
+        self.pack: PackWriter | None = None
+        self.pending: dict[bytes, PackEntry] = {}
+        self.refs: set[int] = set()
+        self.pending_refs: set[bytes] = set()
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._hello()
+            while True:
+                frame = self.framed.recv()
+                if not self._dispatch(frame):
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self._seal_open_pack()
+
+    def _hello(self) -> None:
+        frame = self.framed.recv()
+        header = frame.header
+        if header.get("op") != "hello" or header.get("magic") != MAGIC:
+            raise ProtocolError("the first frame must be a hello")
+        if header.get("protocol") != PROTOCOL_VERSION:
+            self._reply(header, error=InvalidRequest(
+                f"protocol {header.get('protocol')!r} is not supported; server speaks "
+                f"{PROTOCOL_VERSION}"))
+            raise ProtocolError("protocol version mismatch")
+        self._reply(header, body={
+            "protocol": PROTOCOL_VERSION,
+            "server": f"rpybackup/{__version__}",
+            "max_payload": self.framed.max_payload,
+        })
+
+    def _dispatch(self, frame: Frame) -> bool:
+        """Handle one request; False closes the connection."""
+        op = frame.op
+        handler = HANDLERS.get(op)
+        try:
+            if handler is None:
+                raise InvalidRequest(f"unknown operation {op!r}")
+            if op not in PUBLIC_OPS and self.client is None:
+                raise PermissionDenied("authenticate first")
+            result = handler(self, frame)
+        except ProtocolError:
+            raise
+        except RPyBackupError as exc:
+            log.info("%s %s: %s refused: %s", self.peer, self._who(), op, exc)
+            self._reply(frame.header, error=exc)
+            return True
+        except Exception:
+            log.exception("%s %s: %s failed", self.peer, self._who(), op)
+            self._reply(frame.header, error=ServerError("internal server error; see the server log"))
+            return False
+        if result is not None:
+            body, payload = result
+            self._reply(frame.header, body=body, payload=payload)
+        return True
+
+    def _reply(
+        self,
+        request: dict[str, Any],
+        body: dict[str, Any] | None = None,
+        payload: bytes = b"",
+        error: RPyBackupError | None = None,
+    ) -> None:
+        header: dict[str, Any] = {"id": request.get("id")}
+        if error is not None:
+            header["error"] = {"code": error.code, "message": str(error)}
+        else:
+            header["ok"] = True
+            header.update(body or {})
+        self.framed.send(header, payload)
+
+    def _who(self) -> str:
+        return self.client.name if self.client else "(unauthenticated)"
+
+    def _require_admin(self) -> ClientRecord:
+        if self.client is None or not self.client.admin:
+            raise PermissionDenied("this request needs an admin identity")
+        return self.client
+
+    # ---- pack handling ----------------------------------------------------------------------
+
+    def _seal_open_pack(self) -> None:
+        """Make the open pack durable and indexed (chunks of a broken-off run are kept)."""
+        if self.pack is None:
+            return
+        pack, self.pack = self.pack, None
+        if not pack.entries or self.client is None:
+            pack.abort()
+            self.pending.clear()
+            return
+        try:
+            rowids = self.repo.commit_pack(self.client.id, pack)
+        finally:
+            self.pending.clear()
+        for chunk_id in list(self.pending_refs):
+            if chunk_id in rowids:
+                self.refs.add(rowids[chunk_id])
+                self.pending_refs.discard(chunk_id)
+
+    # ---- handlers ---------------------------------------------------------------------------
+
+    def op_ping(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        return {}, b""
+
+    def op_enroll(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        code = _text(frame.header, "code")
+        client, token = self.repo.enroll(code)
+        log.info("%s enrolled as client %s", self.peer, client.name)
+        return {"client": client.name, "token": token, "admin": client.admin,
+                "has_key": client.has_key}, b""
+
+    def op_auth(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        if self.client is not None:
+            raise InvalidRequest("already authenticated")
+        name = _text(frame.header, "client")
+        token = _text(frame.header, "token")
+        self.client = self.repo.authenticate(name, token)
+        self.repo.touch(self.client.id)
+        log.info("%s authenticated as %s", self.peer, name)
+        return {"client": self.client.name, "admin": self.client.admin}, b""
+
+    def op_has(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        ids = split_ids(frame.payload, ID_SIZE)
+        if len(ids) > MAX_IDS_PER_REQUEST:
+            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        known = self.repo.lookup(self.client.id, ids)
+        answer = bytes(1 if (i in known or i in self.pending) else 0 for i in ids)
+        return {"count": len(ids)}, answer
+
+    def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        records = unpack_records(frame.payload)
+        for chunk_id, digest, sealed in records:
+            if len(sealed) > MAX_SEALED:
+                raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
+            if storage_hash(sealed) != digest:
+                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} arrived damaged")
+        stored = 0
+        for chunk_id, digest, sealed in records:
+            if chunk_id in self.pending:
+                continue
+            if self.pack is None:
+                self.pack = self.repo.new_pack()
+            self.pending[chunk_id] = self.pack.append(chunk_id, digest, sealed)
+            stored += 1
+            if self.pack.size >= self.pack_size:
+                self._seal_open_pack()
+        return {"stored": stored}, b""
+
+    def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        ids = split_ids(frame.payload, ID_SIZE)
+        if len(ids) > MAX_IDS_PER_REQUEST:
+            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        if len(self.refs) + len(self.pending_refs) + len(ids) > MAX_REFS_PER_SNAPSHOT:
+            raise InvalidRequest("too many chunk references for one snapshot")
+        indexed = self.repo.lookup(self.client.id, ids)
+        missing = 0
+        for chunk_id in ids:
+            if chunk_id in indexed:
+                self.refs.add(indexed[chunk_id])
+            elif chunk_id in self.pending:
+                self.pending_refs.add(chunk_id)
+            else:
+                missing += 1
+        if missing:
+            raise NotFound(f"{missing} referenced chunks are not stored on the server")
+        return {"count": len(ids)}, b""
+
+    def op_commit(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        header = frame.header
+        stats = header.get("stats", {})
+        if not isinstance(stats, dict) or len(stats) > 64:
+            raise InvalidRequest("field 'stats' must be a small object")
+        root = _hex_ids(header, "root")
+        parent = header.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            raise InvalidRequest("field 'parent' must be a string")
+        meta = {
+            "time": _parse_time(_text(header, "time")),
+            "hostname": _text(header, "hostname", ""),
+            "tags": _text_list(header, "tags"),
+            "paths": _text_list(header, "paths"),
+            "stats": stats,
+            "root": root,
+            "parent": parent,
+        }
+        self._seal_open_pack()
+        if self.pending_refs:
+            raise NotFound("snapshot references chunks that never reached the server")
+        root_rows = self.repo.lookup(self.client.id, root)
+        if len(root_rows) != len(root) or not set(root_rows.values()) <= self.refs:
+            raise InvalidRequest("snapshot root is not among its references")
+        snapshot_id = self.repo.add_snapshot(self.client.id, meta, self.refs)
+        self.refs = set()
+        log.info("client %s committed snapshot %s", self.client.name, snapshot_id)
+        self.repo.audit("snapshot", self.client.name, snapshot=snapshot_id)
+        return {"snapshot": snapshot_id}, b""
+
+    def op_snapshots(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        snapshots = self.repo.list_snapshots(self.client.id)
+        return {"snapshots": [snap.to_json() for snap in snapshots]}, b""
+
+    def op_get(self, frame: Frame) -> None:
+        """Stream the asked blobs back in frames that stay under the payload bound."""
+        assert self.client is not None
+        ids = split_ids(frame.payload, ID_SIZE)
+        if len(ids) > MAX_IDS_PER_REQUEST:
+            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        if any(chunk_id in self.pending for chunk_id in ids):
+            self._seal_open_pack()
+        locations = self.repo.locate(self.client.id, ids)
+        missing = [chunk_id for chunk_id in ids if chunk_id not in locations]
+        if missing:
+            raise NotFound(f"chunk {missing[0].hex()[:16]} is not stored on the server")
+        batch: list[tuple[bytes, bytes, bytes]] = []
+        batch_size = 0
+        limit = self.framed.max_payload - 4096
+        for chunk_id, sealed in self.repo.read_chunks(self.client.id, ids):
+            if batch and batch_size + len(sealed) + 68 > limit:
+                self._reply(frame.header, {"more": True, "count": len(batch)}, pack_records(batch))
+                batch, batch_size = [], 0
+            batch.append((chunk_id, locations[chunk_id].storage_hash, sealed))
+            batch_size += len(sealed) + 68
+        self._reply(frame.header, {"more": False, "count": len(batch)}, pack_records(batch))
+        return None
+
+    def op_set_key(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        try:
+            wrapped = frame.payload.tobytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("wrapped key is not UTF-8") from exc
+        if len(wrapped) > 16384:
+            raise InvalidRequest("wrapped key is too large")
+        self.repo.set_wrapped_key(self.client.id, wrapped)
+        return {}, b""
+
+    def op_get_key(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        assert self.client is not None
+        wrapped = self.repo.wrapped_key(self.client.id)
+        if wrapped is None:
+            raise NotFound("no wrapped key is stored for this client")
+        return {}, wrapped.encode("utf-8")
+
+    def op_clients(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        self._require_admin()
+        return {"clients": [client.to_json() for client in self.repo.list_clients()]}, b""
+
+
+HANDLERS: dict[str, Handler] = {
+    "ping": Session.op_ping,
+    "enroll": Session.op_enroll,
+    "auth": Session.op_auth,
+    "has": Session.op_has,
+    "put": Session.op_put,
+    "refs": Session.op_refs,
+    "commit": Session.op_commit,
+    "snapshots": Session.op_snapshots,
+    "get": Session.op_get,
+    "set_key": Session.op_set_key,
+    "get_key": Session.op_get_key,
+    "clients": Session.op_clients,
+}
+PUBLIC_OPS = frozenset({"ping", "enroll", "auth"})

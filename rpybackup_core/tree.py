@@ -1,0 +1,153 @@
+"""Snapshot trees: one node per directory entry, serialised per directory as JSON.
+
+A directory's encoded tree is stored like file content (chunked, sealed), so a node that points
+to content (a file's data or a directory's subtree) holds a list of chunk ids.
+
+Decoding treats the bytes as hostile even though they passed AEAD: a name can never contain a
+path separator, be empty, ``.`` or ``..``.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from dataclasses import dataclass, field
+
+from .crypto import ID_SIZE
+from .errors import IntegrityError
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+KINDS = (FILE, DIR, SYMLINK)
+TREE_VERSION = 1
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str
+    mode: int
+    mtime_ns: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    sha256: str = ""
+    content: list[bytes] = field(default_factory=list)
+    target: str = ""
+
+    @classmethod
+    def from_stat(cls, name: str, kind: str, st: object) -> Node:
+        return cls(
+            name=name,
+            kind=kind,
+            mode=stat.S_IMODE(st.st_mode),  # type: ignore[attr-defined]
+            mtime_ns=st.st_mtime_ns,  # type: ignore[attr-defined]
+            uid=st.st_uid,  # type: ignore[attr-defined]
+            gid=st.st_gid,  # type: ignore[attr-defined]
+        )
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "name": self.name,
+            "type": self.kind,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+            "uid": self.uid,
+            "gid": self.gid,
+        }
+        if self.kind == FILE:
+            doc["size"] = self.size
+            doc["sha256"] = self.sha256
+        if self.kind in (FILE, DIR):
+            doc["content"] = [chunk_id.hex() for chunk_id in self.content]
+        if self.kind == SYMLINK:
+            doc["target"] = self.target
+        return doc
+
+
+def check_name(name: object) -> str:
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\x00" in name
+        or len(name) > 4096
+    ):
+        raise IntegrityError(f"snapshot holds an unsafe entry name: {name!r}")
+    return name
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    ordered = sorted(nodes, key=lambda node: node.name)
+    doc = {"version": TREE_VERSION, "entries": [node.to_json() for node in ordered]}
+    # ensure_ascii keeps names that are not valid UTF-8 (surrogate escapes) round-trippable.
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _int(doc: dict[str, object], key: str, default: int | None = None) -> int:
+    value = doc.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise IntegrityError(f"tree entry field {key!r} is not an integer")
+    return value
+
+
+def _ids(value: object) -> list[bytes]:
+    if not isinstance(value, list):
+        raise IntegrityError("tree entry content is not a list")
+    ids = []
+    for item in value:
+        if not isinstance(item, str) or len(item) != ID_SIZE * 2:
+            raise IntegrityError("tree entry holds a malformed chunk id")
+        try:
+            ids.append(bytes.fromhex(item))
+        except ValueError as exc:
+            raise IntegrityError("tree entry holds a malformed chunk id") from exc
+    return ids
+
+
+def _decode_node(doc: object) -> Node:
+    if not isinstance(doc, dict):
+        raise IntegrityError("tree entry is not an object")
+    kind = doc.get("type")
+    if kind not in KINDS:
+        raise IntegrityError(f"tree entry has an unknown type {kind!r}")
+    node = Node(
+        name=check_name(doc.get("name")),
+        kind=str(kind),
+        mode=_int(doc, "mode") & 0o7777,
+        mtime_ns=_int(doc, "mtime_ns"),
+        uid=_int(doc, "uid", 0),
+        gid=_int(doc, "gid", 0),
+    )
+    if kind == FILE:
+        node.size = _int(doc, "size")
+        sha = doc.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise IntegrityError(f"file {node.name!r} has no valid sha256")
+        node.sha256 = sha
+    if kind in (FILE, DIR):
+        node.content = _ids(doc.get("content", []))
+    if kind == SYMLINK:
+        target = doc.get("target")
+        if not isinstance(target, str) or not target or "\x00" in target:
+            raise IntegrityError(f"symlink {node.name!r} has no valid target")
+        node.target = target
+    return node
+
+
+def decode_tree(data: bytes) -> list[Node]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError("a snapshot tree is not valid JSON") from exc
+    if not isinstance(doc, dict) or doc.get("version") != TREE_VERSION:
+        raise IntegrityError("a snapshot tree has an unknown version")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise IntegrityError("a snapshot tree has no entry list")
+    nodes = [_decode_node(entry) for entry in entries]
+    names = [node.name for node in nodes]
+    if len(set(names)) != len(names):
+        raise IntegrityError("a snapshot tree holds the same name twice")
+    return nodes
