@@ -1,0 +1,24 @@
+# rPyBackup recipes. `just setup` once, then the others.
+venv := ".venv"
+py := venv / "bin/python"
+
+setup:
+    python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e '.[dev]'
+
+test *ARGS:
+    {{py}} -m pytest -q {{ARGS}}
+
+demo:
+    {{venv}}/bin/rpybackup-core demo
+
+# Run a server in the foreground with the config in $RPYBACKUP_SERVER_CONFIG (or the XDG default).
+serve:
+    {{venv}}/bin/rpybackup-core serve
+
+lint:
+    {{venv}}/bin/ruff check rpybackup_core rpybackup_tui tests bench
+    {{venv}}/bin/ruff format --check rpybackup_core rpybackup_tui tests bench
+    {{venv}}/bin/mypy rpybackup_core
+
+bench:
+    {{py}} bench/run.py

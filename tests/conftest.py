@@ -1,0 +1,115 @@
+"""Shared fixtures: a real TLS server on 127.0.0.1 (port 0) in a thread, enrolled clients."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rpybackup_core.cli.main import main
+from rpybackup_core.client import BackupClient, enroll
+from rpybackup_core.config import ClientConfig, ServerConfig
+from rpybackup_core.server import BackupServer
+from rpybackup_core.tls import create_identity
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class ServerHarness:
+    root: Path
+    config: ServerConfig
+    fingerprint: str
+    server: BackupServer | None = None
+    thread: threading.Thread | None = None
+    clients: dict[str, ClientConfig] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.address[1]}"
+
+    @property
+    def repo(self):  # noqa: ANN201 - the live repository
+        assert self.server is not None
+        return self.server.repo
+
+    def start(self) -> None:
+        self.server = BackupServer(self.config)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            assert self.thread is not None
+            self.thread.join(timeout=30)
+            self.server.repo.close()
+            self.server = None
+
+    def restart(self) -> None:
+        """Stop and start on the same port, like a daemon restart."""
+        port = self.server.address[1] if self.server else self.config.listen_port
+        self.stop()
+        self.config.listen_port = port
+        self.start()
+
+    def add_client(self, name: str, admin: bool = False) -> str:
+        return self.repo.add_client(name, admin=admin, ttl=3600)
+
+    def enroll(self, name: str, admin: bool = False) -> ClientConfig:
+        code = self.add_client(name, admin)
+        config_path = self.root / f"{name}.toml"
+        config, _ = enroll(self.address, code, self.fingerprint, config_path, passphrase="pw")
+        config.cache_dir = str(self.root / f"cache-{name}")
+        config.save()
+        self.clients[name] = config
+        return config
+
+    def client(self, name: str) -> BackupClient:
+        return BackupClient(self.clients[name])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerHarness]:
+    root = tmp_path / "srv"
+    config = ServerConfig(path=root / "server.toml", data_dir=root / "data", listen_port=0)
+    fingerprint = create_identity(config.tls_dir)
+    config.save()
+    harness = ServerHarness(root, config, fingerprint)
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201 - a callable
+    """Run the real CLI entry point in-process and capture what it prints."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def sample_tree(tmp_path: Path) -> Path:
+    from rpybackup_core.demo import make_sample_tree
+
+    root = tmp_path / "sample"
+    root.mkdir()
+    make_sample_tree(root)
+    return root
