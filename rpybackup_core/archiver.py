@@ -33,6 +33,8 @@ _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_CHUNKS = 1024
 _PUT_BYTES = 12 * 1024 * 1024
 _REFS_BATCH = 32768
+# Associated data for the sealed snapshot metadata (hostname, source paths).
+SNAPSHOT_META = b"snapshot-meta"
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -198,9 +200,11 @@ class Archiver:
         snapshot = self.remote.commit(
             {
                 "time": stamp,
-                "hostname": socket.gethostname(),
                 "tags": tags or [],
-                "paths": [str(source) for source in sources],
+                "meta": self.sealer.seal_document(
+                    SNAPSHOT_META,
+                    {"hostname": socket.gethostname(), "paths": [str(s) for s in sources]},
+                ),
                 "stats": stats,
                 "root": [chunk_id.hex() for chunk_id in root_ids],
                 "parent": parent,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .archiver import Archiver, BackupResult, normalize_sources
+from .archiver import SNAPSHOT_META, Archiver, BackupResult, normalize_sources
 from .config import ClientConfig
 from .crypto import MasterKey, Sealer, unwrap_key, wrap_key
 from .errors import BackupIncomplete, ConfigError, EnrollmentFailed, NotFound, UsageError
@@ -36,13 +36,14 @@ class SnapshotInfo:
     root: list[bytes]
 
     @classmethod
-    def from_wire(cls, doc: dict[str, Any]) -> SnapshotInfo:
+    def from_wire(cls, doc: dict[str, Any], sealer: Sealer) -> SnapshotInfo:
+        meta = sealer.open_document(SNAPSHOT_META, str(doc["meta"]))
         return cls(
             id=str(doc["id"]),
             time=str(doc["time"]),
-            hostname=str(doc.get("hostname", "")),
+            hostname=str(meta.get("hostname", "")),
             tags=list(doc.get("tags", [])),
-            paths=list(doc.get("paths", [])),
+            paths=[str(path) for path in meta.get("paths", [])],
             stats=dict(doc.get("stats", {})),
             root=[bytes.fromhex(h) for h in doc["root"]],
         )
@@ -81,6 +82,10 @@ class BackupClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.key = MasterKey.from_text(config.key)
+        self._sealer = Sealer(self.key)
+
+    def _snapshots(self, remote: RemoteRepository) -> list[SnapshotInfo]:
+        return [SnapshotInfo.from_wire(doc, self._sealer) for doc in remote.snapshots()]
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[RemoteRepository]:
@@ -134,7 +139,7 @@ class BackupClient:
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self.connection() as remote:
-            return [SnapshotInfo.from_wire(doc) for doc in remote.snapshots()]
+            return self._snapshots(remote)
 
     @staticmethod
     def resolve(snapshots: list[SnapshotInfo], ref: str) -> SnapshotInfo:
@@ -157,7 +162,7 @@ class BackupClient:
         self, path: str = "/", snapshot: str = "latest", recursive: bool = True
     ) -> tuple[SnapshotInfo, list[ListedEntry]]:
         with self.connection() as remote:
-            snap = self.resolve([SnapshotInfo.from_wire(d) for d in remote.snapshots()], snapshot)
+            snap = self.resolve(self._snapshots(remote), snapshot)
             reader = TreeReader(remote, Sealer(self.key))
             parts = split_snapshot_path(path)
             _, node = reader.find(snap.root, parts)
@@ -180,7 +185,7 @@ class BackupClient:
         progress: ProgressCallback = ignore_progress,
     ) -> tuple[SnapshotInfo, RestoreResult]:
         with self.connection() as remote:
-            snap = self.resolve([SnapshotInfo.from_wire(d) for d in remote.snapshots()], snapshot)
+            snap = self.resolve(self._snapshots(remote), snapshot)
             restorer = Restorer(remote, self.key, progress)
             restorer.progress.bytes_total = int(snap.stats.get("bytes", 0)) if not include else None
             result = restorer.restore(snap.root, target, include)
@@ -192,7 +197,7 @@ class BackupClient:
         if not parts:
             raise UsageError("give the path of a file inside the snapshot")
         with self.connection() as remote:
-            snaps = [SnapshotInfo.from_wire(d) for d in remote.snapshots()]
+            snaps = self._snapshots(remote)
             candidates = [self.resolve(snaps, snapshot)] if snapshot else list(reversed(snaps))
             if not candidates:
                 raise NotFound("there are no snapshots yet")

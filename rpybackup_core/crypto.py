@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 import zstandard
@@ -99,6 +100,26 @@ class Sealer:
         if self.chunk_id(plaintext) != chunk_id:
             raise CryptoError(f"blob {chunk_id.hex()[:16]} does not match its id")
         return plaintext
+
+    def seal_document(self, label: bytes, document: dict[str, Any]) -> str:
+        """Encrypt a small JSON document bound to ``label``; base64 for a JSON header."""
+        nonce = os.urandom(NONCE_SIZE)
+        body = json.dumps(document, sort_keys=True).encode("utf-8")
+        sealed = bytes((SEAL_VERSION,)) + nonce + self._aead.encrypt(nonce, body, label)
+        return base64.b64encode(sealed).decode("ascii")
+
+    def open_document(self, label: bytes, text: str) -> dict[str, Any]:
+        try:
+            sealed = base64.b64decode(text, validate=True)
+            if len(sealed) < 1 + NONCE_SIZE + TAG_SIZE or sealed[0] != SEAL_VERSION:
+                raise ValueError("unknown format")
+            nonce = sealed[1 : 1 + NONCE_SIZE]
+            document = json.loads(self._aead.decrypt(nonce, sealed[1 + NONCE_SIZE :], label))
+        except (ValueError, InvalidTag) as exc:
+            raise CryptoError(f"sealed {label.decode()} failed to open") from exc
+        if not isinstance(document, dict):
+            raise CryptoError(f"sealed {label.decode()} is not an object")
+        return document
 
     def _compress(self, plaintext: bytes | memoryview) -> bytes:
         size = len(plaintext)

@@ -84,9 +84,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
     client_id INTEGER NOT NULL REFERENCES clients(id),
     time REAL NOT NULL,
-    hostname TEXT NOT NULL,
     tags TEXT NOT NULL,
-    paths TEXT NOT NULL,
+    sealed_meta TEXT NOT NULL,
     stats TEXT NOT NULL,
     root BLOB NOT NULL,
     parent TEXT,
@@ -169,9 +168,8 @@ class SnapshotRecord:
     id: str
     client_id: int
     time: float
-    hostname: str
     tags: list[str]
-    paths: list[str]
+    sealed_meta: str
     stats: dict[str, Any]
     root: list[bytes]
     parent: str | None
@@ -181,9 +179,8 @@ class SnapshotRecord:
         return {
             "id": self.id,
             "time": iso_time(self.time),
-            "hostname": self.hostname,
             "tags": self.tags,
-            "paths": self.paths,
+            "meta": self.sealed_meta,
             "stats": self.stats,
             "root": [chunk_id.hex() for chunk_id in self.root],
             "parent": self.parent,
@@ -457,15 +454,14 @@ class Repository:
             if present != len(refs):
                 raise InvalidRequest("snapshot references chunks the server does not hold")
             db.execute(
-                "INSERT INTO snapshots(id, client_id, time, hostname, tags, paths, stats, root, "
-                "parent, refs, ref_count, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO snapshots(id, client_id, time, tags, sealed_meta, stats, root, "
+                "parent, refs, ref_count, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     snapshot_id,
                     client_id,
                     meta["time"],
-                    meta["hostname"],
                     json.dumps(meta["tags"]),
-                    json.dumps(meta["paths"]),
+                    meta["sealed_meta"],
                     json.dumps(meta["stats"]),
                     b"".join(meta["root"]),
                     meta.get("parent"),
@@ -476,22 +472,21 @@ class Repository:
             )
         return snapshot_id
 
-    _SNAPSHOT_COLUMNS = "id, client_id, time, hostname, tags, paths, stats, root, parent, ref_count"
+    _SNAPSHOT_COLUMNS = "id, client_id, time, tags, sealed_meta, stats, root, parent, ref_count"
 
     @staticmethod
     def _snapshot(row: tuple[Any, ...]) -> SnapshotRecord:
-        root = bytes(row[7])
+        root = bytes(row[6])
         return SnapshotRecord(
             id=row[0],
             client_id=row[1],
             time=row[2],
-            hostname=row[3],
-            tags=json.loads(row[4]),
-            paths=json.loads(row[5]),
-            stats=json.loads(row[6]),
+            tags=json.loads(row[3]),
+            sealed_meta=row[4],
+            stats=json.loads(row[5]),
             root=[root[i : i + 32] for i in range(0, len(root), 32)],
-            parent=row[8],
-            ref_count=row[9],
+            parent=row[7],
+            ref_count=row[8],
         )
 
     def list_snapshots(self, client_id: int) -> list[SnapshotRecord]:

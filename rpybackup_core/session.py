@@ -8,6 +8,7 @@ stop the server.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import math
@@ -39,6 +40,7 @@ MAX_IDS_PER_REQUEST = 65536
 MAX_REFS_PER_SNAPSHOT = 20_000_000
 MAX_TAGS = 64
 MAX_TEXT = 4096
+MAX_SEALED_META = 48 * 1024
 
 Handler = Callable[["Session", Frame], tuple[dict[str, Any], bytes] | None]
 
@@ -72,6 +74,18 @@ def _hex_ids(header: dict[str, Any], key: str) -> list[bytes]:
         except ValueError as exc:
             raise InvalidRequest(f"field {key!r} holds a malformed chunk id") from exc
     return ids
+
+
+def _sealed_meta(header: dict[str, Any]) -> str:
+    """The client's encrypted snapshot metadata (host, paths): opaque base64 to the server."""
+    value = header.get("meta")
+    if not isinstance(value, str) or not value or len(value) > MAX_SEALED_META:
+        raise InvalidRequest(f"field 'meta' must be base64 of at most {MAX_SEALED_META} characters")
+    try:
+        base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise InvalidRequest("field 'meta' is not base64") from exc
+    return value
 
 
 def _parse_time(text: str) -> float:
@@ -282,9 +296,8 @@ class Session:
             raise InvalidRequest("field 'parent' must be a string")
         meta = {
             "time": _parse_time(_text(header, "time")),
-            "hostname": _text(header, "hostname", ""),
             "tags": _text_list(header, "tags"),
-            "paths": _text_list(header, "paths"),
+            "sealed_meta": _sealed_meta(header),
             "stats": stats,
             "root": root,
             "parent": parent,
