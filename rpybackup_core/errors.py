@@ -104,6 +104,12 @@ class BackupIncomplete(RPyBackupError):
         self.result = result
 
 
+class Cancelled(RPyBackupError):
+    """The user stopped a run: a progress callback raised it, so nothing was committed."""
+
+    code = "cancelled"
+
+
 class ServerError(RPyBackupError):
     """An unexpected failure inside the server; details are in the server log."""
 

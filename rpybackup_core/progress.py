@@ -32,6 +32,8 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+"""Called from the thread doing the work. Raising ``errors.Cancelled`` stops a backup before its
+snapshot is committed (sealed chunks stay for the next run to reuse)."""
 
 
 def ignore_progress(progress: Progress) -> None:
