@@ -1,0 +1,180 @@
+"""A reproducible mixed dataset for the benchmark, and the ~5 % mutation between runs.
+
+At scale 1.0 the shape follows issue #7's reference tree (about 1.04 GB, 20,012 files):
+10,000 small text-like files, 10,000 small random files (some of them duplicates), 10 medium
+files and 2 large ones of about 200 MB. ``scale`` shrinks file counts and sizes together, so a
+small run keeps the same mix. Everything comes from one seeded generator: the same seed and
+scale give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+_WORDS = (
+    "the of and to in is was for on that with as by at from this be are have it not or an "
+    "backup restore chunk snapshot server client encrypt verify retention pack index commit "
+    "error warning info debug request reply session stream buffer socket thread process "
+    "file directory path size mode mtime inode hash digest cipher nonce key token user admin "
+    "start stop run wait done failed retry timeout connect listen accept close open read write"
+).split()
+_LINE_POOL = 65536
+_SMALL_PER_DIR = 500
+_MEDIUM_BYTES = 40 * 1000 * 1000
+_LARGE_BYTES = 200 * 1000 * 1000
+_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Shape:
+    small_text: int
+    small_random: int
+    small_max: int
+    medium: int
+    medium_bytes: int
+    large: int
+    large_bytes: int
+
+    @classmethod
+    def at_scale(cls, scale: float) -> Shape:
+        return cls(
+            small_text=max(10, round(10_000 * scale)),
+            small_random=max(10, round(10_000 * scale)),
+            small_max=24 * 1024,
+            medium=10,
+            medium_bytes=max(1_000_000, round(_MEDIUM_BYTES * scale)),
+            large=2,
+            large_bytes=max(4_000_000, round(_LARGE_BYTES * scale)),
+        )
+
+
+class TextSource:
+    """Log- and prose-like text that zstd-3 compresses about 3-4x, generated quickly."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._lines = [
+            (
+                f"{rng.randrange(10**6):06d} "
+                + " ".join(rng.choices(_WORDS, k=rng.randint(4, 16)))
+                + f" {rng.randrange(10**9):x}\n"
+            ).encode("ascii")
+            for _ in range(_LINE_POOL)
+        ]
+
+    def text(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while total < size:
+            batch = self._rng.choices(self._lines, k=max(1, (size - total) // 48 + 1))
+            parts.extend(batch)
+            total += sum(len(line) for line in batch)
+        return b"".join(parts)[:size]
+
+
+def _write_stream(path: Path, size: int, make_block) -> None:  # noqa: ANN001 - a callable
+    with path.open("wb") as handle:
+        left = size
+        while left > 0:
+            block = make_block(min(_BLOCK, left))
+            handle.write(block)
+            left -= len(block)
+
+
+def generate(root: Path, scale: float, seed: int = 1) -> int:
+    """Write the dataset under ``root`` (replacing it); returns the total bytes written."""
+    if root.exists():
+        shutil.rmtree(root)
+    rng = random.Random(seed)
+    text = TextSource(rng)
+    shape = Shape.at_scale(scale)
+    total = 0
+    for index in range(shape.small_text):
+        folder = root / "text" / f"d{index // _SMALL_PER_DIR:03d}"
+        if index % _SMALL_PER_DIR == 0:
+            folder.mkdir(parents=True)
+        data = text.text(rng.randint(200, shape.small_max))
+        (folder / f"note-{index:05d}.txt").write_bytes(data)
+        total += len(data)
+    previous: list[bytes] = []
+    for index in range(shape.small_random):
+        folder = root / "random" / f"d{index // _SMALL_PER_DIR:03d}"
+        if index % _SMALL_PER_DIR == 0:
+            folder.mkdir(parents=True)
+        # One file in ten is a copy of an earlier one: duplicates must be stored once.
+        if previous and rng.random() < 0.1:
+            data = rng.choice(previous)
+        else:
+            data = rng.randbytes(rng.randint(200, shape.small_max))
+            if len(previous) < 256:
+                previous.append(data)
+        (folder / f"blob-{index:05d}.bin").write_bytes(data)
+        total += len(data)
+    (root / "medium").mkdir(parents=True)
+    for index in range(shape.medium):
+        path = root / "medium" / f"medium-{index:02d}.dat"
+        if index == shape.medium - 1:
+            shutil.copyfile(root / "medium" / "medium-00.dat", path)
+        elif index % 2 == 0:
+            _write_stream(path, shape.medium_bytes, text.text)
+        else:
+            _write_stream(path, shape.medium_bytes, rng.randbytes)
+        total += path.stat().st_size
+    (root / "large").mkdir(parents=True)
+    _write_stream(root / "large" / "video.raw", shape.large_bytes, rng.randbytes)
+    _write_stream(root / "large" / "server.log", shape.large_bytes, text.text)
+    total += 2 * shape.large_bytes
+    return total
+
+
+def mutate(root: Path, seed: int = 2) -> int:
+    """Change about 5 % of the tree like a day of use; returns the bytes written.
+
+    Edits 5 % of the small files, appends a quarter to three medium files, rewrites a region in the middle
+    of each large file (CDC must resynchronise), adds a few files and deletes a few.
+    """
+    rng = random.Random(seed)
+    text = TextSource(rng)
+    changed = 0
+    small = sorted(p for p in root.glob("text/*/*")) + sorted(p for p in root.glob("random/*/*"))
+    for path in rng.sample(small, max(1, len(small) // 20)):
+        data = bytearray(path.read_bytes())
+        edit = text.text(rng.randint(100, 4000))
+        at = rng.randint(0, len(data))
+        data[at:at] = edit
+        path.write_bytes(bytes(data))
+        changed += len(edit)
+    for path in sorted(root.glob("medium/*.dat"))[1:4]:
+        extra = text.text(path.stat().st_size // 4)
+        with path.open("ab") as handle:
+            handle.write(extra)
+        changed += len(extra)
+    for path in sorted(root.glob("large/*")):
+        size = path.stat().st_size
+        region = size // 20
+        with path.open("r+b") as handle:
+            handle.seek(size // 2)
+            handle.write(rng.randbytes(region))
+        changed += region
+    fresh = root / "text" / "new"
+    fresh.mkdir(exist_ok=True)
+    for index in range(max(1, len(small) // 200)):
+        data = text.text(rng.randint(200, 16_000))
+        (fresh / f"added-{index:04d}.txt").write_bytes(data)
+        changed += len(data)
+    for path in rng.sample(small, max(1, len(small) // 400)):
+        if path.exists():
+            path.unlink()
+    return changed
+
+
+def tree_bytes(root: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            total += os.lstat(os.path.join(folder, name)).st_size
+    return total

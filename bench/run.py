@@ -1,0 +1,283 @@
+"""rPyBackup against restic (and borg's repository size) on the same data, side by side.
+
+    python bench/run.py [--scale 0.25] [--repeats 3] [--big-file-mib 1024] [--work DIR]
+
+Each repeat generates the seeded dataset afresh, then runs both tools back to back on it (the
+order alternates between repeats, so neither always gets the warmer cache): first backup,
+no-change re-run, ~5 % mutation, re-run, full restore. The rPyBackup restore is compared with
+the source tree before it counts. The table shows medians; ratios are rPyBackup/restic and are
+judged against issue #7's goals. Results go to bench/results/ as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dataset
+from tools import Borg, Measured, Restic, RPyBackup, dir_size, ensure_installed
+
+from rpybackup_core.demo import compare_trees
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MIB = 1024 * 1024
+MB = 1000 * 1000
+
+
+@dataclass(frozen=True)
+class Goal:
+    label: str
+    rpy: str
+    other: str
+    unit: str
+    kind: str  # "ratio_min", "ratio_max" or "abs_max"/"abs_min"
+    target: float
+
+
+GOALS = [
+    Goal("first backup", "rpy_first", "restic_first", "s", "speedup", 1.5),
+    Goal("no-change re-run", "rpy_nochange", "restic_nochange", "s", "time_ratio", 0.5),
+    Goal("5 % re-run", "rpy_rerun", "restic_rerun", "s", "time_ratio", 0.75),
+    Goal("full restore", "rpy_restore", "restic_restore", "s", "speedup", 1.5),
+    Goal("repository size", "rpy_repo", "borg_repo", "MB", "size_ratio", 1.02),
+]
+
+
+def _log(message: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_at_start": os.getloadavg(),
+    }
+
+
+def _measure_pair(
+    samples: dict[str, list[float]], key: str, rpy: Callable[[], Any], other: Callable[[], Any],
+    rpy_first: bool,
+) -> None:
+    """Run the two contenders back to back in the given order and record both."""
+    steps = [("rpy_" + key, rpy), ("restic_" + key, other)]
+    for name, step in steps if rpy_first else reversed(steps):
+        result = step()
+        seconds = result.seconds if isinstance(result, Measured) else result[0].seconds
+        samples.setdefault(name, []).append(seconds)
+        if not isinstance(result, Measured):
+            samples.setdefault("rpy_client_rss", []).append(result[0].peak_rss)
+            samples.setdefault("rpy_server_rss", []).append(result[1])
+        else:
+            samples.setdefault("restic_rss", []).append(result.peak_rss)
+        _log(f"  {name}: {seconds:.2f} s")
+
+
+def run_repeat(work: Path, data: Path, scale: float, index: int, with_borg: bool,
+               samples: dict[str, list[float]]) -> None:
+    total = dataset.generate(data, scale)
+    samples.setdefault("dataset_bytes", []).append(total)
+    _log(f"repeat {index + 1}: dataset of {total / MB:.0f} MB generated")
+    rpy = RPyBackup(work / f"rpy-{index}")
+    restic = Restic(work / f"restic-{index}")
+    rpy.setup()
+    restic.setup()
+    rpy_first = index % 2 == 0
+    try:
+        _measure_pair(samples, "first", lambda: rpy.backup(data), lambda: restic.backup(data),
+                      rpy_first)
+        samples.setdefault("rpy_repo", []).append(rpy.repo_size())
+        samples.setdefault("restic_repo", []).append(restic.repo_size())
+        if with_borg and index == 0:
+            borg = Borg(work / "borg")
+            borg.setup()
+            measured = borg.backup(data, "first")
+            samples["borg_first"] = [measured.seconds]
+            samples["borg_repo"] = [borg.repo_size()]
+            _log(f"  borg_first: {measured.seconds:.2f} s, repo {borg.repo_size() / MB:.0f} MB")
+            shutil.rmtree(borg.work)
+        _measure_pair(samples, "nochange", lambda: rpy.backup(data),
+                      lambda: restic.backup(data), rpy_first)
+        changed = dataset.mutate(data)
+        samples.setdefault("mutated_bytes", []).append(changed)
+        _measure_pair(samples, "rerun", lambda: rpy.backup(data), lambda: restic.backup(data),
+                      rpy_first)
+        targets = {"rpy": work / "restore-rpy", "restic": work / "restore-restic"}
+        _measure_pair(samples, "restore", lambda: rpy.restore(targets["rpy"]),
+                      lambda: restic.restore(targets["restic"]), rpy_first)
+        samples.setdefault("restored_bytes", []).append(dataset.tree_bytes(data))
+        problems = compare_trees(data, targets["rpy"] / data.relative_to("/"))
+        if problems:
+            raise SystemExit(f"rPyBackup restore differs from the source: {problems[:5]}")
+        for target in targets.values():
+            shutil.rmtree(target)
+    finally:
+        rpy.stop()
+    shutil.rmtree(rpy.work)
+    shutil.rmtree(restic.work)
+
+
+def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[float]]:
+    """One large incompressible file through `put` and `get` over loopback TLS."""
+    big = work / "big" / "one-big-file.bin"
+    big.parent.mkdir(parents=True)
+    rng = random.Random(3)
+    with big.open("wb") as handle:
+        for _ in range(size_mib // 4):
+            handle.write(rng.randbytes(4 * MIB))
+    samples: dict[str, list[float]] = {}
+    for index in range(repeats):
+        rpy = RPyBackup(work / f"big-rpy-{index}")
+        rpy.setup()
+        try:
+            put, put_server = rpy.put(big)
+            dest = work / "big-restored.bin"
+            get, get_server = rpy.get(big, dest)
+        finally:
+            rpy.stop()
+        if dest.stat().st_size != big.stat().st_size:
+            raise SystemExit("the fetched big file has the wrong size")
+        dest.unlink()
+        shutil.rmtree(rpy.work)
+        size = big.stat().st_size
+        samples.setdefault("put_mbps", []).append(size / put.seconds / MB)
+        samples.setdefault("get_mbps", []).append(size / get.seconds / MB)
+        samples.setdefault("put_client_rss", []).append(put.peak_rss)
+        samples.setdefault("get_client_rss", []).append(get.peak_rss)
+        samples.setdefault("put_server_rss", []).append(put_server)
+        samples.setdefault("get_server_rss", []).append(get_server)
+        _log(f"  big file: put {size / put.seconds / MB:.0f} MB/s, "
+             f"get {size / get.seconds / MB:.0f} MB/s")
+    shutil.rmtree(big.parent)
+    return samples
+
+
+def summarize(samples: dict[str, list[float]], big: dict[str, list[float]]) -> dict[str, Any]:
+    med = {key: statistics.median(values) for key, values in samples.items()}
+    rows = []
+    for goal in GOALS:
+        if goal.rpy not in med or goal.other not in med:
+            continue
+        mine, theirs = med[goal.rpy], med[goal.other]
+        if goal.kind == "speedup":
+            ratio = theirs / mine
+            met = ratio >= goal.target
+            wanted = f">= {goal.target}x faster"
+        else:
+            ratio = mine / theirs
+            met = ratio <= goal.target
+            wanted = f"<= {goal.target}x"
+        rows.append({"metric": goal.label, "rpybackup": mine, "other": theirs,
+                     "other_tool": goal.other.split("_")[0], "unit": goal.unit, "ratio": ratio,
+                     "goal": wanted, "met": met})
+    rss_limit = 100 * MIB
+    for label, key in (("client peak RSS", "rpy_client_rss"), ("server peak RSS", "rpy_server_rss")):
+        peak = max(samples[key])
+        rows.append({"metric": label, "rpybackup": peak, "other": max(samples["restic_rss"]),
+                     "other_tool": "restic", "unit": "MiB", "ratio": peak / rss_limit,
+                     "goal": "<= 100 MiB", "met": peak <= rss_limit})
+    for label, key in (("1 GiB put", "put_mbps"), ("1 GiB get", "get_mbps")):
+        if key in big:
+            value = statistics.median(big[key])
+            rows.append({"metric": label, "rpybackup": value, "other": None, "other_tool": "",
+                         "unit": "MB/s", "ratio": value / 700, "goal": ">= 700 MB/s",
+                         "met": value >= 700})
+    return {"medians": med, "rows": rows}
+
+
+def _show(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "MB":
+        return f"{value / MB:.0f} MB"
+    if unit == "MiB":
+        return f"{value / MIB:.0f} MiB"
+    if unit == "MB/s":
+        return f"{value:.0f} MB/s"
+    return f"{value:.2f} s"
+
+
+def print_table(summary: dict[str, Any], data_bytes: float) -> None:
+    header = f"{'metric':<18} {'rPyBackup':>12} {'reference':>18} {'ratio':>7}  {'goal':<17} met"
+    print(header)
+    print("-" * len(header))
+    for row in summary["rows"]:
+        other = _show(row["other"], row["unit"])
+        if row["other_tool"]:
+            other = f"{other} ({row['other_tool']})"
+        print(f"{row['metric']:<18} {_show(row['rpybackup'], row['unit']):>12} {other:>18} "
+              f"{row['ratio']:>6.2f}x  {row['goal']:<17} {'yes' if row['met'] else 'NO'}")
+    med = summary["medians"]
+    if "rpy_first" in med:
+        print(f"\nfirst backup throughput: rPyBackup {data_bytes / med['rpy_first'] / MB:.0f} MB/s, "
+              f"restic {data_bytes / med['restic_first'] / MB:.0f} MB/s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.5,
+                        help="dataset size relative to issue #7's 1.04 GB tree (default 0.5)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--big-file-mib", type=int, default=1024,
+                        help="size of the single-file put/get test; 0 skips it")
+    parser.add_argument("--no-borg", action="store_true", help="skip borg's repository size")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rpybackup-bench"),
+                        help="scratch directory (emptied first)")
+    args = parser.parse_args()
+
+    ensure_installed()
+    work = args.work.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    data = work / "data"
+    started = time.monotonic()
+    machine = _machine()
+    samples: dict[str, list[float]] = {}
+    for index in range(args.repeats):
+        run_repeat(work, data, args.scale, index, not args.no_borg, samples)
+    shutil.rmtree(data)
+    big = run_big_file(work, args.big_file_mib, args.repeats) if args.big_file_mib else {}
+    summary = summarize(samples, big)
+    data_bytes = statistics.median(samples["dataset_bytes"])
+    print(f"\nrPyBackup vs {Restic(work).version}, {Borg(work).version}; scale {args.scale} "
+          f"({data_bytes / MB:.0f} MB), medians of {args.repeats}\n")
+    print_table(summary, data_bytes)
+    machine["load_at_end"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}-scale{args.scale:g}.json"
+    out.write_text(json.dumps({
+        "time": stamp, "scale": args.scale, "repeats": args.repeats, "machine": machine,
+        "seconds": round(time.monotonic() - started, 1), "samples": samples, "big_file": big,
+        **summary,
+    }, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+    shutil.rmtree(work)
+    return 0 if all(row["met"] for row in summary["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
