@@ -376,7 +376,7 @@ class Archiver:
         try:
             before = os.fstat(fd)
             with os.fdopen(fd, "rb", buffering=0) as handle:
-                for piece in self.chunker.stream(handle):
+                for piece in self.chunker.stream(handle, limit=before.st_size):
                     digest.update(piece)
                     chunk_id = self.sealer.chunk_id(piece)
                     self.uploader.add(chunk_id, piece)

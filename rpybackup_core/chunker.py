@@ -19,9 +19,14 @@ class Chunker:
     def __init__(self) -> None:
         self._cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
 
-    def stream(self, reader: BinaryIO) -> Iterator[memoryview]:
-        """Chunks of a file, read as it goes; each view is valid only until the next one."""
-        for chunk in self._cdc.cut_stream(reader):
+    def stream(self, reader: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
+        """Chunks of a file, read as it goes; each view is valid only until the next one.
+
+        With ``limit``, reading stops there: a file that keeps growing while it is read (a busy
+        log) is stored as it was when the read began, and the read always ends.
+        """
+        source = reader if limit is None else _LimitedReader(reader, limit)
+        for chunk in self._cdc.cut_stream(source):
             yield chunk.data
 
     def buffer(self, data: bytes) -> Iterator[memoryview]:
@@ -31,3 +36,18 @@ class Chunker:
             return
         for chunk in self._cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
+
+
+class _LimitedReader:
+    def __init__(self, reader: BinaryIO, limit: int) -> None:
+        self._reader = reader
+        self._left = limit
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)
+        count = self._reader.readinto(view[: self._left] if len(view) > self._left else view)
+        count = count or 0
+        self._left -= count
+        return count

@@ -9,7 +9,16 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _OwnHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handlers this module installed, so a second setup replaces only those."""
+    """Writes to whatever sys.stderr is at the time of each record (it may be replaced), and
+    marks the handlers this module installed, so a second setup replaces only those."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - the logging API's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 class _OwnFileHandler(logging.FileHandler):
@@ -23,7 +32,7 @@ def setup_logging(level: str = "warning", log_file: str = "") -> None:
         if isinstance(handler, (_OwnHandler, _OwnFileHandler)):
             root.removeHandler(handler)
             handler.close()
-    stderr = _OwnHandler(sys.stderr)
+    stderr = _OwnHandler()
     stderr.setFormatter(logging.Formatter(_FORMAT))
     root.addHandler(stderr)
     if log_file:
