@@ -17,6 +17,7 @@ from .errors import ConfigError
 DEFAULT_PORT = 7443
 _DURATION = re.compile(r"(\d+)\s*([smhdwy])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_S3_URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/([A-Za-z0-9._/-]*))?$")
 
 
 def parse_duration(text: str) -> int:
@@ -55,6 +56,15 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
     if not 0 <= port <= 65535:
         raise ConfigError(f"address {text!r} has a port out of range")
     return host, port
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://BUCKET[/PREFIX]`` -> (bucket, prefix without surrounding slashes)."""
+    match = _S3_URL.match(url.strip())
+    prefix = (match.group(2) or "").strip("/") if match else ""
+    if not match or ".." in prefix or "//" in prefix:
+        raise ConfigError(f"storage {url!r} is not 'local' or s3://BUCKET[/PREFIX]")
+    return match.group(1), prefix
 
 
 def format_address(host: str, port: int) -> str:
@@ -114,6 +124,8 @@ class ServerConfig:
     listen_port: int = DEFAULT_PORT
     max_connections: int = 64
     pack_size: int = 32 * 1024 * 1024
+    storage_url: str = "local"
+    s3_endpoint: str = ""
     enroll_ttl: int = 24 * 3600
     idle_timeout: int = 600
     log_file: str = ""
@@ -148,6 +160,8 @@ class ServerConfig:
             log_file=_typed(server, "log_file", str, "", "server"),
             log_level=_typed(server, "log_level", str, "info", "server"),
             pack_size=_typed(storage, "pack_size_mib", int, 32, "storage") * 1024 * 1024,
+            storage_url=_typed(storage, "url", str, "local", "storage"),
+            s3_endpoint=_typed(storage, "s3_endpoint", str, "", "storage"),
             enroll_ttl=parse_duration(_typed(enrollment, "code_ttl", str, "24h", "enrollment")),
             extra={k: v for k, v in doc.items() if k not in ("server", "storage", "enrollment")},
         )
@@ -159,6 +173,10 @@ class ServerConfig:
             raise ConfigError("server.max_connections must be between 1 and 4096")
         if not 1024 * 1024 <= self.pack_size <= 1024 * 1024 * 1024:
             raise ConfigError("storage.pack_size_mib must be between 1 and 1024")
+        if self.storage_url != "local":
+            split_s3_url(self.storage_url)
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise ConfigError("storage.s3_endpoint must be an http:// or https:// URL")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("server.log_level must be debug, info, warning or error")
 
@@ -172,7 +190,11 @@ class ServerConfig:
                 "log_file": self.log_file,
                 "log_level": self.log_level,
             },
-            "storage": {"pack_size_mib": self.pack_size // (1024 * 1024)},
+            "storage": {
+                "pack_size_mib": self.pack_size // (1024 * 1024),
+                "url": self.storage_url,
+                "s3_endpoint": self.s3_endpoint,
+            },
             "enrollment": {"code_ttl": f"{self.enroll_ttl}s"},
         }
         doc.update(self.extra)

@@ -13,6 +13,7 @@ from .errors import ProtocolError, RPyBackupError
 from .protocol import FramedSocket
 from .repository import Repository
 from .session import Session
+from .storage import open_backend
 from .tls import server_context
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ HANDSHAKE_TIMEOUT = 20.0
 class BackupServer:
     def __init__(self, config: ServerConfig, repo: Repository | None = None) -> None:
         self.config = config
-        self.repo = repo or Repository(config.data_dir)
+        self.repo = repo or Repository(config.data_dir, open_backend(config))
         self.context = server_context(config.tls_dir)
         family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
         self._listener = socket.create_server(

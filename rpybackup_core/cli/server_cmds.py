@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..logs import setup_logging
 from ..repository import Repository, iso_time
 from ..server import BackupServer
+from ..storage import open_backend
 from ..tls import certificate_fingerprint, create_identity
 from .output import print_json, stdout, table
 
@@ -24,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     init = server_sub.add_parser("init", help="create the server config and TLS identity")
     init.add_argument("--data", required=True, help="directory for the repository and TLS files")
     init.add_argument("--listen", default="127.0.0.1:7443", help="HOST:PORT to listen on")
+    init.add_argument(
+        "--storage", default="local", help="where packs go: local (under --data) or s3://BUCKET[/PREFIX]"
+    )
+    init.add_argument(
+        "--s3-endpoint", default="", help="URL of a non-AWS S3 store (Ceph RGW, SeaweedFS)"
+    )
     init.add_argument("--json", action="store_true")
     init.set_defaults(func=cmd_server_init)
 
@@ -56,22 +63,38 @@ def load_server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig.load(Path(args.server_config))
 
 
+def open_repository(config: ServerConfig) -> Repository:
+    return Repository(config.data_dir, open_backend(config))
+
+
 def cmd_server_init(args: argparse.Namespace) -> int:
     path = Path(args.server_config)
     if path.exists():
         raise ConfigError(f"{path} already exists; refusing to overwrite a server config")
     host, port = parse_address(args.listen)
     data = Path(args.data).expanduser().resolve()
-    config = ServerConfig(path=path, data_dir=data, listen_host=host, listen_port=port)
+    config = ServerConfig(
+        path=path, data_dir=data, listen_host=host, listen_port=port,
+        storage_url=args.storage, s3_endpoint=args.s3_endpoint,
+    )
+    config.validate()
+    backend = open_backend(config)
+    notes = backend.prepare()
     fingerprint = create_identity(config.tls_dir)
-    Repository(data).close()
+    Repository(data, backend).close()
     config.save()
     listen = format_address(host, port)
     if args.json:
-        print_json({"config": str(path), "fingerprint": fingerprint, "listen": listen})
+        print_json(
+            {"config": str(path), "fingerprint": fingerprint, "listen": listen,
+             "storage": backend.location}
+        )
     else:
         stdout.print(f"server config written to {path}")
         stdout.print(f"data directory: {data}")
+        stdout.print(f"packs stored in: {backend.location}")
+        for note in notes:
+            stdout.print(note)
         stdout.print(f"listen: {listen}")
         stdout.print(f"fingerprint: {fingerprint}")
     return 0
@@ -97,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_client_add(args: argparse.Namespace) -> int:
     config = load_server_config(args)
     name = check_client_name(args.name)
-    repo = Repository(config.data_dir)
+    repo = open_repository(config)
     try:
         code = repo.add_client(name, args.admin, config.enroll_ttl, reenroll=args.reenroll)
     finally:
@@ -116,7 +139,7 @@ def cmd_client_add(args: argparse.Namespace) -> int:
 
 def cmd_client_list(args: argparse.Namespace) -> int:
     config = load_server_config(args)
-    repo = Repository(config.data_dir)
+    repo = open_repository(config)
     try:
         clients = repo.list_clients()
         counts = repo.snapshot_counts()
@@ -149,7 +172,7 @@ def cmd_client_list(args: argparse.Namespace) -> int:
 
 def cmd_client_remove(args: argparse.Namespace) -> int:
     config = load_server_config(args)
-    repo = Repository(config.data_dir)
+    repo = open_repository(config)
     try:
         repo.remove_client(args.name)
     finally:
