@@ -1,0 +1,90 @@
+"""Sealing, chunk ids and passphrase wrapping."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rpybackup_core.crypto import MasterKey, Sealer, storage_hash, unwrap_key, wrap_key
+from rpybackup_core.errors import ConfigError, CryptoError
+
+
+@pytest.fixture
+def sealer() -> Sealer:
+    return Sealer(MasterKey.generate())
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [b"", b"x", b"compressible " * 10_000, os.urandom(300_000)],
+    ids=["empty", "tiny", "text", "random"],
+)
+def test_seal_then_open_round_trips(sealer: Sealer, plaintext: bytes) -> None:
+    chunk_id = sealer.chunk_id(plaintext)
+    assert sealer.open(chunk_id, sealer.seal(chunk_id, plaintext)) == plaintext
+
+
+def test_compressible_data_is_stored_smaller_and_random_data_is_not_inflated(sealer: Sealer) -> None:
+    text = b"the quick brown fox " * 20_000
+    noise = os.urandom(400_000)
+    assert len(sealer.seal(sealer.chunk_id(text), text)) < len(text) // 10
+    assert len(sealer.seal(sealer.chunk_id(noise), noise)) <= len(noise) + 64
+
+
+def test_chunk_ids_are_keyed(sealer: Sealer) -> None:
+    other = Sealer(MasterKey.generate())
+    assert sealer.chunk_id(b"same data") != other.chunk_id(b"same data")
+    assert sealer.chunk_id(b"same data") == sealer.chunk_id(b"same data")
+
+
+def test_a_flipped_bit_fails_authentication(sealer: Sealer) -> None:
+    chunk_id = sealer.chunk_id(b"payload")
+    sealed = bytearray(sealer.seal(chunk_id, b"payload"))
+    sealed[-5] ^= 0x01
+    with pytest.raises(CryptoError, match="authentication"):
+        sealer.open(chunk_id, bytes(sealed))
+
+
+def test_a_blob_moved_to_another_id_fails(sealer: Sealer) -> None:
+    sealed = sealer.seal(sealer.chunk_id(b"a"), b"a")
+    with pytest.raises(CryptoError):
+        sealer.open(sealer.chunk_id(b"b"), sealed)
+
+
+def test_another_key_cannot_open(sealer: Sealer) -> None:
+    chunk_id = sealer.chunk_id(b"secret")
+    with pytest.raises(CryptoError):
+        Sealer(MasterKey.generate()).open(chunk_id, sealer.seal(chunk_id, b"secret"))
+
+
+def test_storage_hash_changes_with_any_byte() -> None:
+    assert storage_hash(b"abc") != storage_hash(b"abd")
+    assert len(storage_hash(b"")) == 32
+
+
+def test_sealed_documents_round_trip_and_are_bound_to_their_label(sealer: Sealer) -> None:
+    text = sealer.seal_document(b"snapshot-meta", {"paths": ["/home"]})
+    assert sealer.open_document(b"snapshot-meta", text) == {"paths": ["/home"]}
+    with pytest.raises(CryptoError):
+        sealer.open_document(b"other", text)
+
+
+def test_key_text_round_trips_and_rejects_garbage() -> None:
+    key = MasterKey.generate()
+    assert MasterKey.from_text(key.to_text()) == key
+    with pytest.raises(ConfigError):
+        MasterKey.from_text("not base64!")
+    with pytest.raises(ConfigError):
+        MasterKey.from_text("c2hvcnQ=")
+
+
+def test_wrapped_key_opens_only_with_its_passphrase() -> None:
+    key = MasterKey.generate()
+    wrapped = wrap_key(key, "correct horse")
+    assert unwrap_key(wrapped, "correct horse") == key
+    assert key.to_text() not in wrapped
+    with pytest.raises(CryptoError, match="wrong passphrase"):
+        unwrap_key(wrapped, "battery staple")
+    with pytest.raises(CryptoError, match="malformed"):
+        unwrap_key("{}", "correct horse")

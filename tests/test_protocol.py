@@ -1,0 +1,92 @@
+"""Framing over a real socket pair: bounds, truncation, records."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from rpybackup_core.errors import ConnectionClosed, FrameTooLarge, ProtocolError
+from rpybackup_core.protocol import FramedSocket, pack_records, split_ids, unpack_records
+
+
+@pytest.fixture
+def pair():  # noqa: ANN201 - two connected FramedSockets
+    left, right = socket.socketpair()
+    left.settimeout(10)
+    right.settimeout(10)
+    yield FramedSocket(left, max_payload=1 << 20), FramedSocket(right, max_payload=1 << 20)
+    left.close()
+    right.close()
+
+
+def test_frames_round_trip_and_the_buffer_grows(pair) -> None:
+    sender, receiver = pair
+    big = bytes(range(256)) * 2048
+
+    def send_both() -> None:
+        sender.send({"op": "put", "id": 1}, big)
+        sender.send({"op": "ping", "id": 2})
+
+    writer = threading.Thread(target=send_both)
+    writer.start()
+    first = receiver.recv()
+    first_payload = first.payload.tobytes()
+    second = receiver.recv()
+    writer.join(timeout=30)
+    assert first.header == {"op": "put", "id": 1} and first_payload == big
+    assert second.op == "ping" and len(second.payload) == 0
+
+
+def test_clean_eof_between_frames_is_told_apart_from_truncation(pair) -> None:
+    sender, receiver = pair
+    sender.sock.close()
+    with pytest.raises(ConnectionClosed):
+        receiver.recv()
+
+
+def test_truncated_frame_is_a_protocol_error(pair) -> None:
+    sender, receiver = pair
+    sender.sock.sendall(struct.pack(">II", 50, 0) + b'{"op"')
+    sender.sock.close()
+    with pytest.raises(ProtocolError, match="middle of a frame"):
+        receiver.recv()
+
+
+@pytest.mark.parametrize("prefix", [struct.pack(">II", 0, 0), struct.pack(">II", 1 << 30, 0),
+                                    struct.pack(">II", 2, 1 << 30)])
+def test_out_of_bounds_lengths_are_refused_before_allocating(pair, prefix: bytes) -> None:
+    sender, receiver = pair
+    sender.sock.sendall(prefix)
+    with pytest.raises(FrameTooLarge):
+        receiver.recv()
+
+
+def test_header_must_be_a_json_object(pair) -> None:
+    sender, receiver = pair
+    sender.sock.sendall(struct.pack(">II", 2, 0) + b"[]")
+    with pytest.raises(ProtocolError, match="not an object"):
+        receiver.recv()
+
+
+def test_sending_an_oversized_payload_is_refused(pair) -> None:
+    sender, _ = pair
+    with pytest.raises(FrameTooLarge):
+        sender.send({"op": "put"}, b"x" * ((1 << 20) + 1))
+
+
+def test_records_round_trip_and_lying_lengths_are_caught() -> None:
+    records = [(b"\x01" * 32, b"\x02" * 32, b"blob-one"), (b"\x03" * 32, b"\x04" * 32, b"")]
+    payload = pack_records(records)
+    parsed = [(a, b, c.tobytes()) for a, b, c in unpack_records(memoryview(payload))]
+    assert parsed == records
+    with pytest.raises(ProtocolError):
+        unpack_records(memoryview(payload[:-3] if records[-1][2] else payload[:70]))
+
+
+def test_id_lists_must_be_whole() -> None:
+    assert split_ids(memoryview(b"\x00" * 64)) == [b"\x00" * 32] * 2
+    with pytest.raises(ProtocolError):
+        split_ids(memoryview(b"\x00" * 33))
