@@ -1,0 +1,1 @@
+"""What the console shows, computed without textual: every module here is plain Python."""

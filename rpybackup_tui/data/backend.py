@@ -1,0 +1,103 @@
+"""The console's only door to the server: blocking calls, run by the screens in worker threads.
+
+Every call goes through rpybackup_core's client API, which opens a fresh connection per call,
+so a server restart between two calls needs nothing special here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from pathlib import Path
+
+from rpybackup_core.archiver import BackupResult
+from rpybackup_core.client import BackupClient, ListedEntry, SnapshotInfo
+from rpybackup_core.config import ClientConfig
+from rpybackup_core.errors import BackupIncomplete, Cancelled
+from rpybackup_core.progress import Progress, ProgressCallback
+from rpybackup_core.restorer import RestoreResult
+
+from .fleet import Fleet, own_row
+from .runs import CANCELLED, INCOMPLETE, OK, RunRecord
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Backend:
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.client = BackupClient(config)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def use_config(self, config: ClientConfig) -> None:
+        """Switch to a freshly saved config; later calls use its server address."""
+        self.config = config
+        self.client = BackupClient(config)
+
+    def save_config(self, config: ClientConfig) -> None:
+        config.save()
+        self.use_config(config)
+
+    # ---- status -----------------------------------------------------------------------------
+
+    def fleet(self) -> Fleet:
+        return Fleet(admin=False, rows=[own_row(self.name, self.client.snapshots())])
+
+    # ---- snapshots and files ----------------------------------------------------------------
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        return self.client.snapshots()
+
+    def children(self, snapshot: str, path: str) -> list[ListedEntry]:
+        """One directory's entries, without descending: the browser loads a level at a time."""
+        _, entries = self.client.list_files(path, snapshot, recursive=False)
+        return entries
+
+    def restore(
+        self, snapshot: str, target: Path, include: str | None, progress: ProgressCallback
+    ) -> RestoreResult:
+        _, result = self.client.restore(snapshot, target, include, progress)
+        return result
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    def backup(self, report: ProgressCallback, cancel: threading.Event) -> RunRecord:
+        """Back up the configured sources; setting ``cancel`` stops the run before it commits.
+
+        A cancelled or partly unreadable run is an outcome, not a failure; anything else (the
+        server is gone, the sources are missing) raises.
+        """
+        started = now_iso()
+
+        def progress(event: Progress) -> None:
+            # Once the phase is "done" the snapshot is committed: too late to call it cancelled.
+            if cancel.is_set() and event.phase != "done":
+                raise Cancelled("cancelled; nothing was committed")
+            report(event)
+
+        try:
+            result = self.client.backup(progress=progress)
+        except Cancelled as exc:
+            return RunRecord(started, CANCELLED, message=str(exc))
+        except BackupIncomplete as exc:
+            if not isinstance(exc.result, BackupResult):
+                raise
+            return _record(started, INCOMPLETE, exc.result, str(exc))
+        return _record(started, OK, result, "")
+
+
+def _record(started: str, outcome: str, result: BackupResult, message: str) -> RunRecord:
+    return RunRecord(
+        started=started,
+        outcome=outcome,
+        files=result.files,
+        bytes=result.bytes,
+        uploaded_bytes=result.uploaded_bytes,
+        snapshot=result.snapshot,
+        message=message,
+    )

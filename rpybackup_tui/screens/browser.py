@@ -1,0 +1,277 @@
+"""Snapshots → a snapshot's tree, loaded one directory at a time → details → restore."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Static, Tree
+from textual.widgets.tree import TreeNode
+
+from rpybackup_core.client import ListedEntry, SnapshotInfo
+from rpybackup_core.tree import DIR, FILE, SYMLINK
+
+from ..data.format import human_bytes, short_time
+from ..dialogs.restore_target import RestoreDialog
+from ..messages import (
+    ChildrenLoaded,
+    ProgressUpdate,
+    RestoreFinished,
+    SnapshotsLoaded,
+    progress_poster,
+)
+from ..widgets.progress_panel import ProgressPanel
+from .base import AreaScreen
+
+PAGE = 1000
+"""Tree rows added at once; a huge directory shows a 'more' row for the rest."""
+
+
+@dataclass
+class Entry:
+    """What a tree row stands for: a stored entry, or the rest of a long directory."""
+
+    listed: ListedEntry | None = None
+    loaded: bool = False
+    loading: bool = False
+    rest: list[ListedEntry] = field(default_factory=list)
+
+
+def describe_entry(listed: ListedEntry) -> str:
+    node = listed.node
+    when = datetime.datetime.fromtimestamp(node.mtime_ns / 1e9, datetime.UTC)
+    mode = stat.filemode(_type_bits(node.kind) | node.mode)
+    lines = [listed.path, f"{node.kind} · {mode} · {when:%Y-%m-%d %H:%M} UTC"]
+    if node.kind == FILE:
+        lines.append(f"{human_bytes(node.size)} ({node.size:,} bytes) · sha256 {node.sha256[:16]}…")
+    if node.kind == SYMLINK:
+        lines.append(f"→ {node.target}")
+    return "\n".join(lines)
+
+
+def _type_bits(kind: str) -> int:
+    return {DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}.get(kind, stat.S_IFREG)
+
+
+def label_for(listed: ListedEntry) -> Text:
+    node = listed.node
+    name = os.path.basename(listed.path)
+    if node.kind == DIR:
+        return Text(f"{name}/", style="bold")
+    if node.kind == SYMLINK:
+        return Text(f"{name} → {node.target}", style="italic")
+    return Text.assemble(name, (f"  {human_bytes(node.size)}", "dim"))
+
+
+class BrowserScreen(AreaScreen):
+    AREA = "browse"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("u", "reload", "Reload"),
+        Binding("r", "restore_selected", "Restore item"),
+        Binding("a", "restore_all", "Restore snapshot"),
+        Binding("tab", "app.focus_next", "Switch pane", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots: list[SnapshotInfo] = []
+        self.current: SnapshotInfo | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="browser"):
+            with Vertical(id="snapshot-pane"):
+                yield Static("Snapshots", classes="area-title")
+                yield DataTable(id="snapshots", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="tree-pane"):
+                yield Tree[Entry]("pick a snapshot (enter)", Entry(), id="files")
+                yield Static("", id="details", markup=False)
+        yield ProgressPanel(id="restore-progress")
+        yield Static("loading snapshots…", id="browser-status", classes="status-line",
+                     markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#snapshots", DataTable).add_columns("Time (UTC)", "Files", "Size", "Tags")
+        self.query_one(ProgressPanel).stop()
+        self.call_after_refresh(self.load_snapshots)
+
+    # ---- snapshots --------------------------------------------------------------------------
+
+    def action_reload(self) -> None:
+        self.set_status("loading snapshots…")
+        self.load_snapshots()
+
+    @work(thread=True, exclusive=True, group="snapshots", exit_on_error=False)
+    def load_snapshots(self) -> None:
+        self.post_message(SnapshotsLoaded(self.backend.snapshots()))
+
+    @on(SnapshotsLoaded)
+    def show_snapshots(self, message: SnapshotsLoaded) -> None:
+        self.snapshots = list(reversed(message.snapshots))
+        table = self.query_one("#snapshots", DataTable)
+        table.clear()
+        for snap in self.snapshots:
+            table.add_row(
+                short_time(snap.time),
+                f"{int(snap.stats.get('files', 0)):,}",
+                human_bytes(int(snap.stats.get("bytes", 0))),
+                ",".join(snap.tags) or "—",
+                key=snap.id,
+            )
+        count = len(self.snapshots)
+        self.set_status(f"{count} snapshot(s) · enter opens one" if count else
+                        "no snapshots yet · start one on the runs screen (4)")
+
+    @on(DataTable.RowSelected, "#snapshots")
+    def open_snapshot(self, event: DataTable.RowSelected) -> None:
+        snap = next(s for s in self.snapshots if s.id == event.row_key.value)
+        self.current = snap
+        tree = self.query_one("#files", Tree)
+        tree.reset(Text(f"{short_time(snap.time)}  {snap.id[:8]}", style="bold"), Entry())
+        tree.root.expand()
+        tree.focus()
+
+    # ---- the tree ---------------------------------------------------------------------------
+
+    @on(Tree.NodeExpanded, "#files")
+    def expanded(self, event: Tree.NodeExpanded[Entry]) -> None:
+        entry = event.node.data
+        if self.current is None or entry is None or entry.loaded or entry.loading:
+            return
+        entry.loading = True
+        path = entry.listed.path if entry.listed else "/"
+        self.load_children(self.current.id, event.node, path)
+
+    @work(thread=True, exclusive=False, group="tree", exit_on_error=False)
+    def load_children(self, snapshot: str, node: TreeNode[Entry], path: str) -> None:
+        """Runs in a thread: the node only travels back with the answer, it is not touched."""
+        entries = self.backend.children(snapshot, path)
+        self.post_message(ChildrenLoaded(snapshot, node, entries))
+
+    @on(ChildrenLoaded)
+    def add_children(self, message: ChildrenLoaded) -> None:
+        if self.current is None or message.snapshot != self.current.id:
+            return
+        node = message.node
+        if node.data is not None:
+            node.data.loaded, node.data.loading = True, False
+        ordered = sorted(message.entries, key=lambda e: (e.node.kind != DIR, e.path))
+        self.add_page(node, ordered)
+
+    def add_page(self, parent: TreeNode[Entry], entries: list[ListedEntry]) -> None:
+        for listed in entries[:PAGE]:
+            if listed.node.kind == DIR:
+                parent.add(label_for(listed), Entry(listed))
+            else:
+                parent.add_leaf(label_for(listed), Entry(listed, loaded=True))
+        rest = entries[PAGE:]
+        if rest:
+            parent.add_leaf(Text(f"… {len(rest):,} more (enter)", style="dim"),
+                            Entry(loaded=True, rest=rest))
+
+    @on(Tree.NodeSelected, "#files")
+    def selected(self, event: Tree.NodeSelected[Entry]) -> None:
+        entry = event.node.data
+        if entry is not None and entry.rest and event.node.parent is not None:
+            parent = event.node.parent
+            event.node.remove()
+            self.add_page(parent, entry.rest)
+
+    @on(Tree.NodeHighlighted, "#files")
+    def highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
+        entry = event.node.data
+        details = self.query_one("#details", Static)
+        details.update(describe_entry(entry.listed) if entry and entry.listed else "")
+
+    # ---- restore ----------------------------------------------------------------------------
+
+    def action_restore_selected(self) -> None:
+        node = self.query_one("#files", Tree).cursor_node
+        entry = node.data if node else None
+        if self.current is None or entry is None:
+            self.notify("open a snapshot first (enter on a row)", severity="warning")
+            return
+        if entry.listed is None:
+            self.action_restore_all()
+            return
+        listed = entry.listed
+        size = listed.node.size if listed.node.kind == FILE else None
+        self.ask_target(listed.path, listed.path, size)
+
+    def action_restore_all(self) -> None:
+        if self.current is None:
+            self.notify("open a snapshot first (enter on a row)", severity="warning")
+            return
+        size = int(self.current.stats.get("bytes", 0)) or None
+        self.ask_target(f"snapshot {self.current.id[:8]}", None, size)
+
+    def ask_target(self, what: str, include: str | None, size: int | None) -> None:
+        assert self.current is not None
+        snapshot = self.current.id
+        suggestion = str(Path.home() / "restore" / snapshot[:8])
+
+        def chosen(target: Path | None) -> None:
+            if target is not None:
+                self.query_one(ProgressPanel).start(size)
+                self.set_status(f"restoring {what} to {target}…")
+                self.restore(snapshot, target, include, what, size)
+
+        self.app.push_screen(RestoreDialog(what, suggestion), chosen)
+
+    @work(thread=True, exclusive=True, group="restore", exit_on_error=False)
+    def restore(
+        self, snapshot: str, target: Path, include: str | None, what: str, size: int | None
+    ) -> None:
+        report = progress_poster(self.post_message, "restore", size)
+        result = self.backend.restore(snapshot, target, include, report)
+        self.post_message(RestoreFinished(what, target, result))
+
+    @on(ProgressUpdate)
+    def restore_progress(self, message: ProgressUpdate) -> None:
+        self.query_one(ProgressPanel).show(message.progress, message.expected_bytes)
+
+    @on(RestoreFinished)
+    def restored(self, message: RestoreFinished) -> None:
+        self.query_one(ProgressPanel).stop()
+        result = message.result
+        summary = (f"restored {message.what} to {message.target}: {result.files} files, "
+                   f"{human_bytes(result.bytes)}")
+        if result.errors:
+            self.set_status(f"{summary}; {len(result.errors)} failed: {result.errors[0]}",
+                            error=True)
+            self.notify(result.errors[0], title="Restore incomplete", severity="error")
+        else:
+            self.set_status(f"{summary}, every file verified")
+            self.notify(summary, title="Restore done")
+
+    def forget_loading(self, node: TreeNode[Entry]) -> None:
+        """After a failed load, expanding those folders again asks again."""
+        if node.data is not None and node.data.loading:
+            node.data.loading = False
+            node.collapse()
+        for child in node.children:
+            self.forget_loading(child)
+
+    def set_status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#browser-status", Static)
+        status.set_class(error, "-error")
+        status.update(text)
+
+    def worker_failed(self, group: str, message: str) -> None:
+        if group == "restore":
+            self.query_one(ProgressPanel).stop()
+            self.set_status(f"restore failed: {message}", error=True)
+        elif group == "tree":
+            self.forget_loading(self.query_one("#files", Tree).root)
+            self.set_status(f"could not open the folder: {message} · expand it to retry",
+                            error=True)
+        else:
+            self.set_status(f"could not list snapshots: {message} · u to retry", error=True)
