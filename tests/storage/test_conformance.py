@@ -137,7 +137,7 @@ def test_many_threads_share_one_backend(backend: Backend) -> None:
                 data = f"{worker}-{i}".encode() * 100
                 backend.put(PACKS, name, data)
                 assert backend.get_range(PACKS, name, 0, len(data)) == data
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
