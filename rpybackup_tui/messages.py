@@ -14,6 +14,7 @@ from textual.widgets.tree import TreeNode
 from rpybackup_core.client import ListedEntry, SnapshotInfo
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.progress import Progress, ProgressCallback
+from rpybackup_core.pruner import PruneRecord, PruneResult
 from rpybackup_core.restorer import RestoreResult
 
 from .data.fleet import Fleet
@@ -92,3 +93,17 @@ class ConfigSaved(Message):
     def __init__(self, config: ClientConfig) -> None:
         super().__init__()
         self.config = config
+
+
+class PruneAnswered(Message):
+    """A prune's result; ``result.dry_run`` tells a preview from a real prune."""
+
+    def __init__(self, result: PruneResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class PruneHistoryLoaded(Message):
+    def __init__(self, records: list[PruneRecord]) -> None:
+        super().__init__()
+        self.records = records

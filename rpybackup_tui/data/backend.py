@@ -10,14 +10,16 @@ import datetime
 import threading
 from pathlib import Path
 
+from rpybackup_core.admin import AdminClient
 from rpybackup_core.archiver import BackupResult
 from rpybackup_core.client import BackupClient, ListedEntry, SnapshotInfo
 from rpybackup_core.config import ClientConfig
-from rpybackup_core.errors import BackupIncomplete, Cancelled
+from rpybackup_core.errors import BackupIncomplete, Cancelled, PermissionDenied
 from rpybackup_core.progress import Progress, ProgressCallback
+from rpybackup_core.pruner import PruneRecord, PruneResult
 from rpybackup_core.restorer import RestoreResult
 
-from .fleet import Fleet, own_row
+from .fleet import Fleet, own_row, status_row
 from .runs import CANCELLED, INCOMPLETE, OK, RunRecord
 
 
@@ -29,6 +31,9 @@ class Backend:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.client = BackupClient(config)
+        self.admin = AdminClient(config)
+        self.is_admin: bool | None = None
+        """Unknown until the server first answers an admin request (or refuses it)."""
 
     @property
     def name(self) -> str:
@@ -38,6 +43,8 @@ class Backend:
         """Switch to a freshly saved config; later calls use its server address."""
         self.config = config
         self.client = BackupClient(config)
+        self.admin = AdminClient(config)
+        self.is_admin = None
 
     def save_config(self, config: ClientConfig) -> None:
         config.save()
@@ -46,7 +53,29 @@ class Backend:
     # ---- status -----------------------------------------------------------------------------
 
     def fleet(self) -> Fleet:
+        """Every client for an admin identity; this client alone for any other."""
+        if self.is_admin is not False:
+            try:
+                status = self.admin.status()
+            except PermissionDenied:
+                self.is_admin = False
+            else:
+                self.is_admin = True
+                now = datetime.datetime.now(datetime.UTC)
+                return Fleet(admin=True, rows=[status_row(c, now) for c in status.clients])
         return Fleet(admin=False, rows=[own_row(self.name, self.client.snapshots())])
+
+    # ---- pruning (admin identity) -----------------------------------------------------------
+
+    def prune_preview(self, client: str) -> PruneResult:
+        """A dry run: the plan with the rules that keep each snapshot, and the space it frees."""
+        return self.admin.prune(client, dry_run=True)
+
+    def prune(self, client: str) -> PruneResult:
+        return self.admin.prune(client)
+
+    def prune_history(self, client: str | None) -> list[PruneRecord]:
+        return self.admin.prune_history(client)
 
     # ---- snapshots and files ----------------------------------------------------------------
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from rpybackup_core.client import SnapshotInfo
+from rpybackup_core.retention import RetentionPolicy, format_duration
+from rpybackup_core.status import ClientStatus
 
 ONLINE = "online"
 WATCHING = "watching"
 IDLE = "idle"
 FAILING = "failing"
+
+ONLINE_SECONDS = 15 * 60
+"""A client the server heard from this recently counts as online."""
 
 
 @dataclass(frozen=True)
@@ -53,4 +59,50 @@ def own_row(name: str, snapshots: list[SnapshotInfo]) -> FleetRow:
         snapshots=len(snapshots),
         stored_bytes=None,
         retention="set on the server",
+    )
+
+
+def _age(iso: str | None, now: datetime.datetime) -> float | None:
+    if not iso:
+        return None
+    moment = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (now - moment).total_seconds()
+
+
+def client_state(status: ClientStatus, now: datetime.datetime) -> str:
+    """failing beats everything (the admin must see it), then online by last contact."""
+    if status.last_result not in (None, "ok"):
+        return FAILING
+    age = _age(status.last_seen, now)
+    return ONLINE if age is not None and age <= ONLINE_SECONDS else IDLE
+
+
+_RULES = (("keep_last", "last"), ("keep_hourly", "h"), ("keep_daily", "d"),
+          ("keep_weekly", "w"), ("keep_monthly", "mo"), ("keep_yearly", "y"))
+
+
+def short_policy(policy: RetentionPolicy) -> str:
+    """``last 10 · 7d 4w 12mo`` for a table cell; the long form is on the pruning screen."""
+    if policy.is_empty:
+        return "keep all"
+    counts = [f"{getattr(policy, name)}{unit}" for name, unit in _RULES[1:]
+              if getattr(policy, name)]
+    parts = [f"last {policy.keep_last}"] if policy.keep_last else []
+    if counts:
+        parts.append(" ".join(counts))
+    if policy.keep_within:
+        parts.append(f"within {format_duration(policy.keep_within)}")
+    return " · ".join(parts)
+
+
+def status_row(status: ClientStatus, now: datetime.datetime) -> FleetRow:
+    policy = short_policy(status.retention.policy)
+    return FleetRow(
+        name=status.name,
+        state=client_state(status, now),
+        last_backup=status.last_backup,
+        last_result=status.last_result or "never",
+        snapshots=status.snapshots,
+        stored_bytes=status.stored_bytes,
+        retention=f"{policy} (default)" if status.retention.is_default else policy,
     )
