@@ -1,0 +1,92 @@
+"""The smaller commands of the CLI contract: list, get, client list/remove, JSON shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def test_list_shows_local_files_and_their_backup_state(server, cli, tmp_path: Path) -> None:
+    config = server.enroll("alice")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("one\n")
+    assert cli("--config", str(config.path), "run", str(folder)).code == 0
+    (folder / "fresh.txt").write_text("two\n")
+
+    listed = cli("--config", str(config.path), "list", str(folder), "--json")
+    assert listed.code == 0, listed.err
+    states = {e["name"]: e["state"] for e in json.loads(listed.out)["entries"]}
+    assert states == {"kept.txt": "backed up", "fresh.txt": "new or changed"}
+
+
+def test_list_of_a_missing_directory_is_a_usage_error(cli, tmp_path: Path) -> None:
+    result = cli("--config", str(tmp_path / "none.toml"), "list", str(tmp_path / "nope"))
+    assert result.code == 2
+    assert "is not a directory" in result.err
+
+
+def test_get_into_a_directory_and_from_an_older_snapshot(server, cli, tmp_path: Path) -> None:
+    config = server.enroll("alice")
+    note = tmp_path / "note.txt"
+    note.write_text("version one\n")
+    first = json.loads(cli("--config", str(config.path), "put", str(note), "--json").out)
+    note.write_text("version two\n")
+    assert cli("--config", str(config.path), "put", str(note)).code == 0
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    newest = cli("--config", str(config.path), "get", str(note), "-o", str(out_dir))
+    assert newest.code == 0, newest.err
+    assert (out_dir / "note.txt").read_text() == "version two\n"
+    older = tmp_path / "older.txt"
+    assert cli("--config", str(config.path), "get", str(note), "-o", str(older), "--snapshot",
+               first["snapshot"][:8]).code == 0
+    assert older.read_text() == "version one\n"
+
+
+def test_get_of_an_unknown_path_says_so(server, cli, tmp_path: Path) -> None:
+    config = server.enroll("alice")
+    note = tmp_path / "note.txt"
+    note.write_text("x\n")
+    assert cli("--config", str(config.path), "put", str(note)).code == 0
+    result = cli("--config", str(config.path), "get", "/no/such/file")
+    assert result.code == 1
+    assert "in no snapshot" in result.err
+
+
+def test_get_of_a_directory_is_refused(server, cli, tmp_path: Path) -> None:
+    config = server.enroll("alice")
+    note = tmp_path / "note.txt"
+    note.write_text("x\n")
+    assert cli("--config", str(config.path), "put", str(note)).code == 0
+    result = cli("--config", str(config.path), "get", str(tmp_path), "-o", str(tmp_path / "o"))
+    assert result.code == 2
+    assert "not a file" in result.err
+
+
+def test_client_list_and_remove(server, cli) -> None:
+    alice = server.enroll("alice")
+    server.add_client("bob", admin=True)
+    listed = json.loads(cli("--config", str(server.config.path), "client", "list", "--json").out)
+    by_name = {c["name"]: c for c in listed}
+    assert by_name["alice"]["enrolled"] and not by_name["bob"]["enrolled"]
+    assert by_name["bob"]["admin"] is True
+    assert by_name["alice"]["snapshots"] == 0
+
+    assert cli("--config", str(server.config.path), "client", "remove", "alice").code == 0
+    denied = cli("--config", str(alice.path), "snapshots")
+    assert denied.code == 1
+    assert "not accepted" in denied.err
+
+
+def test_ambiguous_and_malformed_snapshot_ids(server, cli, tmp_path: Path) -> None:
+    config = server.enroll("alice")
+    note = tmp_path / "n.txt"
+    note.write_text("x\n")
+    assert cli("--config", str(config.path), "put", str(note)).code == 0
+    bad = cli("--config", str(config.path), "restore", "xyz!", "--target", str(tmp_path / "t"))
+    assert bad.code == 2
+    missing = cli("--config", str(config.path), "restore", "ffffffff", "--target",
+                  str(tmp_path / "t"))
+    assert missing.code == 1 and "no snapshot" in missing.err
