@@ -12,7 +12,8 @@ from typing import Any
 import tomli_w
 
 from .durable import atomic_write_bytes
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequest
+from .retention import DEFAULT_POLICY, RetentionPolicy, format_duration
 
 DEFAULT_PORT = 7443
 _DURATION = re.compile(r"(\d+)\s*([smhdwy])")
@@ -107,6 +108,19 @@ def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _retention(section: dict[str, Any]) -> RetentionPolicy:
+    """[retention]: keep_* counts and keep_within as a duration; absent means the default."""
+    if not section:
+        return DEFAULT_POLICY
+    doc = dict(section)
+    if "keep_within" in doc:
+        doc["keep_within"] = parse_duration(_typed(section, "keep_within", str, "", "retention"))
+    try:
+        return RetentionPolicy.from_json(doc)
+    except InvalidRequest as exc:
+        raise ConfigError(f"[retention]: {exc}") from exc
+
+
 def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
     value = section.get(key, default)
     if kind is int and isinstance(value, bool):
@@ -130,6 +144,10 @@ class ServerConfig:
     idle_timeout: int = 600
     log_file: str = ""
     log_level: str = "info"
+    retention: RetentionPolicy = DEFAULT_POLICY
+    """The policy of every client that has none of its own."""
+    prune_interval: int = 24 * 3600
+    repack_unused_percent: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,6 +164,7 @@ class ServerConfig:
         server = _section(doc, "server")
         storage = _section(doc, "storage")
         enrollment = _section(doc, "enrollment")
+        prune = _section(doc, "prune")
         data = _typed(server, "data", str, "", "server")
         if not data:
             raise ConfigError(f"{path}: server.data (the data directory) is not set")
@@ -163,7 +182,14 @@ class ServerConfig:
             storage_url=_typed(storage, "url", str, "local", "storage"),
             s3_endpoint=_typed(storage, "s3_endpoint", str, "", "storage"),
             enroll_ttl=parse_duration(_typed(enrollment, "code_ttl", str, "24h", "enrollment")),
-            extra={k: v for k, v in doc.items() if k not in ("server", "storage", "enrollment")},
+            retention=_retention(_section(doc, "retention")),
+            prune_interval=parse_duration(_typed(prune, "interval", str, "24h", "prune")),
+            repack_unused_percent=_typed(prune, "repack_unused_percent", int, 50, "prune"),
+            extra={
+                k: v
+                for k, v in doc.items()
+                if k not in ("server", "storage", "enrollment", "retention", "prune")
+            },
         )
         config.validate()
         return config
@@ -179,6 +205,8 @@ class ServerConfig:
             raise ConfigError("storage.s3_endpoint must be an http:// or https:// URL")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("server.log_level must be debug, info, warning or error")
+        if not 1 <= self.repack_unused_percent <= 100:
+            raise ConfigError("prune.repack_unused_percent must be between 1 and 100")
 
     def to_toml(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -196,6 +224,14 @@ class ServerConfig:
                 "s3_endpoint": self.s3_endpoint,
             },
             "enrollment": {"code_ttl": f"{self.enroll_ttl}s"},
+            "retention": {
+                **self.retention.to_json(),
+                "keep_within": format_duration(self.retention.keep_within),
+            },
+            "prune": {
+                "interval": f"{self.prune_interval}s",
+                "repack_unused_percent": self.repack_unused_percent,
+            },
         }
         doc.update(self.extra)
         return doc

@@ -101,6 +101,28 @@ CREATE TABLE IF NOT EXISTS audit (
     event TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retention (
+    client_id INTEGER PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
+    policy TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prunes (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    client_id INTEGER NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    origin TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS prunes_by_client ON prunes(client_id, time);
+CREATE TABLE IF NOT EXISTS pins (
+    session TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    PRIMARY KEY (session, chunk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pack_orphans (
+    name TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL
+);
 """
 
 
@@ -186,6 +208,15 @@ class SnapshotRecord:
             "parent": self.parent,
             "chunks": self.ref_count,
         }
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    id: int
+    name: str
+    size: int
+    live_chunks: int
+    live_bytes: int
 
 
 @dataclass(frozen=True)
@@ -377,8 +408,8 @@ class Repository:
     def new_pack(self) -> PackWriter:
         return PackWriter(self.temp_dir)
 
-    def commit_pack(self, client_id: int, writer: PackWriter) -> dict[bytes, int]:
-        """Make a pack durable in the backend, then index its chunks; returns their row ids."""
+    def _store_pack_file(self, client_id: int, writer: PackWriter) -> str:
+        """Finish the pack and make it durable in the backend; returns its name."""
         local = writer.finish()
         name = f"{client_id}/{writer.name[:2]}/{writer.name}"
         try:
@@ -386,7 +417,17 @@ class Repository:
         except StorageError:
             writer.abort()
             raise
-        rowids: dict[bytes, int] = {}
+        return name
+
+    def commit_pack(
+        self, client_id: int, writer: PackWriter, session: str | None = None
+    ) -> dict[bytes, int]:
+        """Make a pack durable in the backend, then index its chunks; returns their row ids.
+
+        With a session key the returned rows are pinned for that session in the same
+        transaction, so GC cannot free them before the session's snapshot refers to them.
+        """
+        name = self._store_pack_file(client_id, writer)
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO packs(client_id, name, size, created) VALUES (?, ?, ?, ?)",
@@ -402,7 +443,9 @@ class Repository:
                     (client_id, entry.chunk_id, pack_id, entry.offset, entry.length,
                      entry.storage_hash),
                 )
-        rowids.update(self.lookup(client_id, [entry.chunk_id for entry in writer.entries]))
+            rowids = self.lookup(client_id, [entry.chunk_id for entry in writer.entries])
+            if session is not None:
+                self._pin(db, session, rowids.values())
         log.debug("pack %s committed: %d chunks, %d bytes", name, len(writer.entries), writer.size)
         return rowids
 
@@ -428,7 +471,18 @@ class Repository:
             location = where.get(chunk_id)
             if location is None:
                 raise NotFound(f"chunk {chunk_id.hex()[:16]} is not stored")
-            data = self.backend.get_range(PACKS, location.pack, location.offset, location.length)
+            try:
+                data = self.backend.get_range(
+                    PACKS, location.pack, location.offset, location.length
+                )
+            except NotFound:
+                # GC may have repacked the chunk after it was located: look it up once more.
+                location = self.locate(client_id, [chunk_id]).get(chunk_id)
+                if location is None:
+                    raise
+                data = self.backend.get_range(
+                    PACKS, location.pack, location.offset, location.length
+                )
             if storage_hash(data) != location.storage_hash:
                 log.error("chunk %s in pack %s fails its storage hash", chunk_id.hex(), location.pack)
                 raise IntegrityError(
@@ -526,3 +580,211 @@ class Repository:
         for client_id, count, latest in rows:
             counts[client_id] = (count, latest)
         return counts
+
+    # ---- retention, pins and garbage collection (see docs/retention.md) ---------------------
+
+    def retention_policy(self, client_id: int) -> dict[str, Any] | None:
+        """The client's own policy document, or None when it follows the server default."""
+        rows = self._query("SELECT policy FROM retention WHERE client_id = ?", (client_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_retention_policy(self, client_id: int, policy: dict[str, Any] | None) -> None:
+        with self._transaction() as db:
+            if policy is None:
+                db.execute("DELETE FROM retention WHERE client_id = ?", (client_id,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO retention(client_id, policy, updated) VALUES (?, ?, ?)",
+                    (client_id, json.dumps(policy, sort_keys=True), time.time()),
+                )
+
+    @staticmethod
+    def _pin(db: sqlite3.Connection, session: str, rowids: Iterable[int]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO pins(session, chunk) VALUES (?, ?)",
+            ((session, rowid) for rowid in rowids),
+        )
+
+    def lookup_pinned(self, client_id: int, ids: list[bytes], session: str) -> dict[bytes, int]:
+        """lookup(), and pin what was found for the session, atomically with respect to GC."""
+        with self._transaction() as db:
+            found = self.lookup(client_id, ids)
+            self._pin(db, session, found.values())
+        return found
+
+    def release_pins(self, session: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM pins WHERE session = ?", (session,))
+
+    def clear_pins(self) -> None:
+        """Forget every pin; only for a daemon that is starting, when no session is live."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM pins")
+
+    def snapshot_ref_lists(self, client_id: int) -> dict[str, list[int]]:
+        """Snapshot id -> the chunk row ids it references."""
+        rows = self._query("SELECT id, refs FROM snapshots WHERE client_id = ?", (client_id,))
+        return {snapshot_id: decode_refs(refs) for snapshot_id, refs in rows}
+
+    def chunk_rowids(self, client_id: int) -> set[int]:
+        return {row[0] for row in self._query("SELECT id FROM chunks WHERE client_id = ?",
+                                              (client_id,))}
+
+    def chunk_bytes(self, rowids: Iterable[int]) -> int:
+        ordered = sorted(rowids)
+        total = 0
+        for start in range(0, len(ordered), _SQL_BATCH):
+            batch = ordered[start : start + _SQL_BATCH]
+            marks = ",".join("?" * len(batch))
+            total += self._query(
+                f"SELECT COALESCE(SUM(length), 0) FROM chunks WHERE id IN ({marks})", batch
+            )[0][0]
+        return total
+
+    def delete_snapshots(self, client_id: int, snapshot_ids: list[str]) -> int:
+        with self._transaction() as db:
+            removed = 0
+            for snapshot_id in snapshot_ids:
+                removed += db.execute(
+                    "DELETE FROM snapshots WHERE client_id = ? AND id = ?",
+                    (client_id, snapshot_id),
+                ).rowcount
+        return removed
+
+    def delete_dead_chunks(
+        self, client_id: int, candidates: set[int], seen_snapshots: set[str]
+    ) -> tuple[int, int]:
+        """Delete candidate chunk rows that no snapshot and no live session needs.
+
+        ``candidates`` were computed from the snapshots in ``seen_snapshots``; snapshots
+        committed since then and every pin are re-checked here under the write lock, so a
+        backup that commits meanwhile keeps its chunks. Returns (rows, bytes) deleted.
+        """
+        with self._transaction() as db:
+            dead = set(candidates)
+            for snapshot_id, refs in db.execute(
+                "SELECT id, refs FROM snapshots WHERE client_id = ?", (client_id,)
+            ).fetchall():
+                if snapshot_id not in seen_snapshots:
+                    dead.difference_update(decode_refs(refs))
+            dead.difference_update(row[0] for row in db.execute("SELECT chunk FROM pins"))
+            ordered = sorted(dead)
+            rows = size = 0
+            for start in range(0, len(ordered), _SQL_BATCH):
+                batch = ordered[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(batch))
+                where = f"FROM chunks WHERE client_id = ? AND id IN ({marks})"
+                size += db.execute(
+                    f"SELECT COALESCE(SUM(length), 0) {where}", [client_id, *batch]
+                ).fetchone()[0]
+                rows += db.execute(f"DELETE {where}", [client_id, *batch]).rowcount
+        return rows, size
+
+    def pack_usage(self, client_id: int) -> list[PackUsage]:
+        rows = self._query(
+            "SELECT p.id, p.name, p.size, COUNT(c.id), COALESCE(SUM(c.length), 0) FROM packs p "
+            "LEFT JOIN chunks c ON c.pack_id = p.id WHERE p.client_id = ? GROUP BY p.id "
+            "ORDER BY p.id",
+            (client_id,),
+        )
+        return [PackUsage(*row) for row in rows]
+
+    def pack_chunks(self, pack_id: int) -> list[ChunkLocation]:
+        rows = self._query(
+            "SELECT c.id, c.chunk_id, p.name, c.offset, c.length, c.hash FROM chunks c "
+            "JOIN packs p ON p.id = c.pack_id WHERE c.pack_id = ? ORDER BY c.offset",
+            (pack_id,),
+        )
+        return [
+            ChunkLocation(row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5]))
+            for row in rows
+        ]
+
+    def drop_empty_pack(self, pack_id: int) -> bool:
+        """Unindex a pack no chunk row points into; the caller then deletes its file."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM chunks WHERE pack_id = ? LIMIT 1", (pack_id,)).fetchone():
+                return False
+            return db.execute("DELETE FROM packs WHERE id = ?", (pack_id,)).rowcount == 1
+
+    def commit_repack(
+        self,
+        client_id: int,
+        writer: PackWriter,
+        moves: list[tuple[int, int, int]],
+        old_packs: list[int],
+    ) -> list[int]:
+        """Store a repacked pack, re-point (rowid, old pack id, new offset) rows to it in one
+        transaction, and unindex the old packs left empty (returned; their files go next)."""
+        name = self._store_pack_file(client_id, writer)
+        emptied = []
+        with self._transaction() as db:
+            new_id = db.execute(
+                "INSERT INTO packs(client_id, name, size, created) VALUES (?, ?, ?, ?)",
+                (client_id, name, writer.size, time.time()),
+            ).lastrowid
+            # A row GC deleted meanwhile is not moved: its copy is dead data in the new pack.
+            db.executemany(
+                "UPDATE chunks SET pack_id = ?, offset = ? WHERE id = ? AND pack_id = ?",
+                ((new_id, offset, rowid, old) for rowid, old, offset in moves),
+            )
+            for pack_id in old_packs:
+                if not db.execute(
+                    "SELECT 1 FROM chunks WHERE pack_id = ? LIMIT 1", (pack_id,)
+                ).fetchone():
+                    db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+                    emptied.append(pack_id)
+        return emptied
+
+    def pack_names(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT name FROM packs")}
+
+    def age_orphans(self, prefix: str, orphans: set[str], grace: float) -> list[str]:
+        """Note pack files under ``prefix`` that no index row names; return those unindexed
+        for longer than ``grace`` seconds (a pack being committed is unindexed for a moment)."""
+        now = time.time()
+        with self._transaction() as db:
+            known = {
+                name: first
+                for name, first in db.execute(
+                    "SELECT name, first_seen FROM pack_orphans WHERE substr(name, 1, ?) = ?",
+                    (len(prefix), prefix),
+                ).fetchall()
+            }
+            db.executemany(
+                "DELETE FROM pack_orphans WHERE name = ?",
+                ((name,) for name in known if name not in orphans),
+            )
+            db.executemany(
+                "INSERT INTO pack_orphans(name, first_seen) VALUES (?, ?)",
+                ((name, now) for name in orphans if name not in known),
+            )
+        return sorted(name for name in orphans if name in known and known[name] <= now - grace)
+
+    def forget_orphan(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM pack_orphans WHERE name = ?", (name,))
+
+    def record_prune(self, client_id: int, origin: str, result: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO prunes(time, client_id, origin, result) VALUES (?, ?, ?, ?)",
+                (time.time(), client_id, origin, json.dumps(result, sort_keys=True)),
+            )
+
+    def prune_history(
+        self, client_id: int | None = None, limit: int = 100
+    ) -> list[tuple[float, str, str, dict[str, Any]]]:
+        """Newest first: (time, client name, origin, result document)."""
+        where = "WHERE p.client_id = ?" if client_id is not None else ""
+        params: list[Any] = [client_id] if client_id is not None else []
+        rows = self._query(
+            "SELECT p.time, c.name, p.origin, p.result FROM prunes p "
+            f"JOIN clients c ON c.id = p.client_id {where} ORDER BY p.time DESC, p.id DESC "
+            "LIMIT ?",
+            [*params, limit],
+        )
+        return [(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
+
+    def last_prune_time(self, origin: str) -> float | None:
+        return self._query("SELECT MAX(time) FROM prunes WHERE origin = ?", (origin,))[0][0]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from .errors import InvalidRequest
-from .repository import iso_time
 
 _UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
@@ -32,6 +31,15 @@ def format_duration(seconds: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def _utc(stamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+
+
+def parse_utc(text: str) -> float:
+    """Epoch seconds of an ISO 8601 time as the JSON documents write it (``...Z``)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,12 @@ class Decision:
     reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "time": iso_time(self.time), "reasons": list(self.reasons)}
+        moment = _utc(self.time).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {"id": self.id, "time": moment, "reasons": list(self.reasons)}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Decision:
-        moment = datetime.datetime.fromisoformat(str(doc["time"]).replace("Z", "+00:00"))
-        return cls(str(doc["id"]), moment.timestamp(), tuple(doc.get("reasons", ())))
+        return cls(str(doc["id"]), parse_utc(str(doc["time"])), tuple(doc.get("reasons", ())))
 
 
 @dataclass(frozen=True)
@@ -129,8 +137,6 @@ class Plan:
         )
 
 
-def _utc(stamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC)
 
 
 def _hour(stamp: float) -> tuple[int, ...]:

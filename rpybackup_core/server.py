@@ -11,6 +11,7 @@ import threading
 from .config import ServerConfig
 from .errors import ProtocolError, RPyBackupError
 from .protocol import FramedSocket
+from .pruner import Pruner, PruneScheduler, PruneSettings
 from .repository import Repository
 from .session import Session
 from .storage import open_backend
@@ -25,6 +26,9 @@ class BackupServer:
     def __init__(self, config: ServerConfig, repo: Repository | None = None) -> None:
         self.config = config
         self.repo = repo or Repository(config.data_dir, open_backend(config))
+        # Pins belong to live sessions; whatever a previous daemon left behind is stale.
+        self.repo.clear_pins()
+        self.prune_settings = PruneSettings.from_config(config)
         self.context = server_context(config.tls_dir)
         family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
         self._listener = socket.create_server(
@@ -33,6 +37,9 @@ class BackupServer:
         self._listener.settimeout(0.5)
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()
+        self._scheduler = PruneScheduler(
+            Pruner(self.repo, self.prune_settings), config.prune_interval, self._stopping
+        )
         self._stopped = threading.Event()
         self._active: set[socket.socket] = set()
         self._active_lock = threading.Lock()
@@ -45,6 +52,7 @@ class BackupServer:
 
     def serve_forever(self) -> None:
         log.info("listening on %s:%d (TLS 1.3)", *self.address)
+        self._scheduler.start()
         try:
             while not self._stopping.is_set():
                 try:
@@ -80,7 +88,9 @@ class BackupServer:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             tls = self.context.wrap_socket(raw, server_side=True)
             tls.settimeout(self.config.idle_timeout)
-            Session(self.repo, FramedSocket(tls), peer, self.config.pack_size).run()
+            Session(
+                self.repo, FramedSocket(tls), peer, self.config.pack_size, self.prune_settings
+            ).run()
         except ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", peer, exc)
         except RPyBackupError as exc:
@@ -116,4 +126,6 @@ class BackupServer:
                 raw.shutdown(socket.SHUT_RDWR)
         for thread in list(self._threads):
             thread.join(timeout=10)
+        # A scheduled prune in progress finishes its client; the next one is not started.
+        self._scheduler.join()
         log.info("server stopped")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import math
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,10 @@ from .errors import (
 )
 from .pack import PackEntry, PackWriter
 from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
+from .pruner import Pruner, PruneSettings
 from .repository import ClientRecord, Repository
+from .retention import RetentionPolicy
+from .status import collect_status
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +108,21 @@ def _parse_time(text: str) -> float:
 
 class Session:
     def __init__(
-        self, repo: Repository, framed: FramedSocket, peer: str, pack_size: int
+        self,
+        repo: Repository,
+        framed: FramedSocket,
+        peer: str,
+        pack_size: int,
+        prune_settings: PruneSettings | None = None,
     ) -> None:
         self.repo = repo
         self.framed = framed
         self.peer = peer
         self.pack_size = pack_size
+        self.prune_settings = prune_settings or PruneSettings(pack_size=pack_size)
+        # Chunks this session was told exist, or uploaded, are pinned under this key against
+        # GC until the session ends (see docs/retention.md).
+        self.pin_key = secrets.token_hex(8)
         self.client: ClientRecord | None = None
         self.pack: PackWriter | None = None
         self.pending: dict[bytes, PackEntry] = {}
@@ -127,7 +141,12 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
-            self._seal_open_pack()
+            try:
+                self._seal_open_pack()
+            finally:
+                if self.client is not None:
+                    self.repo.release_pins(self.pin_key)
+
 
     def _hello(self) -> None:
         frame = self.framed.recv()
@@ -205,7 +224,7 @@ class Session:
             self.pending.clear()
             return
         try:
-            rowids = self.repo.commit_pack(self.client.id, pack)
+            rowids = self.repo.commit_pack(self.client.id, pack, self.pin_key)
         finally:
             self.pending.clear()
         for chunk_id in list(self.pending_refs):
@@ -240,7 +259,7 @@ class Session:
         ids = split_ids(frame.payload, ID_SIZE)
         if len(ids) > MAX_IDS_PER_REQUEST:
             raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
-        known = self.repo.lookup(self.client.id, ids)
+        known = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
         answer = bytes(1 if (i in known or i in self.pending) else 0 for i in ids)
         return {"count": len(ids)}, answer
 
@@ -271,7 +290,7 @@ class Session:
             raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
         if len(self.refs) + len(self.pending_refs) + len(ids) > MAX_REFS_PER_SNAPSHOT:
             raise InvalidRequest("too many chunk references for one snapshot")
-        indexed = self.repo.lookup(self.client.id, ids)
+        indexed = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
         missing = 0
         for chunk_id in ids:
             if chunk_id in indexed:
@@ -366,6 +385,59 @@ class Session:
         return {"clients": [client.to_json() for client in self.repo.list_clients()]}, b""
 
 
+    # ---- admin: retention, prune, status (docs/retention.md) ---------------------------------
+    # Replies carry a JSON document as payload: a plan for many snapshots outgrows a header.
+
+    def _pruner(self) -> Pruner:
+        return Pruner(self.repo, self.prune_settings)
+
+    @staticmethod
+    def _document(doc: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        return {}, json.dumps(doc).encode("utf-8")
+
+    def op_admin_status(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        self._require_admin()
+        return self._document(collect_status(self.repo, self._pruner()).to_json())
+
+    def op_admin_retention(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        self._require_admin()
+        client = self.repo.client_by_name(_text(frame.header, "client"))
+        return self._document(self._pruner().retention(client).to_json())
+
+    def op_admin_set_retention(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        admin = self._require_admin()
+        raw = frame.header.get("policy")
+        policy = None if raw is None else RetentionPolicy.from_json(raw)
+        setting = self._pruner().set_retention(_text(frame.header, "client"), policy)
+        log.info("admin %s set the retention of %s to %s", admin.name, setting.client,
+                 setting.policy.describe())
+        return self._document(setting.to_json())
+
+    def op_admin_prune_plan(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        self._require_admin()
+        return self._document(self._pruner().plan(_text(frame.header, "client")).to_json())
+
+    def op_admin_prune(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        admin = self._require_admin()
+        dry_run = frame.header.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidRequest("field 'dry_run' must be true or false")
+        name = _text(frame.header, "client")
+        log.info("admin %s prunes %s%s", admin.name, name, " (dry run)" if dry_run else "")
+        return self._document(self._pruner().prune(name, dry_run, origin="console").to_json())
+
+    def op_admin_prune_history(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        self._require_admin()
+        name = frame.header.get("client")
+        if name is not None:
+            name = _text(frame.header, "client")
+        limit = frame.header.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise InvalidRequest("field 'limit' must be a number from 1 to 10000")
+        records = self._pruner().history(name, limit)
+        return self._document({"history": [record.to_json() for record in records]})
+
+
 HANDLERS: dict[str, Handler] = {
     "ping": Session.op_ping,
     "enroll": Session.op_enroll,
@@ -379,5 +451,11 @@ HANDLERS: dict[str, Handler] = {
     "set_key": Session.op_set_key,
     "get_key": Session.op_get_key,
     "clients": Session.op_clients,
+    "admin_status": Session.op_admin_status,
+    "admin_retention": Session.op_admin_retention,
+    "admin_set_retention": Session.op_admin_set_retention,
+    "admin_prune_plan": Session.op_admin_prune_plan,
+    "admin_prune": Session.op_admin_prune,
+    "admin_prune_history": Session.op_admin_prune_history,
 }
 PUBLIC_OPS = frozenset({"ping", "enroll", "auth"})

@@ -9,7 +9,7 @@ from .. import __version__
 from ..config import default_client_config, default_server_config
 from ..errors import RPyBackupError
 from ..logs import setup_logging
-from . import client_cmds, demo_cmd, server_cmds
+from . import admin_cmds, client_cmds, demo_cmd, server_cmds
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_cmds.register(sub)
     client_cmds.register(sub)
+    admin_cmds.register(sub)
     demo_cmd.register(sub)
     return parser
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from ..config import ServerConfig, format_address, parse_address
 from ..errors import ConfigError
 from ..logs import setup_logging
+from ..pruner import Pruner, PruneSettings
 from ..repository import Repository, iso_time
 from ..server import BackupServer
 from ..storage import open_backend
 from ..tls import certificate_fingerprint, create_identity
+from . import admin_cmds
 from .output import print_json, stdout, table
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     remove = client_sub.add_parser("remove", help="revoke a client's credential")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_client_remove)
+    admin_cmds.register_retention(client_sub)
 
 
 def check_client_name(name: str) -> str:
@@ -143,6 +146,8 @@ def cmd_client_list(args: argparse.Namespace) -> int:
     try:
         clients = repo.list_clients()
         counts = repo.snapshot_counts()
+        pruner = Pruner(repo, PruneSettings.from_config(config))
+        policies = {client.id: pruner.retention(client) for client in clients}
     finally:
         repo.close()
     docs = []
@@ -151,6 +156,7 @@ def cmd_client_list(args: argparse.Namespace) -> int:
         count, latest = counts[client.id]
         doc["snapshots"] = count
         doc["last_backup"] = iso_time(latest) if latest else None
+        doc["retention"] = policies[client.id].to_json()
         docs.append(doc)
     if args.json:
         print_json(docs)
@@ -163,10 +169,11 @@ def cmd_client_list(args: argparse.Namespace) -> int:
             str(d["snapshots"]),
             d["last_backup"] or "-",
             d["last_seen"] or "-",
+            d["retention"]["describe"] + (" (default)" if d["retention"]["default"] else ""),
         ]
         for d in docs
     ]
-    table(["NAME", "ROLE", "STATE", "SNAPSHOTS", "LAST BACKUP", "LAST SEEN"], rows)
+    table(["NAME", "ROLE", "STATE", "SNAPSHOTS", "LAST BACKUP", "LAST SEEN", "RETENTION"], rows)
     return 0
 
 

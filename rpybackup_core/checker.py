@@ -1,0 +1,214 @@
+"""`check`: the index, the pack files and the snapshots agree; with read_data every blob is re-read.
+
+All of it works without any client's key: every snapshot's chunk rows exist, every chunk row
+matches the trailer of its pack, every pack exists with its indexed size, and with read_data
+every blob of every pack (live or not) still matches its storage hash. Each problem names the
+client, the pack and the snapshots it affects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .crypto import storage_hash
+from .errors import IntegrityError, NotFound, StorageError
+from .pack import END_MAGIC, ENTRY, MAGIC, TAIL, PackEntry
+from .repository import PACKS, ClientRecord, PackUsage, Repository
+from .storage import Backend
+
+_READ_WINDOW = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    client: str
+    pack: str | None
+    message: str
+    affects: list[str]
+    """Ids of the snapshots that can no longer be restored whole because of it."""
+
+    def describe(self) -> str:
+        where = f"pack {self.pack}: " if self.pack else ""
+        if self.affects:
+            shown = ", ".join(s[:8] for s in self.affects[:10])
+            more = f" and {len(self.affects) - 10} more" if len(self.affects) > 10 else ""
+            impact = f"affects {len(self.affects)} snapshot(s) of {self.client}: {shown}{more}"
+        else:
+            impact = f"no snapshot of {self.client} refers to it"
+        return f"{where}{self.message}; {impact}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"client": self.client, "pack": self.pack, "message": self.message,
+                "affects": self.affects}
+
+
+@dataclass
+class CheckReport:
+    read_data: bool
+    clients: int = 0
+    snapshots: int = 0
+    packs: int = 0
+    chunks: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    unindexed_packs: list[str] = field(default_factory=list)
+    """Pack files no index row names: unreferenced data the next prune reclaims."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "read_data": self.read_data,
+            "clients": self.clients,
+            "snapshots": self.snapshots,
+            "packs": self.packs,
+            "chunks": self.chunks,
+            "blobs_read": self.blobs_read,
+            "bytes_read": self.bytes_read,
+            "problems": [problem.to_json() for problem in self.problems],
+            "unindexed_packs": self.unindexed_packs,
+        }
+
+
+def read_trailer(backend: Backend, name: str, size: int) -> list[PackEntry]:
+    """A pack's entries, read from its header and trailer only; IntegrityError if malformed."""
+    if size < len(MAGIC) + TAIL.size:
+        raise IntegrityError("pack is shorter than an empty pack")
+    if backend.get_range(PACKS, name, 0, len(MAGIC)) != MAGIC:
+        raise IntegrityError("pack header is damaged")
+    trailer_len, end = TAIL.unpack(backend.get_range(PACKS, name, size - TAIL.size, TAIL.size))
+    start = size - TAIL.size - trailer_len
+    if end != END_MAGIC or trailer_len % ENTRY.size or start < len(MAGIC):
+        raise IntegrityError("pack trailer is damaged")
+    trailer = backend.get_range(PACKS, name, start, trailer_len)
+    entries = [
+        PackEntry(*ENTRY.unpack_from(trailer, pos)) for pos in range(0, trailer_len, ENTRY.size)
+    ]
+    if any(e.offset < len(MAGIC) or e.offset + e.length > start for e in entries):
+        raise IntegrityError("pack trailer points outside the pack")
+    return entries
+
+
+def _windows(entries: list[PackEntry]) -> list[list[PackEntry]]:
+    """Entries grouped so that each group is read with one request of bounded size."""
+    groups: list[list[PackEntry]] = []
+    for entry in sorted(entries, key=lambda e: e.offset):
+        if groups:
+            first = groups[-1][0]
+            if entry.offset + entry.length - first.offset <= _READ_WINDOW:
+                groups[-1].append(entry)
+                continue
+        groups.append([entry])
+    return groups
+
+
+class Checker:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.backend = repo.backend
+
+    def run(self, read_data: bool = False) -> CheckReport:
+        report = CheckReport(read_data)
+        for client in self.repo.list_clients():
+            report.clients += 1
+            _ClientCheck(self, client, report).run()
+        indexed = self.repo.pack_names()
+        report.unindexed_packs = sorted(set(self.backend.list(PACKS)) - indexed)
+        return report
+
+
+class _ClientCheck:
+    def __init__(self, checker: Checker, client: ClientRecord, report: CheckReport) -> None:
+        self.repo = checker.repo
+        self.backend = checker.backend
+        self.client = client
+        self.report = report
+        self.refs = {sid: set(refs) for sid, refs in
+                     self.repo.snapshot_ref_lists(client.id).items()}
+
+    def _affected(self, rowids: set[int]) -> list[str]:
+        return sorted(sid for sid, refs in self.refs.items() if refs & rowids)
+
+    def _problem(self, pack: str | None, message: str, rowids: set[int]) -> None:
+        self.report.problems.append(
+            Problem(self.client.name, pack, message, self._affected(rowids))
+        )
+
+    def run(self) -> None:
+        self._check_snapshots()
+        for pack in self.repo.pack_usage(self.client.id):
+            self.report.packs += 1
+            self._check_pack(pack)
+
+    def _check_snapshots(self) -> None:
+        rowids = self.repo.chunk_rowids(self.client.id)
+        self.report.chunks += len(rowids)
+        for snapshot in self.repo.list_snapshots(self.client.id):
+            self.report.snapshots += 1
+            refs = self.refs.get(snapshot.id, set())
+            missing = refs - rowids
+            if missing:
+                self.report.problems.append(Problem(
+                    self.client.name, None,
+                    f"snapshot {snapshot.id[:8]} references {len(missing)} chunk(s) that are "
+                    "not in the index", [snapshot.id]))
+            root = self.repo.lookup(self.client.id, snapshot.root)
+            if len(root) != len(snapshot.root) or not set(root.values()) <= refs:
+                self.report.problems.append(Problem(
+                    self.client.name, None,
+                    f"snapshot {snapshot.id[:8]} has a root tree outside its references",
+                    [snapshot.id]))
+
+    def _check_pack(self, pack: PackUsage) -> None:
+        rows = self.repo.pack_chunks(pack.id)
+        rowids = {row.rowid for row in rows}
+        try:
+            size = self.backend.size(PACKS, pack.name)
+            if size != pack.size:
+                raise IntegrityError(f"pack is {size} bytes, the index says {pack.size}")
+            entries = read_trailer(self.backend, pack.name, size)
+        except (IntegrityError, NotFound, StorageError) as exc:
+            self._problem(pack.name, str(exc), rowids)
+            return
+        by_id = {entry.chunk_id: entry for entry in entries}
+        for row in rows:
+            entry = by_id.get(row.chunk_id)
+            if entry is None or (entry.offset, entry.length, entry.storage_hash) != (
+                row.offset, row.length, row.storage_hash
+            ):
+                self._problem(
+                    pack.name,
+                    f"index row of chunk {row.chunk_id.hex()[:16]} disagrees with the pack's "
+                    "trailer",
+                    {row.rowid},
+                )
+        if self.report.read_data:
+            self._read_blobs(pack.name, entries, {row.chunk_id: row.rowid for row in rows})
+
+    def _read_blobs(self, name: str, entries: list[PackEntry], rowid_of: dict[bytes, int]) -> None:
+        for group in _windows(entries):
+            start = group[0].offset
+            end = max(e.offset + e.length for e in group)
+            try:
+                window = self.backend.get_range(PACKS, name, start, end - start)
+            except (NotFound, StorageError) as exc:
+                self._problem(name, f"cannot read bytes {start}-{end}: {exc}",
+                              {rowid_of[e.chunk_id] for e in group if e.chunk_id in rowid_of})
+                continue
+            for entry in group:
+                blob = window[entry.offset - start : entry.offset - start + entry.length]
+                self.report.blobs_read += 1
+                self.report.bytes_read += entry.length
+                if storage_hash(blob) != entry.storage_hash:
+                    rowid = rowid_of.get(entry.chunk_id)
+                    self._problem(
+                        name,
+                        f"chunk {entry.chunk_id.hex()[:16]} at offset {entry.offset} fails its "
+                        "storage hash",
+                        {rowid} if rowid is not None else set(),
+                    )

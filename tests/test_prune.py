@@ -1,0 +1,251 @@
+"""Server-side prune through the real CLI against a real server: retention, GC, repack, pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rpybackup_core.demo import compare_trees
+from rpybackup_core.progress import Progress
+from rpybackup_core.pruner import ORPHAN_GRACE, Pruner, PruneSettings
+from rpybackup_core.repository import PACKS
+
+MiB = 1024 * 1024
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def stored_packs(server) -> set[str]:  # noqa: ANN001 - the server harness
+    return set(server.repo.backend.list(PACKS))
+
+
+class Admin:
+    """The server-side CLI, as the admin types it on the server host."""
+
+    def __init__(self, server, cli) -> None:  # noqa: ANN001 - fixtures
+        self.config = str(server.config.path)
+        self.cli = cli
+
+    def __call__(self, *args: str):  # noqa: ANN204 - a CliResult
+        result = self.cli("--config", self.config, *args)
+        assert result.code == 0, result.err
+        return result
+
+    def json(self, *args: str):  # noqa: ANN201 - a JSON document
+        return json.loads(self(*args, "--json").out)
+
+
+def backup(cli, config, source: Path, when: str | None = None) -> dict:  # noqa: ANN001
+    args = ["--config", str(config.path), "run", str(source), "--json"]
+    if when:
+        args += ["--time", when]
+    result = cli(*args)
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def snapshot_times(cli, config) -> list[str]:  # noqa: ANN001
+    return [s["time"] for s in json.loads(
+        cli("--config", str(config.path), "snapshots", "--json").out)]
+
+
+def test_keep_daily_three_over_ten_days(server, cli, tmp_path: Path) -> None:
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    source = tmp_path / "docs"
+    source.mkdir()
+    for day in range(1, 11):
+        for hour in ("08", "20"):
+            (source / "journal.txt").write_text(f"day {day} {hour}h\n" * 100)
+            backup(cli, alice, source, f"2026-03-{day:02d}T{hour}:00:00Z")
+    assert len(snapshot_times(cli, alice)) == 20
+    admin("client", "retention", "alice", "--keep-daily", "3")
+    packs_before = stored_packs(server)
+
+    preview = admin.json("prune", "--dry-run")
+    assert preview["dry_run"] is True
+    [plan] = preview["clients"]
+    assert len(plan["remove"]) == 17 and len(plan["keep"]) == 3
+    assert all(k["reasons"] == ["daily snapshot"] for k in plan["keep"])
+    assert len(snapshot_times(cli, alice)) == 20
+    assert stored_packs(server) == packs_before
+
+    done = admin.json("prune")
+    assert len(done["clients"][0]["remove"]) == 17
+    assert snapshot_times(cli, alice) == [
+        "2026-03-08T20:00:00Z", "2026-03-09T20:00:00Z", "2026-03-10T20:00:00Z"]
+    target = tmp_path / "restored"
+    restored = cli("--config", str(alice.path), "restore", "latest", "--target", str(target))
+    assert restored.code == 0, restored.err
+    assert compare_trees(source, target / source.relative_to("/")) == []
+    assert "no problems found" in admin("check", "--read-data").out
+
+
+def test_space_of_a_pruned_file_comes_back(server, cli, tmp_path: Path) -> None:
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    source = tmp_path / "home"
+    source.mkdir()
+    (source / "notes.txt").write_text("keep me\n")
+    big = source / "video.bin"
+    big.write_bytes(os.urandom(40 * MiB))
+    backup(cli, alice, source, "2026-03-01T08:00:00Z")
+    big.unlink()
+    for day in (2, 3):
+        (source / "notes.txt").write_text(f"keep me, day {day}\n")
+        backup(cli, alice, source, f"2026-03-0{day}T08:00:00Z")
+    admin("client", "retention", "alice", "--keep-last", "2")
+    before = tree_bytes(server.config.data_dir)
+
+    result = admin.json("prune", "--client", "alice")["clients"][0]
+
+    after = tree_bytes(server.config.data_dir)
+    assert before - after >= 30 * MiB
+    assert result["bytes_freed"] >= 30 * MiB
+    assert result["packs_deleted"] + result["packs_repacked"] >= 1
+    assert admin.json("check", "--read-data")["ok"] is True
+    target = tmp_path / "restored"
+    assert cli("--config", str(alice.path), "restore", "latest", "--target", str(target)).code == 0
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_mostly_dead_pack_is_repacked_and_its_live_chunks_survive(
+    server, cli, tmp_path: Path
+) -> None:
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "small.bin").write_bytes(os.urandom(200 * 1024))
+    (source / "large.bin").write_bytes(os.urandom(6 * MiB))
+    backup(cli, alice, source, "2026-03-01T08:00:00Z")
+    [first_pack] = stored_packs(server)
+    (source / "large.bin").unlink()
+    backup(cli, alice, source, "2026-03-02T08:00:00Z")
+    admin("client", "retention", "alice", "--keep-last", "1")
+
+    result = admin.json("prune")["clients"][0]
+
+    assert result["packs_repacked"] == 1
+    assert first_pack not in stored_packs(server)
+    assert admin.json("check", "--read-data")["ok"] is True
+    target = tmp_path / "restored"
+    assert cli("--config", str(alice.path), "restore", "latest", "--target", str(target)).code == 0
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_prune_during_a_backup_of_the_same_client(server, cli, tmp_path: Path) -> None:
+    """The prune runs between the server saying "have it" and the snapshot commit."""
+    server.config.pack_size = 1 * MiB
+    server.restart()
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(8):
+        (photos / f"{index}.jpg").write_bytes(os.urandom(512 * 1024))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "readme").write_text("newer snapshot without the photos\n")
+    backup(cli, alice, photos, "2026-03-01T08:00:00Z")
+    backup(cli, alice, other, "2026-03-02T08:00:00Z")
+    admin("client", "retention", "alice", "--keep-last", "1")
+    (photos / "new.raw").write_bytes(os.urandom(3 * MiB))
+    pruned: list[dict] = []
+
+    def prune_midway(progress: Progress) -> None:
+        if progress.files_done == 9 and not pruned:
+            pruned.append(admin.json("prune", "--client", "alice")["clients"][0])
+
+    result = server.client("alice").backup([str(photos)], progress=prune_midway)
+
+    assert pruned and len(pruned[0]["remove"]) == 1
+    assert admin.json("check", "--read-data")["ok"] is True
+    target = tmp_path / "restored"
+    server.client("alice").restore(result.snapshot, target)
+    assert compare_trees(photos, target / photos.relative_to("/")) == []
+    after = admin.json("prune", "--client", "alice")["clients"][0]
+    assert after["remove"][0]["id"] != result.snapshot
+
+
+def test_scheduled_prune_runs_on_its_own_and_is_recorded(server, cli, tmp_path: Path) -> None:
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "file").write_text("x")
+    for day in (1, 2, 3):
+        backup(cli, alice, source, f"2026-03-0{day}T08:00:00Z")
+    admin("client", "retention", "alice", "--keep-last", "1")
+    server.config.prune_interval = 1
+    server.restart()
+
+    deadline = time.monotonic() + 60
+    while len(snapshot_times(cli, alice)) > 1:
+        assert time.monotonic() < deadline, "the scheduled prune never ran"
+        time.sleep(0.2)
+    history = Pruner(server.repo, PruneSettings()).history("alice")
+    assert history[-1].origin == "schedule" and len(history[-1].removed) == 2
+
+
+def test_retention_command_shows_sets_and_resets(server, cli) -> None:
+    admin = Admin(server, cli)
+    server.add_client("alice")
+    assert admin.json("client", "retention", "alice")["default"] is True
+    changed = admin.json("client", "retention", "alice", "--keep-daily", "7",
+                         "--keep-within", "2w")
+    assert changed["policy"]["keep_daily"] == 7
+    assert changed["policy"]["keep_within"] == 14 * 86400
+    assert changed["policy"]["keep_last"] == 0 and changed["default"] is False
+    listing = admin.json("client", "list")
+    assert listing[0]["retention"]["describe"] == "daily 7, within 2w"
+    assert "daily 7, within 2w" in admin("client", "list").out
+    assert admin.json("client", "retention", "alice", "--default")["default"] is True
+
+
+def test_bad_retention_input_is_a_usage_error(server, cli) -> None:
+    config = str(server.config.path)
+    server.add_client("alice")
+    for bad in (["--keep-daily", "-3"], ["--keep-within", "soon"]):
+        with pytest.raises(SystemExit) as stopped:
+            cli("--config", config, "client", "retention", "alice", *bad)
+        assert stopped.value.code == 2
+    both = cli("--config", config, "client", "retention", "alice", "--default", "--keep-last", "1")
+    assert both.code == 2
+    unknown = cli("--config", config, "client", "retention", "nobody", "--keep-last", "1")
+    assert unknown.code == 1 and "nobody" in unknown.err
+
+
+def test_a_pack_orphaned_by_a_crash_is_reclaimed_after_the_grace_period(
+    server, cli, tmp_path: Path
+) -> None:
+    """A crash between unindexing a pack and deleting its file leaves only reclaimable data."""
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "file").write_bytes(os.urandom(100_000))
+    backup(cli, alice, source)
+    repo = server.repo
+    client = repo.client_by_name("alice")
+    [pack] = repo.pack_usage(client.id)
+    orphan = f"{client.id}/ff/{'f' * 32}"
+    local = repo.temp_dir / "orphan"
+    local.write_bytes(repo.backend.get(PACKS, pack.name))
+    repo.backend.put_file(PACKS, orphan, local)
+
+    report = admin.json("check", "--read-data")
+    assert report["ok"] is True and report["unindexed_packs"] == [orphan]
+    admin("prune")
+    assert orphan in stored_packs(server)
+    repo.age_orphans(f"{client.id}/", {orphan}, 0)
+    with repo._transaction() as db:  # noqa: SLF001 - age the note as if an hour had passed
+        db.execute("UPDATE pack_orphans SET first_seen = first_seen - ?", (ORPHAN_GRACE + 1,))
+    admin("prune")
+    assert orphan not in stored_packs(server)
