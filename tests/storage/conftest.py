@@ -4,6 +4,7 @@ per session, and one `backend` fixture that every conformance test runs against 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import secrets
 import shutil
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +251,135 @@ def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
         server.stop()
         # The bucket outlives the test; the next server must start from an empty prefix.
         aws_env.empty(S3_SERVER_BUCKET, S3_SERVER_PREFIX)
+
+
+@dataclass
+class Fault:
+    """After letting `after` requests of `method` pass, spoil the next `times` of them."""
+
+    method: str
+    times: int
+    status: int = 503
+    code: str = "SlowDown"
+    cut_body: bool = False
+    after: int = 0
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of the S3 gateway that injects faults on request.
+
+    Requests pass through unchanged (the SigV4 signature covers the Host header, which the proxy
+    keeps), so the store sees exactly what the client sent.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.faults: list[Fault] = []
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def fail(
+        self, method: str, times: int = 1, status: int = 503, code: str = "SlowDown",
+        after: int = 0,
+    ) -> None:
+        """Answer requests with an S3 error document (503 SlowDown: throttling)."""
+        with self._lock:
+            self.faults.append(Fault(method, times, status, code, after=after))
+
+    def cut_body(self, method: str, times: int = 1) -> None:
+        """Forward requests, but hang up halfway through the reply body."""
+        with self._lock:
+            self.faults.append(Fault(method, times, cut_body=True))
+
+    def count(self, method: str) -> int:
+        with self._lock:
+            return sum(1 for seen in self.seen if seen.startswith(method + " "))
+
+    def _next_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            self.seen.append(f"{method} {path}")
+            for fault in self.faults:
+                if fault.method != method or fault.times == 0:
+                    continue
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
+                fault.times -= 1
+                return fault
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet: the proxy's access log would only clutter test output."""
+
+            def relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._next_fault(self.command, self.path)
+                if fault is not None and not fault.cut_body:
+                    self.answer_error(fault)
+                    return
+                upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, body, dict(self.headers.items()))
+                    reply = upstream.getresponse()
+                    data = reply.read()
+                finally:
+                    upstream.close()
+                self.send_response(reply.status)
+                # A reply to HEAD has no body, but its Content-Length tells the object's size.
+                dropped = ("transfer-encoding", "connection")
+                if self.command != "HEAD":
+                    dropped += ("content-length",)
+                    self.send_header("Content-Length", str(len(data)))
+                for name, value in reply.getheaders():
+                    if name.lower() not in dropped:
+                        self.send_header(name, value)
+                if fault is not None:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                    data = data[: len(data) // 2]
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def answer_error(self, fault: Fault) -> None:
+                xml = (
+                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
+                    f"<Message>injected by the test proxy</Message></Error>"
+                ).encode()
+                self.send_response(fault.status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(xml)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(xml)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = relay
+
+        return Handler
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def fault_proxy(aws_env: SeaweedFS) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(aws_env.endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
