@@ -1,9 +1,10 @@
 """The backup side: walk sources, chunk and seal new data, upload what the server lacks, commit.
 
-A run is one upload session. Chunks are batched: the server is asked which ids of a batch it
-lacks, only those are sealed and sent (pipelined), and each id is asked about at most once per
-run. Files the files cache knows as unchanged are not read; their chunk ids are confirmed with
-the server in one batch per directory and the file is read only if something is missing.
+A run is one upload session. Chunks go through the upload pipeline (uploader.py): the server is
+asked in batches which ids it lacks, only those are sealed (on worker threads) and sent, and
+each id is asked about at most once per run. Files the files cache knows as unchanged are not
+read; their chunk ids are confirmed with the server in one batch per directory and the file is
+read only if something is missing.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ from .files_cache import FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, encode_tree
+from .uploader import ChunkUploader
 
 log = logging.getLogger(__name__)
 
-_BATCH_BYTES = 8 * 1024 * 1024
-_BATCH_CHUNKS = 1024
-_PUT_BYTES = 12 * 1024 * 1024
-_REFS_BATCH = 32768
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -64,83 +62,6 @@ class BackupResult:
         }
 
 
-class ChunkUploader:
-    """Deduplicates, seals and sends chunks, and reports every referenced id to the server."""
-
-    def __init__(self, remote: RemoteRepository, sealer: Sealer, progress: Progress) -> None:
-        self.remote = remote
-        self.sealer = sealer
-        self.progress = progress
-        self.on_server: set[bytes] = set()
-        self.referenced: set[bytes] = set()
-        self._pending: dict[bytes, bytes] = {}
-        self._pending_bytes = 0
-        self._refs_queue: list[bytes] = []
-        self.uploaded_chunks = 0
-
-    def reference(self, chunk_id: bytes) -> None:
-        if chunk_id not in self.referenced:
-            self.referenced.add(chunk_id)
-            self._refs_queue.append(chunk_id)
-
-    def add(self, chunk_id: bytes, data: memoryview | bytes) -> None:
-        self.reference(chunk_id)
-        if chunk_id in self.on_server or chunk_id in self._pending:
-            return
-        self._pending[chunk_id] = bytes(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= _BATCH_BYTES or len(self._pending) >= _BATCH_CHUNKS:
-            self.flush()
-
-    def missing(self, ids: list[bytes]) -> set[bytes]:
-        """Which of these ids (believed stored) the server lacks; the rest count as stored."""
-        unknown = [i for i in dict.fromkeys(ids) if i not in self.on_server and i not in self._pending]
-        missing: set[bytes] = set()
-        for start in range(0, len(unknown), _BATCH_CHUNKS * 16):
-            batch = unknown[start : start + _BATCH_CHUNKS * 16]
-            for chunk_id, present in zip(batch, self.remote.has(batch), strict=True):
-                if present:
-                    self.on_server.add(chunk_id)
-                else:
-                    missing.add(chunk_id)
-        return missing
-
-    def flush(self) -> None:
-        if self._pending:
-            ids = list(self._pending)
-            present = self.remote.has(ids)
-            records: list[tuple[bytes, bytes]] = []
-            size = 0
-            for chunk_id, is_present in zip(ids, present, strict=True):
-                data = self._pending[chunk_id]
-                if not is_present:
-                    sealed = self.sealer.seal(chunk_id, data)
-                    records.append((chunk_id, sealed))
-                    size += len(sealed)
-                    self.progress.uploaded_bytes += len(sealed)
-                    self.uploaded_chunks += 1
-                    if size >= _PUT_BYTES:
-                        self.remote.put(records)
-                        records, size = [], 0
-                self.on_server.add(chunk_id)
-            if records:
-                self.remote.put(records)
-            self._pending.clear()
-            self._pending_bytes = 0
-        if len(self._refs_queue) >= _REFS_BATCH:
-            self._send_refs()
-
-    def finish(self) -> None:
-        self.flush()
-        self._send_refs()
-        self.remote.flush_puts()
-
-    def _send_refs(self) -> None:
-        for start in range(0, len(self._refs_queue), _REFS_BATCH):
-            self.remote.refs(self._refs_queue[start : start + _REFS_BATCH])
-        self._refs_queue = []
-
-
 def normalize_sources(paths: list[str]) -> list[Path]:
     """Absolute, de-duplicated sources; a source inside another source is dropped."""
     if not paths:
@@ -169,7 +90,7 @@ class Archiver:
         self.excludes = excludes
         self.report = progress
         self.progress = Progress("backup")
-        self.uploader = ChunkUploader(remote, self.sealer, self.progress)
+        self.uploader = ChunkUploader(remote, key, self.progress)
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -182,13 +103,17 @@ class Archiver:
         parent: str | None = None,
     ) -> BackupResult:
         moment = (when or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
-        root_nodes = self._root(sources)
-        if not root_nodes:
-            raise BackupIncomplete(
-                "no source could be read: " + "; ".join(self.progress.errors or ["(none given)"])
-            )
-        root_ids = self._store_tree(root_nodes)
-        self.uploader.finish()
+        try:
+            root_nodes = self._root(sources)
+            if not root_nodes:
+                raise BackupIncomplete(
+                    "no source could be read: "
+                    + "; ".join(self.progress.errors or ["(none given)"])
+                )
+            root_ids = self._store_tree(root_nodes)
+            self.uploader.finish()
+        finally:
+            self.uploader.close()
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
         stats = {
             "files": self.progress.files_done,
@@ -375,19 +300,20 @@ class Archiver:
         size = 0
         try:
             before = os.fstat(fd)
-            with os.fdopen(fd, "rb", buffering=0) as handle:
-                for piece in self.chunker.stream(handle, limit=before.st_size):
-                    digest.update(piece)
-                    chunk_id = self.sealer.chunk_id(piece)
-                    self.uploader.add(chunk_id, piece)
-                    ids.append(chunk_id)
-                    size += len(piece)
-                    self.progress.bytes_done += len(piece)
-                    self.report(self.progress)
-                after = os.fstat(handle.fileno())
+            for piece in self.chunker.file(fd, before.st_size):
+                digest.update(piece)
+                chunk_id = self.sealer.chunk_id(piece)
+                self.uploader.add(chunk_id, piece)
+                ids.append(chunk_id)
+                size += len(piece)
+                self.progress.bytes_done += len(piece)
+                self.report(self.progress)
+            after = os.fstat(fd)
         except OSError as exc:
             self._error(path, exc)
             return None
+        finally:
+            os.close(fd)
         if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             log.warning("%s changed while it was read; stored what was read", path)
         node = Node.from_stat(path.name, FILE, before)

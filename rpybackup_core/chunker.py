@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -28,6 +29,28 @@ class Chunker:
         source = reader if limit is None else _LimitedReader(reader, limit)
         for chunk in self._cdc.cut_stream(source):
             yield chunk.data
+
+    def file(self, fd: int, limit: int) -> Iterator[bytes | memoryview]:
+        """Chunks of an open file, reading at most ``limit`` bytes (see ``stream``).
+
+        A file no larger than the minimum chunk size is one chunk whatever the cut points, so
+        it is read with plain ``os.read`` calls: most files are small, and setting up a stream
+        costs more than reading them.
+        """
+        if limit <= MIN_SIZE:
+            parts = []
+            left = limit
+            while left > 0:
+                part = os.read(fd, left)
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+            if parts:
+                yield b"".join(parts)
+            return
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
+            yield from self.stream(handle, limit)
 
     def buffer(self, data: bytes) -> Iterator[memoryview]:
         view = memoryview(data)

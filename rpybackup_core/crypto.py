@@ -81,12 +81,20 @@ class Sealer:
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
         return blake3.blake3(plaintext, key=self._key.id_key).digest()
 
-    def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytes:
-        body = self._compress(plaintext)
+    def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytearray:
+        """The sealed blob, built with one copy of the (compressed) body and one encryption."""
+        flag, data = self._compress(plaintext)
+        body = bytearray(1 + len(data))
+        body[0] = flag
+        body[1:] = data
         nonce = os.urandom(NONCE_SIZE)
-        return bytes((SEAL_VERSION,)) + nonce + self._aead.encrypt(nonce, body, chunk_id)
+        sealed = bytearray(1 + NONCE_SIZE + len(body) + TAG_SIZE)
+        sealed[0] = SEAL_VERSION
+        sealed[1 : 1 + NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, body, chunk_id, memoryview(sealed)[1 + NONCE_SIZE :])
+        return sealed
 
-    def open(self, chunk_id: bytes, sealed: bytes | memoryview) -> bytes:
+    def open(self, chunk_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
         """Decrypt, decompress and verify a blob against the id it was stored under."""
         sealed = memoryview(sealed)
         if len(sealed) < SEAL_OVERHEAD or sealed[0] != SEAL_VERSION:
@@ -121,21 +129,21 @@ class Sealer:
             raise CryptoError(f"sealed {label.decode()} is not an object")
         return document
 
-    def _compress(self, plaintext: bytes | memoryview) -> bytes:
+    def _compress(self, plaintext: bytes | memoryview) -> tuple[int, bytes | memoryview]:
         size = len(plaintext)
         if size > _PROBE_SIZE:
             probe = self._probe.compress(plaintext[:_PROBE_SIZE])
             if len(probe) > _PROBE_SIZE * (1 - _MIN_SAVING):
-                return bytes((_RAW,)) + bytes(plaintext)
+                return _RAW, plaintext
         packed = self._compressor.compress(plaintext)
         if len(packed) <= size * (1 - _MIN_SAVING):
-            return bytes((_ZSTD,)) + packed
-        return bytes((_RAW,)) + bytes(plaintext)
+            return _ZSTD, packed
+        return _RAW, plaintext
 
-    def _decompress(self, chunk_id: bytes, body: bytes) -> bytes:
+    def _decompress(self, chunk_id: bytes, body: bytes) -> bytes | memoryview:
         flag, data = body[0], memoryview(body)[1:]
         if flag == _RAW:
-            return bytes(data)
+            return data
         if flag == _ZSTD:
             try:
                 return self._decompressor.decompress(data)

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from .crypto import storage_hash
 from .errors import ConnectionClosed, FrameTooLarge, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -96,13 +97,18 @@ class FramedSocket:
         return view
 
 
-def pack_records(records: list[tuple[bytes, bytes, bytes]]) -> bytes:
+def pack_records(records: list[tuple[bytes, bytes, bytes | bytearray]]) -> bytes:
     """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
     parts = []
     for chunk_id, digest, sealed in records:
         parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
         parts.append(sealed)
     return b"".join(parts)
+
+
+def pack_sealed(records: list[tuple[bytes, bytes | bytearray]]) -> bytes:
+    """A put payload for (chunk id, sealed blob) records, with each blob's storage hash."""
+    return pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
 
 
 def unpack_records(payload: memoryview) -> list[tuple[bytes, bytes, memoryview]]:

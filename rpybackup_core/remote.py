@@ -1,7 +1,9 @@
 """The client's connection to the server: TLS with a pinned fingerprint, framed requests.
 
 ``RemoteRepository`` is the only place the client speaks the wire protocol. Uploads are
-pipelined: ``put`` sends without waiting and the replies are collected in a bounded window.
+pipelined: ``put`` and ``ask_has`` send without waiting, and the replies (which the server sends
+in request order) are collected in a bounded window, so the server works while the client reads
+and seals the next batch.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +24,7 @@ from .errors import (
     ServerUnreachable,
     from_wire,
 )
-from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, pack_records, unpack_records
+from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, unpack_records
 from .tls import client_context, verify_pinned
 
 CONNECT_TIMEOUT = 15.0
@@ -34,7 +37,9 @@ class RemoteRepository:
         self._framed = framed
         self.address = address
         self._next_id = 0
-        self._outstanding_puts: list[int] = []
+        # Requests sent and not yet answered, oldest first; has-answers wait in _answers.
+        self._outstanding: deque[tuple[int, str]] = deque()
+        self._answers: dict[int, bytes] = {}
         self.client = ""
         self.admin = False
         self.server_version = ""
@@ -119,7 +124,7 @@ class RemoteRepository:
         return header, frame.payload
 
     def request(self, op: str, payload: bytes = b"", **fields: Any) -> tuple[dict[str, Any], bytes]:
-        self.flush_puts()
+        self.flush()
         request_id = self._send(op, payload, **fields)
         header, body = self._receive(request_id)
         return header, body.tobytes()
@@ -127,28 +132,48 @@ class RemoteRepository:
     # ---- chunk operations -------------------------------------------------------------------
 
     def has(self, ids: list[bytes]) -> list[bool]:
-        _, answer = self.request("has", b"".join(ids))
-        if len(answer) != len(ids):
+        return self.has_answer(self.ask_has(ids), len(ids))
+
+    def ask_has(self, ids: list[bytes]) -> int:
+        """Ask which of these ids the server holds, without waiting; see ``has_answer``."""
+        request_id = self._send("has", b"".join(ids))
+        self._outstanding.append((request_id, "has"))
+        return request_id
+
+    def has_answer(self, request_id: int, count: int) -> list[bool]:
+        """The answer to an earlier ``ask_has``; replies to older requests are taken first."""
+        while request_id not in self._answers:
+            if not self._outstanding:
+                raise ProtocolError("no such has request is outstanding")
+            self._collect_one()
+        answer = self._answers.pop(request_id)
+        if len(answer) != count:
             raise ProtocolError("has reply does not match the question")
         return [flag == 1 for flag in answer]
 
-    def put(self, records: list[tuple[bytes, bytes]]) -> None:
-        """Send (chunk id, sealed blob) records without waiting for the reply."""
-        payload = pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
-        self._outstanding_puts.append(self._send("put", payload))
-        while len(self._outstanding_puts) > PUT_WINDOW:
-            self._receive(self._outstanding_puts.pop(0))
+    def put(self, payload: bytes) -> None:
+        """Send records made by ``protocol.pack_sealed`` without waiting for the reply."""
+        self._outstanding.append((self._send("put", payload), "put"))
+        while len(self._outstanding) > PUT_WINDOW:
+            self._collect_one()
 
-    def flush_puts(self) -> None:
-        while self._outstanding_puts:
-            self._receive(self._outstanding_puts.pop(0))
+    def flush(self) -> None:
+        """Wait for every outstanding reply (a put error surfaces here)."""
+        while self._outstanding:
+            self._collect_one()
+
+    def _collect_one(self) -> None:
+        request_id, kind = self._outstanding.popleft()
+        _, payload = self._receive(request_id)
+        if kind == "has":
+            self._answers[request_id] = payload.tobytes()
 
     def refs(self, ids: list[bytes]) -> None:
         self.request("refs", b"".join(ids))
 
     def get(self, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Yield (chunk id, sealed blob) for the ids, in order, each checked in transit."""
-        self.flush_puts()
+        self.flush()
         request_id = self._send("get", b"".join(ids))
         expected = iter(ids)
         while True:

@@ -16,10 +16,13 @@ import logging
 import os
 import secrets
 import stat
-from collections import OrderedDict
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .crypto import MasterKey, Sealer
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
@@ -29,9 +32,10 @@ from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
 
 log = logging.getLogger(__name__)
 
-_FETCH_BYTES = 8 * 1024 * 1024
+_FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -109,12 +113,99 @@ class TreeReader:
                 yield from self.walk(node.content, path)
 
 
+def restore_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class _Outcome:
+    """What became of one file: bytes written, or why it was not restored."""
+
+    shown: str
+    written: int = 0
+    error: OSError | RPyBackupError | None = None
+
+
+class _TempFile:
+    """A file being restored under a temporary name; renamed into place once it verifies.
+
+    Written by one job at a time (jobs for one file are chained), so it needs no lock.
+    """
+
+    def __init__(self, fd: int, name: str, node: Node, shown: str) -> None:
+        self.fd = fd
+        self.name = name
+        self.node = node
+        self.shown = shown
+        self.temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+        self.out = os.open(self.temp, _TEMP_FLAGS, 0o600, dir_fd=fd)
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self.error: OSError | RPyBackupError | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view) :]
+        self.written += len(data)
+
+    def finish(self, follow_existing: bool) -> _Outcome:
+        """Verify, apply metadata and move into place; a failure leaves nothing behind."""
+        node = self.node
+        try:
+            if self.error is not None:
+                raise self.error
+            if self.digest.hexdigest() != node.sha256 or self.written != node.size:
+                raise IntegrityError(f"{self.shown}: content does not match its SHA-256")
+            if _IS_ROOT:
+                with contextlib.suppress(OSError):
+                    os.fchown(self.out, node.uid, node.gid)
+            os.fchmod(self.out, node.mode)
+            os.utime(self.out, ns=(node.mtime_ns, node.mtime_ns))
+            os.close(self.out)
+            self.out = -1
+            if not follow_existing:
+                _refuse_dir(self.fd, self.name, self.shown)
+            os.replace(self.temp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except (OSError, RPyBackupError) as exc:
+            self.abort()
+            return _Outcome(self.shown, error=exc)
+        return _Outcome(self.shown, self.written)
+
+    def abort(self) -> None:
+        if self.out >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.out)
+            self.out = -1
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp, dir_fd=self.fd)
+
+
+def _refuse_dir(fd: int, name: str, shown: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise RestoreError(f"{shown}: a directory is in the way")
+
+
 class Restorer:
+    """Fetches on the calling thread and writes on a small pool.
+
+    The main thread walks trees and receives sealed chunks; pool threads decrypt, verify and
+    write files (AES-GCM, zstd, SHA-256 and file I/O release the GIL), so the next batch is
+    on the wire while the last one is written. A directory's own metadata is set only after
+    every file job inside it has finished.
+    """
+
     def __init__(
         self,
         remote: RemoteRepository,
         key: MasterKey,
         progress: ProgressCallback = ignore_progress,
+        workers: int | None = None,
     ) -> None:
         self.remote = remote
         self.sealer = Sealer(key)
@@ -122,6 +213,11 @@ class Restorer:
         self.report = progress
         self.progress = Progress("restore")
         self.result = RestoreResult()
+        self._key = key
+        self._local = threading.local()
+        self._workers = workers or restore_workers()
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: deque[Future[list[_Outcome]]] = deque()
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -131,10 +227,11 @@ class Restorer:
         target.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if node is None:
-                self._restore_nodes(fd, self.trees.load(root), "")
-            else:
-                self._restore_along(fd, trail, node)
+            with self._running():
+                if node is None:
+                    self._restore_nodes(fd, self.trees.load(root), "")
+                else:
+                    self._restore_along(fd, trail, node)
         finally:
             os.close(fd)
         self.progress.phase = "done"
@@ -148,12 +245,60 @@ class Restorer:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self._write_file(fd, dest.name, node, str(dest), follow_existing=True)
+            with self._running():
+                self._restore_file(fd, dest.name, node, str(dest), follow_existing=True)
         finally:
             os.close(fd)
         if self.result.errors:
             raise IntegrityError(self.result.errors[0])
         return node.size
+
+    # ---- the write pool ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
+        try:
+            yield
+            self._drain()
+        finally:
+            # Every job must end before a directory descriptor it uses is closed.
+            self._settle()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _sealer(self) -> Sealer:
+        sealer = getattr(self._local, "sealer", None)
+        if sealer is None:
+            sealer = self._local.sealer = Sealer(self._key)
+        return sealer
+
+    def _submit(self, job: Callable[..., list[_Outcome]], *args: Any) -> Future[list[_Outcome]]:
+        assert self._pool is not None
+        while len(self._jobs) > self._workers:
+            self._merge(self._jobs.popleft().result())
+        future = self._pool.submit(job, *args)
+        self._jobs.append(future)
+        return future
+
+    def _drain(self) -> None:
+        while self._jobs:
+            self._merge(self._jobs.popleft().result())
+
+    def _settle(self) -> None:
+        wait(list(self._jobs))
+        self._jobs.clear()
+
+    def _merge(self, outcomes: list[_Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                self._fail(outcome.shown, outcome.error)
+                continue
+            self.result.files += 1
+            self.result.bytes += outcome.written
+            self.progress.files_done += 1
+            self.progress.bytes_done += outcome.written
+        self.report(self.progress)
 
     # ---- directories ------------------------------------------------------------------------
 
@@ -166,8 +311,10 @@ class Restorer:
         child_fd = self._open_dir(fd, parent.name, "/" + parent.name)
         try:
             self._restore_along(child_fd, trail[1:], node)
+            self._drain()
             self._apply_dir_metadata(child_fd, parent)
         finally:
+            self._settle()
             os.close(child_fd)
 
     def _open_dir(self, fd: int, name: str, shown: str) -> int:
@@ -200,8 +347,11 @@ class Restorer:
         child_fd = self._open_dir(fd, node.name, shown)
         try:
             self._restore_nodes(child_fd, self.trees.load(node.content), shown)
+            # Writing a file touches its directory: the directory's times go on last.
+            self._drain()
             self._apply_dir_metadata(child_fd, node)
         finally:
+            self._settle()
             os.close(child_fd)
         self.result.dirs += 1
 
@@ -236,108 +386,153 @@ class Restorer:
     # ---- files ------------------------------------------------------------------------------
 
     def _restore_files(self, fd: int, files: list[Node], prefix: str) -> None:
-        """Fetch small files in shared batches; large files stream chunk batch by batch."""
+        """Small files are fetched in shared batches; large files batch by batch."""
         group: list[Node] = []
         group_bytes = 0
+        group_ids = 0
         for node in files:
             if node.size > _FETCH_BYTES:
-                self._write_file(fd, node.name, node, f"{prefix}/{node.name}")
+                self._restore_file(fd, node.name, node, f"{prefix}/{node.name}")
                 continue
             group.append(node)
             group_bytes += node.size
-            if group_bytes >= _FETCH_BYTES or sum(len(n.content) for n in group) >= _FETCH_IDS:
+            group_ids += len(node.content)
+            if group_bytes >= _FETCH_BYTES or group_ids >= _FETCH_IDS:
                 self._write_group(fd, group, prefix)
-                group, group_bytes = [], 0
+                group, group_bytes, group_ids = [], 0, 0
         if group:
             self._write_group(fd, group, prefix)
 
+    def _restore_file(
+        self, fd: int, name: str, node: Node, shown: str, follow_existing: bool = False
+    ) -> None:
+        if node.size > _FETCH_BYTES:
+            self._write_large(fd, name, node, shown, follow_existing)
+            return
+        try:
+            sealed = dict(self.remote.get(list(dict.fromkeys(node.content))))
+        except (OSError, RPyBackupError) as exc:
+            self._fail(shown, exc)
+            return
+        self._submit(self._group_job, fd, [(name, node, shown)], sealed, follow_existing)
+
     def _write_group(self, fd: int, group: list[Node], prefix: str) -> None:
         ids = list(dict.fromkeys(cid for node in group for cid in node.content))
-        blobs: dict[bytes, bytes] = {}
         try:
-            for chunk_id, sealed in self.remote.get(ids) if ids else ():
-                blobs[chunk_id] = self.sealer.open(chunk_id, sealed)
+            sealed = dict(self.remote.get(ids)) if ids else {}
         except IntegrityError:
-            # One damaged chunk: fall back to file by file so every other file still restores.
+            # One chunk damaged on the server: file by file, so every other file still restores.
             for node in group:
-                self._write_file(fd, node.name, node, f"{prefix}/{node.name}")
+                self._restore_file(fd, node.name, node, f"{prefix}/{node.name}")
             return
-        for node in group:
-            self._write_file(fd, node.name, node, f"{prefix}/{node.name}", blobs)
+        entries = [(node.name, node, f"{prefix}/{node.name}") for node in group]
+        self._submit(self._group_job, fd, entries, sealed, False)
 
-    def _chunks(self, node: Node, blobs: dict[bytes, bytes] | None) -> Iterator[bytes]:
-        if blobs is not None:
-            for chunk_id in node.content:
-                yield blobs[chunk_id]
+    def _group_job(
+        self,
+        fd: int,
+        entries: list[tuple[str, Node, str]],
+        sealed: dict[bytes, bytes],
+        follow_existing: bool,
+    ) -> list[_Outcome]:
+        """Pool thread: open the chunks of a batch and write its files."""
+        sealer = self._sealer()
+        opened: dict[bytes, bytes | memoryview | IntegrityError] = {}
+        for chunk_id, blob in sealed.items():
+            try:
+                opened[chunk_id] = sealer.open(chunk_id, blob)
+            except IntegrityError as exc:
+                opened[chunk_id] = exc
+        outcomes = []
+        for name, node, shown in entries:
+            pieces = [opened[chunk_id] for chunk_id in node.content]
+            damaged = next((p for p in pieces if isinstance(p, IntegrityError)), None)
+            if damaged is not None:
+                outcomes.append(_Outcome(shown, error=damaged))
+                continue
+            try:
+                temp = _TempFile(fd, name, node, shown)
+            except OSError as exc:
+                outcomes.append(_Outcome(shown, error=exc))
+                continue
+            try:
+                for piece in pieces:
+                    temp.write(piece)  # type: ignore[arg-type]
+            except OSError as exc:
+                temp.error = exc
+            outcomes.append(temp.finish(follow_existing))
+        return outcomes
+
+    def _write_large(
+        self, fd: int, name: str, node: Node, shown: str, follow_existing: bool
+    ) -> None:
+        """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
+        try:
+            temp = _TempFile(fd, name, node, shown)
+        except OSError as exc:
+            self._fail(shown, exc)
             return
+        previous: Future[list[_Outcome]] | None = None
+        error: OSError | RPyBackupError | None = None
+        try:
+            for batch in self._batches(node):
+                sealed = dict(self.remote.get(list(dict.fromkeys(batch))))
+                previous = self._submit(self._part_job, temp, batch, sealed, previous)
+        except (OSError, RPyBackupError) as exc:
+            error = exc
+        self._submit(self._finish_job, temp, previous, error, follow_existing)
+
+    def _batches(self, node: Node) -> Iterator[list[bytes]]:
         batch: list[bytes] = []
         estimate = max(1, node.size // max(1, len(node.content)))
         for chunk_id in node.content:
             batch.append(chunk_id)
             if len(batch) * estimate >= _FETCH_BYTES:
-                yield from self._fetch(batch)
+                yield batch
                 batch = []
         if batch:
-            yield from self._fetch(batch)
+            yield batch
 
-    def _fetch(self, ids: list[bytes]) -> Iterator[bytes]:
-        unique = list(dict.fromkeys(ids))
-        opened = {cid: self.sealer.open(cid, blob) for cid, blob in self.remote.get(unique)}
-        for chunk_id in ids:
-            yield opened[chunk_id]
-
-    def _write_file(
+    def _part_job(
         self,
-        fd: int,
-        name: str,
-        node: Node,
-        shown: str,
-        blobs: dict[bytes, bytes] | None = None,
-        follow_existing: bool = False,
-    ) -> None:
-        temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
-        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600, dir_fd=fd)
-        digest = hashlib.sha256()
-        written = 0
+        temp: _TempFile,
+        batch: list[bytes],
+        sealed: dict[bytes, bytes],
+        previous: Future[list[_Outcome]] | None,
+    ) -> list[_Outcome]:
+        """Pool thread: open a batch (in parallel with others), then append it in file order."""
+        sealer = self._sealer()
+        opened: dict[bytes, bytes | memoryview] = {}
+        failure: IntegrityError | None = None
         try:
+            for chunk_id, blob in sealed.items():
+                opened[chunk_id] = sealer.open(chunk_id, blob)
+        except IntegrityError as exc:
+            failure = exc
+        if previous is not None:
+            previous.result()
+        if temp.error is None:
+            temp.error = failure
+        if temp.error is None:
             try:
-                with os.fdopen(out, "wb", closefd=False) as handle:
-                    for data in self._chunks(node, blobs):
-                        digest.update(data)
-                        handle.write(data)
-                        written += len(data)
-                        self.progress.bytes_done += len(data)
-                        self.report(self.progress)
-                if digest.hexdigest() != node.sha256 or written != node.size:
-                    raise IntegrityError(f"{shown}: content does not match its SHA-256")
-                if _IS_ROOT:
-                    with contextlib.suppress(OSError):
-                        os.fchown(out, node.uid, node.gid)
-                os.fchmod(out, node.mode)
-                os.utime(out, ns=(node.mtime_ns, node.mtime_ns))
-            finally:
-                os.close(out)
-            if not follow_existing:
-                self._remove_if_dir(fd, name, shown)
-            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        except (OSError, RPyBackupError) as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=fd)
-            self._fail(shown, exc)
-            return
-        self.result.files += 1
-        self.result.bytes += written
-        self.progress.files_done += 1
+                for chunk_id in batch:
+                    temp.write(opened[chunk_id])
+            except OSError as exc:
+                temp.error = exc
+        return []
 
-    @staticmethod
-    def _remove_if_dir(fd: int, name: str, shown: str) -> None:
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            raise RestoreError(f"{shown}: a directory is in the way")
+    def _finish_job(
+        self,
+        temp: _TempFile,
+        previous: Future[list[_Outcome]] | None,
+        error: OSError | RPyBackupError | None,
+        follow_existing: bool,
+    ) -> list[_Outcome]:
+        if previous is not None:
+            previous.result()
+        if temp.error is None:
+            temp.error = error
+        return [temp.finish(follow_existing)]
 
     def _fail(self, shown: str, exc: OSError | RPyBackupError) -> None:
         reason = str(exc) if isinstance(exc, RPyBackupError) else (exc.strerror or str(exc))

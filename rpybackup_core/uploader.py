@@ -1,0 +1,172 @@
+"""The upload pipeline of a backup run: deduplicate, ask, seal on worker threads, send.
+
+    add() -> batch --ask_has--> asked --answer--> seal jobs (threads) --> put
+
+Nothing here waits for the server while there is other work to do: a batch's has-question is
+answered while the next batch is read, and its seal jobs run on a small thread pool (zstd,
+AES-GCM and BLAKE3 release the GIL) while the main thread reads on. The server answers in
+request order, so one connection carries all of it. Every id is asked about at most once per
+run; an id is counted as stored from the moment it joins a batch, and references are sent only
+after every put before them has been sent, so the server never sees a reference to a chunk it
+was not given.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .crypto import MasterKey, Sealer
+from .progress import Progress
+from .protocol import pack_sealed
+from .remote import RemoteRepository
+
+BATCH_BYTES = 4 * 1024 * 1024
+BATCH_CHUNKS = 1024
+REFS_BATCH = 32768
+_ASKED_DEPTH = 1
+# A seal job is a run of chunks worth sealing on one thread in one go: small chunks are grouped
+# so the per-job overhead stays small next to the work.
+_JOB_BYTES = 1024 * 1024
+
+
+
+@dataclass(frozen=True)
+class SealedJob:
+    """A put payload ready to send, and what it holds."""
+
+    payload: bytes
+    chunks: int
+    sealed_bytes: int
+
+
+def seal_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ChunkUploader:
+    """Not thread-safe: one run, driven from one thread; sealing happens on its own pool."""
+
+    def __init__(
+        self,
+        remote: RemoteRepository,
+        key: MasterKey,
+        progress: Progress,
+        workers: int | None = None,
+    ) -> None:
+        self.remote = remote
+        self.progress = progress
+        self._key = key
+        self._local = threading.local()
+        self._workers = workers or seal_workers()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
+        self.on_server: set[bytes] = set()
+        self.referenced: set[bytes] = set()
+        self.uploaded_chunks = 0
+        self._batch: dict[bytes, bytes] = {}
+        self._batch_bytes = 0
+        self._asked: deque[tuple[int, list[bytes], dict[bytes, bytes]]] = deque()
+        self._sealing: deque[Future[SealedJob]] = deque()
+        self._refs_queue: list[bytes] = []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ---- what the archiver calls ------------------------------------------------------------
+
+    def reference(self, chunk_id: bytes) -> None:
+        if chunk_id not in self.referenced:
+            self.referenced.add(chunk_id)
+            self._refs_queue.append(chunk_id)
+            if len(self._refs_queue) >= REFS_BATCH:
+                self._drain()
+                self._send_refs()
+
+    def add(self, chunk_id: bytes, data: bytes | memoryview) -> None:
+        """Store a chunk unless it is known to be on the server; ``data`` is copied if kept."""
+        if chunk_id not in self.on_server:
+            self.on_server.add(chunk_id)
+            self._batch[chunk_id] = bytes(data)
+            self._batch_bytes += len(data)
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
+                self._ask()
+        # Only now: a full reference queue drains the pipeline, which must include this chunk.
+        self.reference(chunk_id)
+
+    def missing(self, ids: list[bytes]) -> set[bytes]:
+        """Which of these ids (believed stored) the server lacks; the rest count as stored."""
+        unknown = [i for i in dict.fromkeys(ids) if i not in self.on_server]
+        missing: set[bytes] = set()
+        for start in range(0, len(unknown), BATCH_CHUNKS * 16):
+            batch = unknown[start : start + BATCH_CHUNKS * 16]
+            for chunk_id, present in zip(batch, self.remote.has(batch), strict=True):
+                if present:
+                    self.on_server.add(chunk_id)
+                else:
+                    missing.add(chunk_id)
+        return missing
+
+    def finish(self) -> None:
+        """Send everything still queued and every reference; then wait for the server."""
+        self._drain()
+        self._send_refs()
+        self.remote.flush()
+
+    # ---- the pipeline -----------------------------------------------------------------------
+
+    def _ask(self) -> None:
+        if self._batch:
+            ids = list(self._batch)
+            self._asked.append((self.remote.ask_has(ids), ids, self._batch))
+            self._batch = {}
+            self._batch_bytes = 0
+        while len(self._asked) > _ASKED_DEPTH:
+            self._seal_oldest()
+
+    def _seal_oldest(self) -> None:
+        request_id, ids, data = self._asked.popleft()
+        present = self.remote.has_answer(request_id, len(ids))
+        job: list[tuple[bytes, bytes]] = []
+        job_bytes = 0
+        for chunk_id, is_present in zip(ids, present, strict=True):
+            if is_present:
+                continue
+            job.append((chunk_id, data[chunk_id]))
+            job_bytes += len(data[chunk_id])
+            if job_bytes >= _JOB_BYTES:
+                self._sealing.append(self._pool.submit(self._seal_job, job))
+                job, job_bytes = [], 0
+        if job:
+            self._sealing.append(self._pool.submit(self._seal_job, job))
+        while len(self._sealing) > 2 * self._workers:
+            self._send_oldest()
+
+    def _seal_job(self, job: list[tuple[bytes, bytes]]) -> SealedJob:
+        """Runs on a pool thread: seal, hash and frame, so the main thread only sends."""
+        sealer = getattr(self._local, "sealer", None)
+        if sealer is None:
+            sealer = self._local.sealer = Sealer(self._key)
+        records = [(chunk_id, sealer.seal(chunk_id, plain)) for chunk_id, plain in job]
+        payload = pack_sealed(records)
+        return SealedJob(payload, len(records), sum(len(sealed) for _, sealed in records))
+
+    def _send_oldest(self) -> None:
+        job = self._sealing.popleft().result()
+        self.remote.put(job.payload)
+        self.uploaded_chunks += job.chunks
+        self.progress.uploaded_bytes += job.sealed_bytes
+
+    def _drain(self) -> None:
+        self._ask()
+        while self._asked:
+            self._seal_oldest()
+        while self._sealing:
+            self._send_oldest()
+
+    def _send_refs(self) -> None:
+        for start in range(0, len(self._refs_queue), REFS_BATCH):
+            self.remote.refs(self._refs_queue[start : start + REFS_BATCH])
+        self._refs_queue = []
