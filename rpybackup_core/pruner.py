@@ -38,9 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A pack file that no index row names is only deleted after this long: a session commits a
-# pack by storing the file first and indexing it a moment later.
-ORPHAN_GRACE = 3600.0
 LOCK_FILE = "prune.lock"
 
 
@@ -52,6 +49,9 @@ class PruneSettings:
     pack_size: int = 32 * 1024 * 1024
     interval: int = 24 * 3600
     """Seconds between scheduled prunes of every client; 0 turns the schedule off."""
+    orphan_grace: float = 3600.0
+    """A pack file no index row names is deleted only after this long: a session commits a
+    pack by storing the file first and indexing it a moment later."""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> PruneSettings:
@@ -385,7 +385,7 @@ class Pruner:
         prefix = f"{client.id}/"
         stored = {name for name in self.repo.backend.list(PACKS) if name.startswith(prefix)}
         orphans = stored - self.repo.pack_names()
-        for name in self.repo.age_orphans(prefix, orphans, ORPHAN_GRACE):
+        for name in self.repo.age_orphans(prefix, orphans, self.settings.orphan_grace):
             size = self.repo.backend.size(PACKS, name)
             self.repo.backend.delete(PACKS, name)
             self.repo.forget_orphan(name)

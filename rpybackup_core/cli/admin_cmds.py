@@ -151,7 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             stdout.print(f"note: pack {name} is in no index (reclaimed by the next prune)",
                          markup=False)
         for problem in report.problems:
-            stderr.print(f"problem: {problem.describe()}", markup=False)
+            stderr.print(f"problem: {problem.describe()}", markup=False, soft_wrap=True)
     if not report.ok:
         raise IntegrityError(f"check found {len(report.problems)} problem(s)")
     if not args.json:
@@ -168,21 +168,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status.to_json())
         return 0
-    rows = []
+    # One block per client: readable in 80 columns over SSH.
     for client in status.clients:
-        policy = client.retention.policy.describe()
+        role = " (admin)" if client.admin else ""
+        seen = client.last_seen or "never"
+        stdout.print(f"{client.name}{role}  {client.state}, last seen {seen}", markup=False)
+        backup = (f"last backup {client.last_backup} ({client.last_result})"
+                  if client.last_backup else "no backup yet")
+        stdout.print(f"  {backup}; {client.snapshots} snapshot(s), "
+                     f"{human_bytes(client.stored_bytes)} stored", markup=False)
+        default = " (default)" if client.retention.is_default else ""
         prune = client.last_prune
-        rows.append([
-            client.name + (" (admin)" if client.admin else ""),
-            client.state,
-            client.last_seen or "-",
-            client.last_backup or "-",
-            client.last_result or "-",
-            str(client.snapshots),
-            human_bytes(client.stored_bytes),
-            policy + (" (default)" if client.retention.is_default else ""),
-            f"{prune.to_json()['time']} -{len(prune.removed)}" if prune else "-",
-        ])
-    table(["CLIENT", "STATE", "LAST SEEN", "LAST BACKUP", "RESULT", "SNAPSHOTS", "STORED",
-           "RETENTION", "LAST PRUNE"], rows)
+        pruned = (f"last prune {prune.to_json()['time']} removed {len(prune.removed)}, freed "
+                  f"{human_bytes(prune.bytes_freed)}" if prune else "never pruned")
+        stdout.print(f"  retention {client.retention.policy.describe()}{default}; {pruned}",
+                     markup=False)
     return 0
