@@ -24,8 +24,8 @@ from .storage import Backend, ObjectInfo, check_object_name
 
 log = logging.getLogger(__name__)
 
-# S3 wants parts of at least 5 MiB (except the last). One part is the most an upload holds in
-# memory, whatever the pack size.
+# S3 wants parts of at least 5 MiB (except the last). One part (plus botocore's copy of it) is
+# the most an upload holds in memory, whatever the pack size.
 PART_SIZE = 8 * 1024 * 1024
 ATTEMPTS = 5
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -68,11 +68,14 @@ class S3Backend(Backend):
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         return f"{where} at {self.endpoint}" if self.endpoint else where
 
-    def _key(self, kind: str, name: str) -> str:
+    def _base(self, kind: str) -> str:
         root = f"{self.prefix}/" if self.prefix else ""
-        return f"{root}{check_object_name(kind)}/{check_object_name(name)}"
+        return f"{root}{check_object_name(kind)}/"
 
-    def _error(self, exc: Exception, what: str) -> StorageError:
+    def _key(self, kind: str, name: str) -> str:
+        return self._base(kind) + check_object_name(name)
+
+    def _error(self, exc: Exception, what: str) -> StorageError | NotFound:
         """Turn what botocore raised into one line a server admin can act on."""
         if isinstance(exc, NoCredentialsError):
             return StorageError(
@@ -106,8 +109,8 @@ class S3Backend(Backend):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, what) from exc
 
-    def prepare(self) -> list[str]:
-        notes = [f"created bucket {self.bucket}"] if self._ensure_bucket() else []
+    def prepare(self) -> tuple[str, ...]:
+        notes = (f"created bucket {self.bucket}",) if self._ensure_bucket() else ()
         return notes + super().prepare()
 
     def _ensure_bucket(self) -> bool:
@@ -147,7 +150,7 @@ class S3Backend(Backend):
         """Upload part by part, holding one part in memory; abort so no orphan parts stay."""
         upload_id = self._call(what, "create_multipart_upload", Key=key)["UploadId"]
         try:
-            parts = []
+            parts: list[dict[str, Any]] = []
             with local.open("rb") as handle:
                 while data := handle.read(self.part_size):
                     number = len(parts) + 1
@@ -198,7 +201,7 @@ class S3Backend(Backend):
         self._call(f"deleting {kind}/{name}", "delete_object", Key=self._key(kind, name))
 
     def list(self, kind: str) -> Iterator[str]:
-        base = self._key(kind, "x")[:-1]
+        base = self._base(kind)
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base
         )

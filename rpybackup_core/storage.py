@@ -85,7 +85,7 @@ class Backend(ABC):
     def size(self, kind: str, name: str) -> int:
         return self.stat(kind, name).size
 
-    def prepare(self) -> list[str]:
+    def prepare(self) -> tuple[str, ...]:
         """Get ready for a new repository and prove that we may write and delete here.
 
         Returns notes for the admin about anything that was set up.
@@ -93,7 +93,7 @@ class Backend(ABC):
         probe = f"probe-{secrets.token_hex(8)}"
         self.put("init", probe, b"")
         self.delete("init", probe)
-        return []
+        return ()
 
     def get(self, kind: str, name: str) -> bytes:
         return self.get_range(kind, name, 0, self.size(kind, name))
