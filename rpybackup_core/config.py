@@ -201,6 +201,8 @@ class ServerConfig:
             raise ConfigError("storage.pack_size_mib must be between 1 and 1024")
         if self.storage_url != "local":
             split_s3_url(self.storage_url)
+        elif self.s3_endpoint:
+            raise ConfigError("storage.s3_endpoint is set, but storage.url is not s3://...")
         if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
             raise ConfigError("storage.s3_endpoint must be an http:// or https:// URL")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -251,6 +253,7 @@ class ClientConfig:
     sources: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
     quiet_seconds: int = 10
+    max_delay: int = 600
     cache_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -279,6 +282,7 @@ class ClientConfig:
             sources=list(_typed(backup, "sources", list, [], "backup")),
             excludes=list(_typed(backup, "excludes", list, [], "backup")),
             quiet_seconds=_typed(watch, "quiet_seconds", int, 10, "watch"),
+            max_delay=parse_duration(_typed(watch, "max_delay", str, "10m", "watch")),
             cache_dir=_typed(cache, "dir", str, "", "cache"),
             extra={
                 k: v
@@ -298,6 +302,8 @@ class ClientConfig:
             raise ConfigError(f"{self.path}: backup.sources and backup.excludes hold strings")
         if not 0 < self.quiet_seconds <= 86400:
             raise ConfigError(f"{self.path}: watch.quiet_seconds must be between 1 and 86400")
+        if not 0 < self.max_delay <= 7 * 86400:
+            raise ConfigError(f"{self.path}: watch.max_delay must be between 1s and 7d")
 
     def to_toml(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -305,7 +311,7 @@ class ClientConfig:
             "identity": {"name": self.name, "token": self.token},
             "repository": {"key": self.key},
             "backup": {"sources": self.sources, "excludes": self.excludes},
-            "watch": {"quiet_seconds": self.quiet_seconds},
+            "watch": {"quiet_seconds": self.quiet_seconds, "max_delay": f"{self.max_delay}s"},
         }
         if self.cache_dir:
             doc["cache"] = {"dir": self.cache_dir}

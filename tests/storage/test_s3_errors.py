@@ -123,3 +123,13 @@ def test_local_storage_stays_the_default(tmp_path: Path) -> None:
     backend = open_backend(ServerConfig.load(config.path))
     assert isinstance(backend, LocalBackend)
     assert backend.root == tmp_path / "data" / "storage"
+
+
+def test_an_endpoint_without_an_s3_url_is_refused(cli, tmp_path: Path) -> None:
+    result = cli(
+        "--config", str(tmp_path / "s.toml"), "server", "init", "--data", str(tmp_path / "d"),
+        "--s3-endpoint", "http://127.0.0.1:8333",
+    )
+    assert result.code == 1
+    assert "storage.url is not s3://" in result.err
+    assert not (tmp_path / "s.toml").exists()
