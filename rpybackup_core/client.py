@@ -135,6 +135,11 @@ class BackupClient:
         snapshots = remote.snapshots()
         return str(snapshots[-1]["id"]) if snapshots else None
 
+    def report_state(self, state: str, last_backup: str | None, last_result: str) -> None:
+        """Tell the server what this client is doing (watch mode), for ``status``."""
+        with self.connection() as remote:
+            remote.report_state(state, last_backup, last_result)
+
     # ---- snapshots --------------------------------------------------------------------------
 
     def snapshots(self) -> list[SnapshotInfo]:

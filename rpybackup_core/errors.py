@@ -110,6 +110,18 @@ class Cancelled(RPyBackupError):
     code = "cancelled"
 
 
+class WatchError(RPyBackupError):
+    """Watch mode cannot observe the file system at all."""
+
+    code = "watch"
+
+
+class ScheduleError(RPyBackupError):
+    """A schedule cannot be generated, installed or removed (cron, systemd, schtasks)."""
+
+    code = "schedule"
+
+
 class ServerError(RPyBackupError):
     """An unexpected failure inside the server; details are in the server log."""
 

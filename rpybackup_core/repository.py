@@ -101,6 +101,13 @@ CREATE TABLE IF NOT EXISTS audit (
     event TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS client_state (
+    client_id INTEGER PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    last_report REAL NOT NULL,
+    last_backup REAL,
+    last_result TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS retention (
     client_id INTEGER PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
     policy TEXT NOT NULL,
@@ -580,6 +587,37 @@ class Repository:
         for client_id, count, latest in rows:
             counts[client_id] = (count, latest)
         return counts
+
+    # ---- client state (reported by watching clients) ----------------------------------------
+
+    def report_state(
+        self, client_id: int, state: str, last_backup: float | None, last_result: str
+    ) -> None:
+        """Record a client's reported state; a report without a backup time keeps the old one."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO client_state(client_id, state, last_report, last_backup, last_result) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(client_id) DO UPDATE SET "
+                "state = excluded.state, last_report = excluded.last_report, "
+                "last_backup = COALESCE(excluded.last_backup, client_state.last_backup), "
+                "last_result = excluded.last_result",
+                (client_id, state, time.time(), last_backup, last_result),
+            )
+
+    def client_states(self) -> dict[int, dict[str, Any]]:
+        """Client id -> {"state", "last_report", "last_backup", "last_result"} (times ISO 8601)."""
+        rows = self._query(
+            "SELECT client_id, state, last_report, last_backup, last_result FROM client_state"
+        )
+        return {
+            client_id: {
+                "state": state,
+                "last_report": iso_time(last_report),
+                "last_backup": iso_time(last_backup) if last_backup is not None else None,
+                "last_result": last_result,
+            }
+            for client_id, state, last_report, last_backup, last_result in rows
+        }
 
     # ---- retention, pins and garbage collection (see docs/retention.md) ---------------------
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import math
+import time
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -384,6 +385,37 @@ class Session:
         self._require_admin()
         return {"clients": [client.to_json() for client in self.repo.list_clients()]}, b""
 
+    REPORT_STATES = frozenset({"watching", "idle"})
+    MAX_REPORT_RESULT = 512
+
+    def op_report(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """A client's own state (watch mode): stored for status; every field is checked."""
+        assert self.client is not None
+        header = frame.header
+        state = _text(header, "state")
+        if state not in self.REPORT_STATES:
+            raise InvalidRequest(f"field 'state' must be one of {sorted(self.REPORT_STATES)}")
+        result = _text(header, "last_result", "")
+        # Shown in the admin's terminal: no control characters, no escape sequences.
+        if len(result) > self.MAX_REPORT_RESULT or not result.isprintable():
+            raise InvalidRequest(
+                f"field 'last_result' must be printable text of at most "
+                f"{self.MAX_REPORT_RESULT} characters"
+            )
+        last_backup = None
+        if header.get("last_backup") is not None:
+            text = _text(header, "last_backup")
+            try:
+                if len(text) > 64:
+                    raise InvalidRequest("too long")
+                last_backup = _parse_time(text)
+            except InvalidRequest as exc:
+                raise InvalidRequest("field 'last_backup' must be an ISO 8601 time") from exc
+            if not 0 <= last_backup <= time.time() + 86400:
+                raise InvalidRequest("field 'last_backup' is out of range")
+        self.repo.report_state(self.client.id, state, last_backup, result)
+        return {}, b""
+
 
     # ---- admin: retention, prune, status (docs/retention.md) ---------------------------------
     # Replies carry a JSON document as payload: a plan for many snapshots outgrows a header.
@@ -457,5 +489,6 @@ HANDLERS: dict[str, Handler] = {
     "admin_prune_plan": Session.op_admin_prune_plan,
     "admin_prune": Session.op_admin_prune,
     "admin_prune_history": Session.op_admin_prune_history,
+    "report": Session.op_report,
 }
 PUBLIC_OPS = frozenset({"ping", "enroll", "auth"})

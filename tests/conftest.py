@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +62,18 @@ class ServerHarness:
         self.stop()
         self.config.listen_port = port
         self.start()
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """An outage: stopped inside the block, back on the same port after it."""
+        assert self.server is not None
+        port = self.server.address[1]
+        self.stop()
+        try:
+            yield
+        finally:
+            self.config.listen_port = port
+            self.start()
 
     def add_client(self, name: str, admin: bool = False) -> str:
         return self.repo.add_client(name, admin=admin, ttl=3600)

@@ -9,7 +9,7 @@ from .. import __version__
 from ..config import default_client_config, default_server_config
 from ..errors import RPyBackupError
 from ..logs import setup_logging
-from . import admin_cmds, client_cmds, demo_cmd, server_cmds
+from . import admin_cmds, client_cmds, demo_cmd, server_cmds, watch_cmds
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmds.register(sub)
     admin_cmds.register(sub)
     demo_cmd.register(sub)
+    watch_cmds.register(sub)
     return parser
 
 

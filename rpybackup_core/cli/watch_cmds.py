@@ -1,0 +1,110 @@
+"""Commands that keep backups going without a person: watch, schedule install/remove/show."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import signal
+from pathlib import Path
+
+from ..client import BackupClient
+from ..config import ClientConfig, parse_duration
+from ..errors import ConfigError, ScheduleError, UsageError
+from ..schedule import job_for, parse_schedule, scheduler_for
+from ..watch import Watcher, WatchRun
+from .output import stderr, stdout
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="stay running; back up after changes settle")
+    p.add_argument("paths", nargs="*", help="what to watch (default: the configured sources)")
+    p.add_argument("--quiet-seconds", type=float,
+                   help="back up after this many seconds without a change (default: config)")
+    p.add_argument("--max-delay", metavar="DURATION",
+                   help="back up at the latest this long after the first change, even while "
+                   "changes keep coming (default: config, 10m)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("schedule", help="run backups from systemd, cron or the Task Scheduler")
+    p.add_argument("action", choices=["install", "remove", "show"])
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--every", metavar="DURATION", help="e.g. 30m, 6h, 1d")
+    when.add_argument("--calendar", metavar="SPEC",
+                      help="hourly, daily (default), weekly, monthly, HH:MM, or the scheduler's "
+                      "own syntax (systemd OnCalendar, 5-field cron)")
+    p.add_argument("--via", choices=["systemd", "cron", "schtasks"],
+                   help="the scheduler (default: systemd where it runs, Task Scheduler on "
+                   "Windows, else cron)")
+    p.set_defaults(func=cmd_schedule)
+
+
+def _load(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig.load(Path(args.client_config))
+
+
+def _print_run(run: WatchRun) -> None:
+    if run.snapshot is None:
+        stderr.print(f"backup failed ({run.changes} change(s) kept, will retry): {run.error}",
+                     markup=False)
+    elif run.error:
+        stderr.print(f"snapshot {run.snapshot[:8]} saved with problems: {run.error}",
+                     markup=False)
+    else:
+        stdout.print(f"snapshot {run.snapshot[:8]} saved ({run.changes} change(s), "
+                     f"{run.seconds:.1f}s)", markup=False)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    max_delay = None
+    if args.max_delay:
+        try:
+            max_delay = parse_duration(args.max_delay)
+        except ConfigError as exc:
+            raise UsageError(f"--max-delay: {exc}") from exc
+    if args.quiet_seconds is not None and args.quiet_seconds <= 0:
+        raise UsageError("--quiet-seconds must be positive")
+    watcher = Watcher(BackupClient(_load(args)), args.paths or None, args.quiet_seconds,
+                      max_delay, on_run=_print_run)
+
+    def stop(signum: int, _frame: object) -> None:
+        stderr.print(f"{signal.Signals(signum).name}: stopping after the run in flight")
+        watcher.stop()
+
+    # The loop runs in a worker, so the handler never interrupts it while it holds a lock.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="watch") as pool:
+        future = pool.submit(watcher.run)
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            future.result()
+        finally:
+            watcher.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    config = _load(args)
+    schedule = parse_schedule(args.every, args.calendar)
+    scheduler = scheduler_for(job_for(config), args.via)
+    if args.action == "show":
+        installed = scheduler.installed()
+        if installed is not None:
+            stdout.print(f"installed ({scheduler.kind}):", markup=False)
+            stdout.print(installed, markup=False, end="")
+        else:
+            stdout.print(f"not installed; 'schedule install' would set up ({scheduler.kind}):",
+                         markup=False)
+            stdout.print(scheduler.render(schedule), markup=False, end="")
+        return 0
+    if args.action == "install":
+        if not config.sources:
+            raise ScheduleError(f"{config.path}: backup.sources is empty; a scheduled run would "
+                                "have nothing to back up")
+        stdout.print(scheduler.install(schedule), markup=False)
+        return 0
+    if not scheduler.remove():
+        stdout.print(f"nothing was installed ({scheduler.kind})", markup=False)
+        return 0
+    stdout.print(f"removed ({scheduler.kind})", markup=False)
+    return 0
