@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -34,3 +35,12 @@ def duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A local path with the home directory shown as ``~``, as the user would type it."""
+    text = str(path)
+    home = os.path.expanduser("~")
+    if home != "/" and (text == home or text.startswith(home + os.sep)):
+        return "~" + text[len(home):]
+    return text

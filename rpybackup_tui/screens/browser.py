@@ -20,7 +20,7 @@ from textual.widgets.tree import TreeNode
 from rpybackup_core.client import ListedEntry, SnapshotInfo
 from rpybackup_core.tree import DIR, FILE, SYMLINK
 
-from ..data.format import human_bytes, short_time
+from ..data.format import display_path, human_bytes, short_time
 from ..dialogs.restore_target import RestoreDialog
 from ..messages import (
     ChildrenLoaded,
@@ -135,7 +135,7 @@ class BrowserScreen(AreaScreen):
         snap = next(s for s in self.snapshots if s.id == event.row_key.value)
         self.current = snap
         tree = self.query_one("#files", Tree)
-        tree.reset(Text(f"{short_time(snap.time)}  {snap.id[:8]}", style="bold"), Entry())
+        tree.reset(Text(f"snapshot of {short_time(snap.time)}", style="bold"), Entry())
         tree.root.expand()
         tree.focus()
 
@@ -216,12 +216,12 @@ class BrowserScreen(AreaScreen):
     def ask_target(self, what: str, include: str | None, size: int | None) -> None:
         assert self.current is not None
         snapshot = self.current.id
-        suggestion = str(Path.home() / "restore" / snapshot[:8])
+        suggestion = display_path(Path.home() / "restore" / snapshot[:8])
 
         def chosen(target: Path | None) -> None:
             if target is not None:
                 self.query_one(ProgressPanel).start(size)
-                self.set_status(f"restoring {what} to {target}…")
+                self.set_status(f"restoring {what} to {display_path(target)}…")
                 self.restore(snapshot, target, include, what, size)
 
         self.app.push_screen(RestoreDialog(what, suggestion), chosen)
@@ -242,7 +242,8 @@ class BrowserScreen(AreaScreen):
     def restored(self, message: RestoreFinished) -> None:
         self.query_one(ProgressPanel).stop()
         result = message.result
-        summary = (f"restored {message.what} to {message.target}: {result.files} files, "
+        summary = (f"restored {message.what} to {display_path(message.target)}: "
+                   f"{result.files} files, "
                    f"{human_bytes(result.bytes)}")
         if result.errors:
             self.set_status(f"{summary}; {len(result.errors)} failed: {result.errors[0]}",

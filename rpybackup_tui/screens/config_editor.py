@@ -14,6 +14,7 @@ from textual.widgets import Input, Label, Static, TextArea
 from rpybackup_core.config import ClientConfig
 
 from ..data.config_form import ConfigForm, apply_form, check_field, check_form
+from ..data.format import display_path
 from ..messages import ConfigSaved
 from .base import AreaScreen
 
@@ -55,7 +56,9 @@ class ConfigScreen(AreaScreen):
 
     def load(self, config: ClientConfig) -> None:
         form = ConfigForm.from_config(config)
-        self.query_one("#config-title", Static).update(f"Client config · {config.path}")
+        self.query_one("#config-title", Static).update(
+            f"Client config · {display_path(config.path)}"
+        )
         self.query_one("#server", Input).value = form.server
         self.query_one("#sources", TextArea).text = form.sources
         self.query_one("#excludes", TextArea).text = form.excludes
@@ -114,7 +117,7 @@ class ConfigScreen(AreaScreen):
 
     @on(ConfigSaved)
     def saved(self, message: ConfigSaved) -> None:
-        self.set_status(f"saved {message.config.path}")
+        self.set_status(f"saved {display_path(message.config.path)}")
         self.notify(f"saved {message.config.path.name}", title="Config")
 
     def worker_failed(self, group: str, message: str) -> None:

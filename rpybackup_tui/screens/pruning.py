@@ -26,8 +26,9 @@ NEEDS_ADMIN = (
 )
 
 
-def _when(stamp: float) -> str:
-    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+def _when(stamp: float, seconds: bool = False) -> str:
+    moment = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 class PruneScreen(AreaScreen):
@@ -53,7 +54,7 @@ class PruneScreen(AreaScreen):
         yield Static("loading clients…", id="prune-status", classes="status-line", markup=False)
 
     def on_mount(self) -> None:
-        self.query_one("#plan", DataTable).add_columns("Time (UTC)", "Snapshot", "Plan", "Why")
+        self.query_one("#plan", DataTable).add_columns("Snapshot time (UTC)", "Plan", "Why")
         self.query_one("#history", DataTable).add_columns(
             "When (UTC)", "Client", "By", "Removed", "Kept", "Freed"
         )
@@ -139,7 +140,9 @@ class PruneScreen(AreaScreen):
     def answered(self, message: PruneAnswered) -> None:
         result = message.result
         if result.dry_run:
-            self.show_plan(result)
+            # An answer for a client no longer selected (the user moved on) is stale.
+            if result.client == self.client:
+                self.show_plan(result)
             return
         self.preview = None
         self.notify(f"{result.client}: removed {len(result.plan.remove)} snapshot(s), "
@@ -158,8 +161,7 @@ class PruneScreen(AreaScreen):
         error = self.app.current_theme.error
         for decision, kept in rows:
             table.add_row(
-                _when(decision.time),
-                decision.id[:8],
+                _when(decision.time, seconds=True),
                 Text("keep") if kept else Text("remove", style=f"bold {error}"),
                 ", ".join(decision.reasons) if kept else "no rule keeps it",
             )

@@ -15,7 +15,7 @@ from rpybackup_core.client import SnapshotInfo
 
 from ..data.backend import now_iso
 from ..data.fleet import snapshot_result
-from ..data.format import human_bytes, short_time
+from ..data.format import display_path, human_bytes, short_time
 from ..data.runs import CANCELLED, FAILED, INCOMPLETE, OK, RunRecord
 from ..messages import ProgressUpdate, RunEnded, SnapshotsLoaded, progress_poster
 from ..widgets.progress_panel import ProgressPanel
@@ -55,9 +55,11 @@ class RunsScreen(AreaScreen):
         self.call_after_refresh(self.load_history)
 
     def show_state(self) -> None:
-        sources = ", ".join(self.backend.config.sources) or "(no sources configured)"
+        sources = ", ".join(display_path(s) for s in self.backend.config.sources)
         text = "backing up…" if self.running else "idle · b backs up now"
-        self.query_one("#run-state", Static).update(f"Runs · {text} · sources: {sources}")
+        self.query_one("#run-state", Static).update(
+            f"Runs · {text} · sources: {sources or '(none configured: see 2 Config)'}"
+        )
 
     # ---- history ----------------------------------------------------------------------------
 

@@ -2,44 +2,72 @@
 
 from __future__ import annotations
 
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from rpybackup_tui.app import ConsoleApp
 
-from .conftest import drive, wait_for
+from .conftest import drive, outage, text_of, wait_for
 
 
-def status_text(app: ConsoleApp) -> str:
-    return str(app.screen.query_one("#fleet-status", Static).render())
+def cell(table: DataTable, row: str, column: int) -> str:
+    value = table.get_row(row)[column]
+    return getattr(value, "plain", value)
 
 
 def test_plain_identity_sees_itself_with_its_last_backup(server, alice) -> None:
     async def scenario(app: ConsoleApp, pilot) -> None:
         table = app.screen.query_one("#fleet", DataTable)
         await wait_for(pilot, lambda: table.row_count == 1, "the fleet table")
-        row = table.get_row("alice")
-        assert row[0].plain == "alice"
-        assert row[1].plain == "online"
-        assert row[3].plain == "ok"
-        assert row[4] == "1"
-        assert "this client only" in status_text(app)
+        assert [cell(table, "alice", c) for c in range(5)] == [
+            "alice", "online", "2026-01-02 12:00", "ok", "1"
+        ]
+        assert "this client only" in text_of(app, "#fleet-status")
 
     drive(alice, scenario)
+
+
+def test_admin_identity_sees_every_client_and_a_failing_one_stands_out(server, admin) -> None:
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        table = app.screen.query_one("#fleet", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, "every client")
+        assert {str(key.value) for key in table.rows} == {"alice", "bob", "root"}
+        assert cell(table, "alice", 1) == "online"
+        assert cell(table, "alice", 4) == "1"
+        assert cell(table, "bob", 1) == "failing"
+        assert cell(table, "bob", 3).startswith("incomplete")
+        assert cell(table, "bob", 2) == "2026-01-08 12:00"
+        assert cell(table, "bob", 4) == "6"
+        assert cell(table, "bob", 5).endswith("KiB")
+        assert "(default)" in cell(table, "bob", 6)
+        bob_name = table.get_row("bob")[0]
+        assert "bold" in str(bob_name.style), "a failing client must stand out"
+        assert "every client" in text_of(app, "#fleet-status")
+
+    drive(admin, scenario)
+
+
+def test_the_fleet_refreshes_on_its_own(server, admin) -> None:
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        table = app.screen.query_one("#fleet", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, "every client")
+        server.enroll("carol")
+        await wait_for(pilot, lambda: table.row_count == 4, "the new client, without a key")
+
+    drive(admin, scenario)
 
 
 def test_a_stopped_server_is_a_message_and_the_console_recovers(server, alice) -> None:
     async def scenario(app: ConsoleApp, pilot) -> None:
         table = app.screen.query_one("#fleet", DataTable)
         await wait_for(pilot, lambda: table.row_count == 1, "the fleet table")
-        port = server.server.address[1]
-        server.stop()
+        with outage(server):
+            await pilot.press("r")
+            await wait_for(pilot, lambda: "no answer" in text_of(app, "#fleet-status"),
+                           "the outage message")
+            assert "cannot reach the server" in text_of(app, "#fleet-status")
+            assert table.row_count == 1, "the last known state stays on screen"
         await pilot.press("r")
-        await wait_for(pilot, lambda: "no answer" in status_text(app), "the outage message")
-        assert "cannot reach the server" in status_text(app)
-        server.config.listen_port = port
-        server.start()
-        await pilot.press("r")
-        await wait_for(pilot, lambda: "connected" in status_text(app), "reconnection")
-        assert table.row_count == 1
+        await wait_for(pilot, lambda: "connected" in text_of(app, "#fleet-status"),
+                       "reconnection")
 
     drive(alice, scenario)

@@ -1,0 +1,131 @@
+"""The backup browser: snapshots, a tree loaded one folder at a time, details, restores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, Tree
+from textual.widgets.tree import TreeNode
+
+from rpybackup_tui.app import ConsoleApp
+from rpybackup_tui.screens.browser import PAGE
+
+from .conftest import drive, outage, text_of, wait_for
+
+
+def loaded(node: TreeNode) -> bool:
+    return node.data is not None and node.data.loaded
+
+
+def child(node: TreeNode, label: str) -> TreeNode:
+    for item in node.children:
+        if str(item.label).rstrip("/").split("  ")[0] == label:
+            return item
+    names = [str(c.label) for c in node.children]
+    raise AssertionError(f"{label} is not under {node.label}: {names}")
+
+
+async def open_latest(app: ConsoleApp, pilot) -> Tree:
+    await pilot.press("3")
+    table = app.screen.query_one("#snapshots", DataTable)
+    await wait_for(pilot, lambda: table.row_count > 0, "the snapshot list")
+    table.focus()
+    await pilot.press("enter")
+    tree = app.screen.query_one("#files", Tree)
+    await wait_for(pilot, lambda: loaded(tree.root), "the snapshot's top folder")
+    return tree
+
+
+async def expand_to(app: ConsoleApp, pilot, tree: Tree, path: Path) -> TreeNode:
+    node = tree.root
+    for part in path.parts[1:]:
+        node = child(node, part)
+        node.expand()
+        await wait_for(pilot, lambda n=node: loaded(n), f"the folder {part}")
+    return node
+
+
+def test_snapshots_then_a_lazy_tree_then_details(server, alice, sample_tree: Path) -> None:
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        tree = await open_latest(app, pilot)
+        table = app.screen.query_one("#snapshots", DataTable)
+        assert table.get_row_at(0)[:2] == ["2026-01-02 12:00", "45"]
+        top = await expand_to(app, pilot, tree, sample_tree)
+        docs = child(top, "docs")
+        assert not loaded(docs) and not docs.children, "a folder loads only when opened"
+        photo = child(top, "photo.raw")
+        tree.move_cursor(photo)
+        await pilot.pause()
+        details = text_of(app, "#details")
+        assert f"{sample_tree}/photo.raw" in details
+        assert "6.0 MiB" in details and "sha256" in details
+
+    drive(alice, scenario)
+
+
+def test_restore_one_file_and_the_whole_snapshot(server, alice, sample_tree: Path,
+                                                 tmp_path: Path) -> None:
+    one, whole = tmp_path / "one", tmp_path / "whole"
+
+    async def restore_to(app: ConsoleApp, pilot, key: str, target: Path) -> None:
+        await pilot.press(key)
+        await wait_for(pilot, lambda: app.screen.query("#target"), "the restore dialog")
+        app.screen.query_one("#target", Input).value = str(target)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "restored" in text_of(app, "#browser-status"),
+                       "the restore result")
+        assert "verified" in text_of(app, "#browser-status")
+
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        tree = await open_latest(app, pilot)
+        top = await expand_to(app, pilot, tree, sample_tree)
+        tree.move_cursor(child(top, "run.sh"))
+        tree.focus()
+        await restore_to(app, pilot, "r", one)
+        await restore_to(app, pilot, "a", whole)
+
+    drive(alice, scenario)
+    inside = sample_tree.relative_to("/")
+    assert (one / inside / "run.sh").read_bytes() == (sample_tree / "run.sh").read_bytes()
+    assert not (one / inside / "photo.raw").exists(), "only the chosen file is restored"
+    assert (whole / inside / "photo.raw").read_bytes() == (sample_tree / "photo.raw").read_bytes()
+
+
+def test_a_huge_folder_shows_a_page_and_loads_the_rest_on_demand(server, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.mkdir()
+    count = PAGE + 234
+    for index in range(count):
+        (big / f"f{index:05}").write_bytes(b"x")
+    config = server.enroll("dora")
+    config.sources = [str(big)]
+    config.save()
+    server.client("dora").backup()
+
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        tree = await open_latest(app, pilot)
+        folder = await expand_to(app, pilot, tree, big)
+        assert len(folder.children) == PAGE + 1
+        more = folder.children[-1]
+        assert "234 more" in str(more.label)
+        tree.select_node(more)
+        await wait_for(pilot, lambda: len(folder.children) == count, "the next page")
+
+    drive(config, scenario)
+
+
+def test_the_browser_survives_a_server_restart(server, alice, sample_tree: Path) -> None:
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        tree = await open_latest(app, pilot)
+        top = await expand_to(app, pilot, tree, sample_tree)
+        docs = child(top, "docs")
+        with outage(server):
+            docs.expand()
+            await wait_for(pilot, lambda: "could not open" in text_of(app, "#browser-status"),
+                           "the failure message")
+            assert not docs.is_expanded and not loaded(docs)
+        docs.expand()
+        await wait_for(pilot, lambda: loaded(docs), "the folder after the restart")
+        assert len(docs.children) == 41
+
+    drive(alice, scenario)
