@@ -15,13 +15,85 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-_WORDS = (
-    "the of and to in is was for on that with as by at from this be are have it not or an "
-    "backup restore chunk snapshot server client encrypt verify retention pack index commit "
-    "error warning info debug request reply session stream buffer socket thread process "
-    "file directory path size mode mtime inode hash digest cipher nonce key token user admin "
-    "start stop run wait done failed retry timeout connect listen accept close open read write"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "this",
+    "be",
+    "are",
+    "have",
+    "it",
+    "not",
+    "or",
+    "an",
+    "backup",
+    "restore",
+    "chunk",
+    "snapshot",
+    "server",
+    "client",
+    "encrypt",
+    "verify",
+    "retention",
+    "pack",
+    "index",
+    "commit",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "request",
+    "reply",
+    "session",
+    "stream",
+    "buffer",
+    "socket",
+    "thread",
+    "process",
+    "file",
+    "directory",
+    "path",
+    "size",
+    "mode",
+    "mtime",
+    "inode",
+    "hash",
+    "digest",
+    "cipher",
+    "nonce",
+    "key",
+    "token",
+    "user",
+    "admin",
+    "start",
+    "stop",
+    "run",
+    "wait",
+    "done",
+    "failed",
+    "retry",
+    "timeout",
+    "connect",
+    "listen",
+    "accept",
+    "close",
+    "open",
+    "read",
+    "write",
+]
 _LINE_POOL = 65536
 _SMALL_PER_DIR = 500
 _MEDIUM_BYTES = 40 * 1000 * 1000
@@ -76,7 +148,7 @@ class TextSource:
         return b"".join(parts)[:size]
 
 
-def _write_stream(path: Path, size: int, make_block) -> None:  # noqa: ANN001 - a callable
+def _write_stream(path: Path, size: int, make_block) -> None:
     with path.open("wb") as handle:
         left = size
         while left > 0:
@@ -134,8 +206,8 @@ def generate(root: Path, scale: float, seed: int = 1) -> int:
 def mutate(root: Path, seed: int = 2) -> int:
     """Change about 5 % of the tree like a day of use; returns the bytes written.
 
-    Edits 5 % of the small files, appends a quarter to three medium files, rewrites a region in the middle
-    of each large file (CDC must resynchronise), adds a few files and deletes a few.
+    Edits 5 % of the small files, appends a quarter to three medium files, rewrites a region
+    in the middle of each large file (CDC must resynchronise), adds a few files and deletes a few.
     """
     rng = random.Random(seed)
     text = TextSource(rng)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rpybackup_core.config import ClientConfig
@@ -34,6 +34,7 @@ class Measured:
     seconds: float
     peak_rss: int
     stdout: str
+    cpu_seconds: float = 0.0
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Measured:
@@ -56,7 +57,7 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Measured
             f"{' '.join(argv[:3])} ... exited {process.returncode}: "
             f"{stderr.decode('utf-8', 'replace')[-2000:]}"
         )
-    return Measured(seconds, usage.ru_maxrss * 1024, text)
+    return Measured(seconds, usage.ru_maxrss * 1024, text, usage.ru_utime + usage.ru_stime)
 
 
 def dir_size(path: Path) -> int:
@@ -97,8 +98,16 @@ class RPyBackup:
         self.start_server(port)
         code = json.loads(self._server_cli("client", "add", "bench", "--json").stdout)["code"]
         run_measured(
-            [self.cli, "--config", str(self.client_config), "enroll", f"127.0.0.1:{port}",
-             code, "--fingerprint", fingerprint]
+            [
+                self.cli,
+                "--config",
+                str(self.client_config),
+                "enroll",
+                f"127.0.0.1:{port}",
+                code,
+                "--fingerprint",
+                fingerprint,
+            ]
         )
         config = ClientConfig.load(self.client_config)
         config.cache_dir = str(self.work / "client-cache")
@@ -111,7 +120,9 @@ class RPyBackup:
         with self.log.open("ab") as log:
             self.server = subprocess.Popen(
                 [self.cli, "--config", str(self.server_config), "serve"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + _SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -142,10 +153,18 @@ class RPyBackup:
                 return int(line.split()[1]) * 1024
         raise BenchError("no VmHWM for the server process")
 
+    def _server_cpu(self) -> float:
+        assert self.server is not None
+        fields = Path(f"/proc/{self.server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _client(self, *args: str) -> tuple[Measured, int]:
+        """The client's measurement (CPU includes the server's share) and the server's peak."""
         self._reset_server_peak()
+        server_cpu = self._server_cpu()
         measured = run_measured([self.cli, "--config", str(self.client_config), *args])
-        return measured, self._server_peak()
+        total_cpu = measured.cpu_seconds + self._server_cpu() - server_cpu
+        return replace(measured, cpu_seconds=total_cpu), self._server_peak()
 
     def backup(self, source: Path) -> tuple[Measured, int]:
         return self._client("run", str(source), "--json")
