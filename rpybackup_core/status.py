@@ -9,8 +9,13 @@ from .pruner import Pruner, PruneRecord, RetentionSetting
 from .repository import ClientRecord, Repository, SnapshotRecord, iso_time
 
 
-def backup_result(snapshot: SnapshotRecord | None) -> str | None:
-    """``ok``, or how many items the newest snapshot had to skip; None before any backup."""
+def backup_result(snapshot: SnapshotRecord | None, report: dict[str, Any] | None) -> str | None:
+    """The result of the client's last run: what it reported itself (watch mode reports
+    failures too) if that is newer than its newest snapshot, else ``ok`` or how many items the
+    newest snapshot had to skip; None before any backup."""
+    newest = iso_time(snapshot.time) if snapshot else None
+    if report and report["last_result"] and (newest is None or report["last_report"] > newest):
+        return str(report["last_result"])
     if snapshot is None:
         return None
     errors = snapshot.stats.get("errors", 0)
@@ -40,6 +45,8 @@ class ClientStatus:
     chunk_bytes: int
     retention: RetentionSetting
     last_prune: PruneRecord | None
+    activity: str | None = None
+    """What a watching client last reported doing (``watching``, ``idle``); None otherwise."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +62,7 @@ class ClientStatus:
             "chunk_bytes": self.chunk_bytes,
             "retention": self.retention.to_json(),
             "last_prune": self.last_prune.to_json() if self.last_prune else None,
+            "activity": self.activity,
         }
 
     @classmethod
@@ -73,6 +81,7 @@ class ClientStatus:
             chunk_bytes=int(doc["chunk_bytes"]),
             retention=RetentionSetting.from_json(doc["retention"]),
             last_prune=PruneRecord.from_json(prune) if prune else None,
+            activity=doc.get("activity"),
         )
 
 
@@ -90,7 +99,9 @@ class ServerStatus:
 
 def collect_status(repo: Repository, pruner: Pruner) -> ServerStatus:
     clients = []
+    reports = repo.client_states()
     for client in repo.list_clients():
+        report = reports.get(client.id)
         snapshots = repo.list_snapshots(client.id)
         newest = snapshots[-1] if snapshots else None
         stats = repo.chunk_stats(client.id)
@@ -104,11 +115,12 @@ def collect_status(repo: Repository, pruner: Pruner) -> ServerStatus:
                 last_seen=iso_time(client.last_seen) if client.last_seen else None,
                 snapshots=len(snapshots),
                 last_backup=iso_time(newest.time) if newest else None,
-                last_result=backup_result(newest),
+                last_result=backup_result(newest, report),
                 stored_bytes=stats["stored_bytes"],
                 chunk_bytes=stats["chunk_bytes"],
                 retention=pruner.retention(client),
                 last_prune=history[0] if history else None,
+                activity=report["state"] if report else None,
             )
         )
     return ServerStatus(clients)

@@ -115,3 +115,12 @@ def test_admin_requests_are_refused_to_ordinary_clients(fleet) -> None:
     with pytest.raises(PermissionDenied):
         bob.set_retention("alice", RetentionPolicy())
     assert len(fleet.client("alice").snapshots()) == 1
+
+
+def test_status_shows_what_a_watching_client_reported(fleet, cli) -> None:
+    fleet.client("bob").report_state("watching", None, "error: /srv/data: Permission denied")
+    result = cli("--config", str(fleet.config.path), "status", "--json")
+    clients = {c["name"]: c for c in json.loads(result.out)["clients"]}
+    assert clients["bob"]["activity"] == "watching"
+    assert clients["bob"]["last_result"] == "error: /srv/data: Permission denied"
+    assert clients["alice"]["activity"] is None and clients["alice"]["last_result"] == "ok"
