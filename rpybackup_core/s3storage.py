@@ -180,6 +180,9 @@ class S3Backend(Backend):
         span = f"bytes={offset}-{offset + length - 1}"
         for attempt in range(1, self.attempts + 1):
             reply = self._call(what, "get_object", Key=key, Range=span)
+            if reply.get("ContentLength", length) > length:
+                # A store that ignores Range would hand us the whole pack.
+                raise StorageError(f"{self.location} ignored the byte range while {what}")
             # botocore retries a request, not a body that breaks off mid-read: that is ours.
             try:
                 data = reply["Body"].read()

@@ -255,13 +255,17 @@ def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
 
 @dataclass
 class Fault:
-    """After letting `after` requests of `method` pass, spoil the next `times` of them."""
+    """After letting `after` requests of `method` pass, spoil the next `times` of them.
+
+    `spoil`: "error" answers with an S3 error document, "cut" hangs up halfway through the
+    reply body, "unranged" answers 200 with more bytes than the Range asked for.
+    """
 
     method: str
     times: int
     status: int = 503
     code: str = "SlowDown"
-    cut_body: bool = False
+    spoil: str = "error"
     after: int = 0
 
 
@@ -296,7 +300,12 @@ class FaultProxy:
     def cut_body(self, method: str, times: int = 1) -> None:
         """Forward requests, but hang up halfway through the reply body."""
         with self._lock:
-            self.faults.append(Fault(method, times, cut_body=True))
+            self.faults.append(Fault(method, times, spoil="cut"))
+
+    def ignore_range(self, method: str = "GET", times: int = 1) -> None:
+        """Answer like a store that ignores Range: 200 and more bytes than were asked for."""
+        with self._lock:
+            self.faults.append(Fault(method, times, spoil="unranged"))
 
     def count(self, method: str) -> int:
         with self._lock:
@@ -327,7 +336,7 @@ class FaultProxy:
             def relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 fault = proxy._next_fault(self.command, self.path)
-                if fault is not None and not fault.cut_body:
+                if fault is not None and fault.spoil == "error":
                     self.answer_error(fault)
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=30)
@@ -337,16 +346,20 @@ class FaultProxy:
                     data = reply.read()
                 finally:
                     upstream.close()
-                self.send_response(reply.status)
+                status = reply.status
+                dropped: tuple[str, ...] = ("transfer-encoding", "connection")
+                if fault is not None and fault.spoil == "unranged":
+                    status, data = 200, data + bytes(4096)
+                    dropped += ("content-range",)
+                self.send_response(status)
                 # A reply to HEAD has no body, but its Content-Length tells the object's size.
-                dropped = ("transfer-encoding", "connection")
                 if self.command != "HEAD":
                     dropped += ("content-length",)
                     self.send_header("Content-Length", str(len(data)))
                 for name, value in reply.getheaders():
                     if name.lower() not in dropped:
                         self.send_header(name, value)
-                if fault is not None:
+                if fault is not None and fault.spoil == "cut":
                     self.send_header("Connection", "close")
                     self.close_connection = True
                     data = data[: len(data) // 2]

@@ -84,3 +84,12 @@ def test_a_permanently_failed_large_upload_leaves_no_parts_behind(
     assert local.exists()
     uploads = aws_env.client().list_multipart_uploads(Bucket="conformance", Prefix="retry-abort/")
     assert uploads.get("Uploads", []) == []
+
+
+def test_a_store_that_ignores_the_range_is_refused_not_read_whole(fault_proxy: Any) -> None:
+    backend = through(fault_proxy, "retry-unranged")
+    backend.put("packs", "p", os.urandom(50_000))
+    fault_proxy.ignore_range()
+
+    with pytest.raises(StorageError, match="ignored the byte range"):
+        backend.get_range("packs", "p", 100, 1000)
