@@ -62,3 +62,33 @@ def test_credentials_are_never_written_to_our_files(s3_server) -> None:
     stored = (s3_server.root / "server.toml").read_text()
     assert 'url = "s3://rpb/backups"' in stored
     assert f's3_endpoint = "{s3_server.weed.endpoint}"' in stored
+
+
+def test_a_local_repository_copied_into_a_bucket_keeps_working(
+    server, aws_env, cli, sample_tree: Path, tmp_path: Path
+) -> None:
+    """The migration docs/storage.md describes: copy DATA/storage/packs/, switch storage.url."""
+    alice = server.enroll("alice")
+    assert cli("--config", str(alice.path), "run", str(sample_tree)).code == 0
+    port = server.server.address[1]
+    server.stop()
+    packs = server.config.data_dir / "storage" / "packs"
+    prefix = f"moved-{os.getpid()}-{tmp_path.name}"
+    s3 = aws_env.client()
+    for pack in packs.rglob("*"):
+        if pack.is_file():
+            s3.upload_file(str(pack), "conformance", f"{prefix}/packs/{pack.relative_to(packs)}")
+    server.config.storage_url = f"s3://conformance/{prefix}"
+    server.config.s3_endpoint = aws_env.endpoint
+    server.config.listen_port = port
+    server.config.save()
+    (server.config.data_dir / "storage").rename(tmp_path / "old-storage")
+
+    server.start()
+
+    target = tmp_path / "restored"
+    restore_latest(cli, alice.path, target)
+    assert compare_trees(sample_tree, target / sample_tree.relative_to("/")) == []
+    check = cli("--config", str(server.config.path), "check", "--read-data", "--json")
+    assert check.code == 0, check.err
+    assert json.loads(check.out)["ok"] is True
