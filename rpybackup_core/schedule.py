@@ -68,7 +68,8 @@ class Job:
     @property
     def marker(self) -> str:
         """Tags the crontab line as ours, so remove takes exactly that line out."""
-        return f"# rpybackup-core schedule: {self.config_path}"
+        # It is part of the cron command, where an unescaped % would become a newline.
+        return f"# rpybackup-core schedule: {self.config_path}".replace("%", "\\%")
 
 
 def run_command(config_path: Path) -> list[str]:
