@@ -74,6 +74,12 @@ class ServerBusy(RPyBackupError):
     code = "busy"
 
 
+class RateLimited(RPyBackupError):
+    """Too many failed enrollment or authentication attempts from one address."""
+
+    code = "rate_limited"
+
+
 class StorageError(RPyBackupError):
     """The server could not store or read data (disk full, I/O error)."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IntegrityError
+from .faults import crash_point
 from .storage import storage_error
 
 MAGIC = b"RPBPACK1"
@@ -57,6 +58,7 @@ class PackWriter:
             raise storage_error(exc, "writing a pack") from exc
         self.entries.append(entry)
         self.size += len(sealed)
+        crash_point("after_pack_write")
         return entry
 
     def finish(self) -> Path:
@@ -68,6 +70,7 @@ class PackWriter:
             self._handle.write(trailer)
             self._handle.write(TAIL.pack(len(trailer), END_MAGIC))
             self._handle.flush()
+            crash_point("before_pack_fsync")
             os.fsync(self._handle.fileno())
             self._handle.close()
         except OSError as exc:

@@ -35,6 +35,7 @@ from .errors import (
     NotFound,
     StorageError,
 )
+from .faults import crash_point
 from .pack import PackWriter
 from .storage import Backend, LocalBackend
 
@@ -435,6 +436,7 @@ class Repository:
         transaction, so GC cannot free them before the session's snapshot refers to them.
         """
         name = self._store_pack_file(client_id, writer)
+        crash_point("after_pack_store")
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO packs(client_id, name, size, created) VALUES (?, ?, ?, ?)",
@@ -453,6 +455,7 @@ class Repository:
             rowids = self.lookup(client_id, [entry.chunk_id for entry in writer.entries])
             if session is not None:
                 self._pin(db, session, rowids.values())
+        crash_point("after_index_insert")
         log.debug("pack %s committed: %d chunks, %d bytes", name, len(writer.entries), writer.size)
         return rowids
 
@@ -531,6 +534,7 @@ class Repository:
                     time.time(),
                 ),
             )
+            crash_point("before_snapshot_commit")
         return snapshot_id
 
     _SNAPSHOT_COLUMNS = "id, client_id, time, tags, sealed_meta, stats, root, parent, ref_count"
@@ -716,6 +720,7 @@ class Repository:
                     f"SELECT COALESCE(SUM(length), 0) {where}", [client_id, *batch]
                 ).fetchone()[0]
                 rows += db.execute(f"DELETE {where}", [client_id, *batch]).rowcount
+        crash_point("during_prune")
         return rows, size
 
     def pack_usage(self, client_id: int) -> list[PackUsage]:
@@ -772,6 +777,7 @@ class Repository:
                 ).fetchone():
                     db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
                     emptied.append(pack_id)
+        crash_point("during_repack")
         return emptied
 
     def pack_names(self) -> set[str]:

@@ -12,6 +12,7 @@ from .config import ServerConfig
 from .errors import ProtocolError, RPyBackupError
 from .protocol import FramedSocket
 from .pruner import Pruner, PruneScheduler, PruneSettings
+from .ratelimit import AttemptLimiter
 from .repository import Repository
 from .session import Session
 from .storage import open_backend
@@ -29,6 +30,7 @@ class BackupServer:
         # Pins belong to live sessions; whatever a previous daemon left behind is stale.
         self.repo.clear_pins()
         self.prune_settings = PruneSettings.from_config(config)
+        self.limiter = AttemptLimiter()
         self.context = server_context(config.tls_dir)
         family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
         self._listener = socket.create_server(
@@ -89,7 +91,8 @@ class BackupServer:
             tls = self.context.wrap_socket(raw, server_side=True)
             tls.settimeout(self.config.idle_timeout)
             Session(
-                self.repo, FramedSocket(tls), peer, self.config.pack_size, self.prune_settings
+                self.repo, FramedSocket(tls), peer, self.config.pack_size, self.prune_settings,
+                self.limiter,
             ).run()
         except ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", peer, exc)

@@ -22,7 +22,9 @@ from . import __version__
 from .crypto import ID_SIZE, SEAL_OVERHEAD, storage_hash
 from .chunker import MAX_SIZE
 from .errors import (
+    AuthenticationFailed,
     ConnectionClosed,
+    EnrollmentFailed,
     IntegrityError,
     InvalidRequest,
     NotFound,
@@ -34,6 +36,7 @@ from .errors import (
 from .pack import PackEntry, PackWriter
 from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
 from .pruner import Pruner, PruneSettings
+from .ratelimit import AttemptLimiter
 from .repository import ClientRecord, Repository
 from .retention import RetentionPolicy
 from .status import collect_status
@@ -115,10 +118,13 @@ class Session:
         peer: str,
         pack_size: int,
         prune_settings: PruneSettings | None = None,
+        limiter: AttemptLimiter | None = None,
     ) -> None:
         self.repo = repo
         self.framed = framed
         self.peer = peer
+        self.host = peer.rsplit(":", 1)[0]
+        self.limiter = limiter or AttemptLimiter()
         self.pack_size = pack_size
         self.prune_settings = prune_settings or PruneSettings(pack_size=pack_size)
         # Chunks this session was told exist, or uploaded, are pinned under this key against
@@ -240,7 +246,12 @@ class Session:
 
     def op_enroll(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         code = _text(frame.header, "code")
-        client, token = self.repo.enroll(code)
+        self.limiter.check(self.host, "enrollment")
+        try:
+            client, token = self.repo.enroll(code)
+        except EnrollmentFailed as exc:
+            self.limiter.failure(self.host, f"enrollment refused: {exc}")
+            raise
         log.info("%s enrolled as client %s", self.peer, client.name)
         return {"client": client.name, "token": token, "admin": client.admin,
                 "has_key": client.has_key}, b""
@@ -250,7 +261,12 @@ class Session:
             raise InvalidRequest("already authenticated")
         name = _text(frame.header, "client")
         token = _text(frame.header, "token")
-        self.client = self.repo.authenticate(name, token)
+        self.limiter.check(self.host, "authentication")
+        try:
+            self.client = self.repo.authenticate(name, token)
+        except AuthenticationFailed:
+            self.limiter.failure(self.host, f"authentication as {name!r} refused")
+            raise
         self.repo.touch(self.client.id)
         log.info("%s authenticated as %s", self.peer, name)
         return {"client": self.client.name, "admin": self.client.admin}, b""
