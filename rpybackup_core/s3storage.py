@@ -155,12 +155,19 @@ class S3Backend(Backend):
                 while data := handle.read(self.part_size):
                     number = len(parts) + 1
                     reply = self._call(
-                        what, "upload_part", Key=key, UploadId=upload_id, PartNumber=number,
+                        what,
+                        "upload_part",
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
                         Body=data,
                     )
                     parts.append({"PartNumber": number, "ETag": reply["ETag"]})
             self._call(
-                what, "complete_multipart_upload", Key=key, UploadId=upload_id,
+                what,
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
         except BaseException:
@@ -205,9 +212,7 @@ class S3Backend(Backend):
 
     def list(self, kind: str) -> Iterator[str]:
         base = self._base(kind)
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base
-        )
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
         try:
             for page in pages:
                 for item in page.get("Contents", []):

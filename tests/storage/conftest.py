@@ -65,8 +65,8 @@ class SeaweedFS:
     def objects(self, bucket: str, prefix: str) -> dict[str, int]:
         """Every key under the prefix, with its size."""
         found: dict[str, int] = {}
-        for page in self.client().get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix
+        for page in (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         ):
             found.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
         return found
@@ -119,24 +119,50 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     root = tmp_path_factory.mktemp("seaweedfs")
     ports = free_ports(8)
     weed = SeaweedFS(
-        f"http://127.0.0.1:{ports[6]}", f"rpb{secrets.token_hex(6)}", secrets.token_hex(20),
+        f"http://127.0.0.1:{ports[6]}",
+        f"rpb{secrets.token_hex(6)}",
+        secrets.token_hex(20),
         root / "weed.log",
     )
-    (root / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "rpb",
-        "credentials": [{"accessKey": weed.access_key, "secretKey": weed.secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    (root / "s3.json").write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "rpb",
+                        "credentials": [
+                            {"accessKey": weed.access_key, "secretKey": weed.secret_key}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     command = [
-        binary, "server", "-ip=127.0.0.1", f"-dir={root}", "-master.telemetry=false",
-        f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-        f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}", "-volume.max=20",
-        "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
-        "-filer", f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
+        binary,
+        "server",
+        "-ip=127.0.0.1",
+        f"-dir={root}",
+        "-master.telemetry=false",
+        f"-master.port={ports[0]}",
+        f"-master.port.grpc={ports[1]}",
+        f"-volume.port={ports[2]}",
+        f"-volume.port.grpc={ports[3]}",
+        "-volume.max=20",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.preStopSeconds=0",
+        "-filer",
+        f"-filer.port={ports[4]}",
+        f"-filer.port.grpc={ports[5]}",
         f"-filer.localSocket={root / 'filer.sock'}",
-        "-s3", f"-s3.port={ports[6]}", f"-s3.port.grpc={ports[7]}",
-        f"-s3.config={root / 's3.json'}", f"-s3.localSocket={root / 's3.sock'}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-s3",
+        f"-s3.port={ports[6]}",
+        f"-s3.port.grpc={ports[7]}",
+        f"-s3.config={root / 's3.json'}",
+        f"-s3.localSocket={root / 's3.sock'}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
     with weed.log.open("wb") as log:
         try:
@@ -236,11 +262,23 @@ class S3Server:
 def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
     root = tmp_path / "srv"
     config_path = root / "server.toml"
-    init = main([
-        "--config", str(config_path), "server", "init", "--data", str(root / "data"),
-        "--listen", "127.0.0.1:0", "--storage", f"s3://{S3_SERVER_BUCKET}/{S3_SERVER_PREFIX}",
-        "--s3-endpoint", aws_env.endpoint, "--json",
-    ])
+    init = main(
+        [
+            "--config",
+            str(config_path),
+            "server",
+            "init",
+            "--data",
+            str(root / "data"),
+            "--listen",
+            "127.0.0.1:0",
+            "--storage",
+            f"s3://{S3_SERVER_BUCKET}/{S3_SERVER_PREFIX}",
+            "--s3-endpoint",
+            aws_env.endpoint,
+            "--json",
+        ]
+    )
     assert init == 0
     fingerprint = certificate_fingerprint(root / "data" / "tls" / "server.crt")
     server = S3Server(root, config_path, fingerprint, aws_env)
@@ -290,7 +328,11 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def fail(
-        self, method: str, times: int = 1, status: int = 503, code: str = "SlowDown",
+        self,
+        method: str,
+        times: int = 1,
+        status: int = 503,
+        code: str = "SlowDown",
         after: int = 0,
     ) -> None:
         """Answer requests with an S3 error document (503 SlowDown: throttling)."""

@@ -56,8 +56,16 @@ def test_server_init_creates_the_bucket_and_refuses_bad_storage_urls(
     aws_env: Any, cli, tmp_path: Path
 ) -> None:
     made = cli(
-        "--config", str(tmp_path / "a.toml"), "server", "init", "--data", str(tmp_path / "a"),
-        "--storage", "s3://fresh-bucket/x", "--s3-endpoint", aws_env.endpoint,
+        "--config",
+        str(tmp_path / "a.toml"),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "a"),
+        "--storage",
+        "s3://fresh-bucket/x",
+        "--s3-endpoint",
+        aws_env.endpoint,
     )
     assert made.code == 0, made.err
     assert "created bucket fresh-bucket" in made.out
@@ -65,8 +73,14 @@ def test_server_init_creates_the_bucket_and_refuses_bad_storage_urls(
     assert "fresh-bucket" in buckets
 
     bad = cli(
-        "--config", str(tmp_path / "b.toml"), "server", "init", "--data", str(tmp_path / "b"),
-        "--storage", "s3://Bad_Bucket",
+        "--config",
+        str(tmp_path / "b.toml"),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "b"),
+        "--storage",
+        "s3://Bad_Bucket",
     )
     assert bad.code == 1
     assert "s3://BUCKET[/PREFIX]" in bad.err
@@ -78,8 +92,16 @@ def test_server_init_with_unusable_storage_writes_no_config(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     result = cli(
-        "--config", str(tmp_path / "s.toml"), "server", "init", "--data", str(tmp_path / "d"),
-        "--storage", "s3://rpb-denied", "--s3-endpoint", aws_env.endpoint,
+        "--config",
+        str(tmp_path / "s.toml"),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "d"),
+        "--storage",
+        "s3://rpb-denied",
+        "--s3-endpoint",
+        aws_env.endpoint,
     )
     assert result.code == 1
     assert "refused access" in result.err
@@ -109,8 +131,10 @@ def test_bad_s3_urls_are_config_errors(url: str) -> None:
 
 def test_storage_settings_round_trip_through_server_toml(tmp_path: Path) -> None:
     config = ServerConfig(
-        path=tmp_path / "server.toml", data_dir=tmp_path / "data",
-        storage_url="s3://rpb/backups", s3_endpoint="http://127.0.0.1:8333",
+        path=tmp_path / "server.toml",
+        data_dir=tmp_path / "data",
+        storage_url="s3://rpb/backups",
+        s3_endpoint="http://127.0.0.1:8333",
     )
     config.save()
     loaded = ServerConfig.load(config.path)
@@ -127,8 +151,14 @@ def test_local_storage_stays_the_default(tmp_path: Path) -> None:
 
 def test_an_endpoint_without_an_s3_url_is_refused(cli, tmp_path: Path) -> None:
     result = cli(
-        "--config", str(tmp_path / "s.toml"), "server", "init", "--data", str(tmp_path / "d"),
-        "--s3-endpoint", "http://127.0.0.1:8333",
+        "--config",
+        str(tmp_path / "s.toml"),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "d"),
+        "--s3-endpoint",
+        "http://127.0.0.1:8333",
     )
     assert result.code == 1
     assert "storage.url is not s3://" in result.err

@@ -33,9 +33,7 @@ def test_throttling_and_server_errors_are_retried_until_they_pass(fault_proxy: A
     assert fault_proxy.count("GET") == 2
 
 
-def test_a_failing_part_of_a_large_upload_is_sent_again(
-    fault_proxy: Any, tmp_path: Path
-) -> None:
+def test_a_failing_part_of_a_large_upload_is_sent_again(fault_proxy: Any, tmp_path: Path) -> None:
     backend = through(fault_proxy, "retry-multipart")
     local = tmp_path / "pack.tmp"
     data = os.urandom(11 * MiB)
