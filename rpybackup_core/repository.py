@@ -663,10 +663,13 @@ class Repository:
         with self._transaction() as db:
             db.execute("DELETE FROM pins")
 
-    def snapshot_ref_lists(self, client_id: int) -> dict[str, list[int]]:
-        """Snapshot id -> the chunk row ids it references."""
-        rows = self._query("SELECT id, refs FROM snapshots WHERE client_id = ?", (client_id,))
-        return {snapshot_id: decode_refs(refs) for snapshot_id, refs in rows}
+    def iter_snapshot_refs(self, client_id: int) -> Iterator[tuple[str, list[int]]]:
+        """(snapshot id, the chunk row ids it references), one snapshot in memory at a time."""
+        ids = self._query("SELECT id FROM snapshots WHERE client_id = ?", (client_id,))
+        for (snapshot_id,) in ids:
+            rows = self._query("SELECT refs FROM snapshots WHERE id = ?", (snapshot_id,))
+            if rows:
+                yield snapshot_id, decode_refs(rows[0][0])
 
     def chunk_rowids(self, client_id: int) -> set[int]:
         return {row[0] for row in self._query("SELECT id FROM chunks WHERE client_id = ?",
@@ -704,11 +707,12 @@ class Repository:
         """
         with self._transaction() as db:
             dead = set(candidates)
-            for snapshot_id, refs in db.execute(
-                "SELECT id, refs FROM snapshots WHERE client_id = ?", (client_id,)
+            for (snapshot_id,) in db.execute(
+                "SELECT id FROM snapshots WHERE client_id = ?", (client_id,)
             ).fetchall():
                 if snapshot_id not in seen_snapshots:
-                    dead.difference_update(decode_refs(refs))
+                    refs = db.execute("SELECT refs FROM snapshots WHERE id = ?", (snapshot_id,))
+                    dead.difference_update(decode_refs(refs.fetchone()[0]))
             dead.difference_update(row[0] for row in db.execute("SELECT chunk FROM pins"))
             ordered = sorted(dead)
             rows = size = 0

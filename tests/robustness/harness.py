@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -91,6 +92,10 @@ class Daemon:
             )
         wait_for_port(self.config.listen_port, self.process, START_TIMEOUT)
 
+    def restart(self, faults: str = "") -> None:
+        self.close()
+        self.start(faults)
+
     def kill(self) -> None:
         """SIGKILL, as a power cut or the OOM killer would; then reap the process."""
         assert self.process is not None
@@ -101,6 +106,23 @@ class Daemon:
     def wait_exit(self, timeout: float = 120.0) -> int:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
+
+    def pack_files(self) -> int:
+        return sum(len(files) for _, _, files in os.walk(self.config.data_dir / "storage"))
+
+    def wait_sessions_ended(self, deadline: float = 60.0) -> None:
+        """Until no upload session holds pins: a dropped client's last pack is then indexed."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with contextlib.closing(sqlite3.connect(self.config.data_dir / "repo.sqlite")) as db:
+                if db.execute("SELECT COUNT(*) FROM pins").fetchone()[0] == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("an upload session never ended")
+
+    def stored_chunk_bytes(self, name: str) -> int:
+        with self.repository() as repo:
+            return repo.chunk_stats(repo.client_by_name(name).id)["chunk_bytes"]
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
