@@ -123,46 +123,59 @@ class Checker:
 
 
 class _ClientCheck:
+    """One client's part of the check. Problems found in packs name chunk rows; which
+    snapshots those rows break is resolved at the end, in one pass over the snapshots, so only
+    one snapshot's references are in memory at a time."""
+
     def __init__(self, checker: Checker, client: ClientRecord, report: CheckReport) -> None:
         self.repo = checker.repo
         self.backend = checker.backend
         self.client = client
         self.report = report
-        self.refs = {sid: set(refs) for sid, refs in
-                     self.repo.snapshot_ref_lists(client.id).items()}
-
-    def _affected(self, rowids: set[int]) -> list[str]:
-        return sorted(sid for sid, refs in self.refs.items() if refs & rowids)
+        self.found: list[tuple[str | None, str, set[int]]] = []
 
     def _problem(self, pack: str | None, message: str, rowids: set[int]) -> None:
-        self.report.problems.append(
-            Problem(self.client.name, pack, message, self._affected(rowids))
-        )
+        self.found.append((pack, message, rowids))
 
     def run(self) -> None:
         self._check_snapshots()
         for pack in self.repo.pack_usage(self.client.id):
             self.report.packs += 1
             self._check_pack(pack)
+        self._report_found()
+
+    def _report_found(self) -> None:
+        if not self.found:
+            return
+        affects: list[list[str]] = [[] for _ in self.found]
+        for snapshot_id, refs in self.repo.iter_snapshot_refs(self.client.id):
+            referenced = set(refs)
+            for index, (_, _, rowids) in enumerate(self.found):
+                if not rowids.isdisjoint(referenced):
+                    affects[index].append(snapshot_id)
+        for (pack, message, _), snapshots in zip(self.found, affects, strict=True):
+            self.report.problems.append(Problem(self.client.name, pack, message, sorted(snapshots)))
+
+    def _snapshot_problem(self, snapshot_id: str, message: str) -> None:
+        self.report.problems.append(Problem(self.client.name, None, message, [snapshot_id]))
 
     def _check_snapshots(self) -> None:
         rowids = self.repo.chunk_rowids(self.client.id)
         self.report.chunks += len(rowids)
-        for snapshot in self.repo.list_snapshots(self.client.id):
+        roots = {snap.id: snap.root for snap in self.repo.list_snapshots(self.client.id)}
+        for snapshot_id, refs in self.repo.iter_snapshot_refs(self.client.id):
             self.report.snapshots += 1
-            refs = self.refs.get(snapshot.id, set())
-            missing = refs - rowids
+            referenced = set(refs)
+            missing = len(referenced - rowids)
             if missing:
-                self.report.problems.append(Problem(
-                    self.client.name, None,
-                    f"snapshot {snapshot.id[:8]} references {len(missing)} chunk(s) that are "
-                    "not in the index", [snapshot.id]))
-            root = self.repo.lookup(self.client.id, snapshot.root)
-            if len(root) != len(snapshot.root) or not set(root.values()) <= refs:
-                self.report.problems.append(Problem(
-                    self.client.name, None,
-                    f"snapshot {snapshot.id[:8]} has a root tree outside its references",
-                    [snapshot.id]))
+                self._snapshot_problem(
+                    snapshot_id, f"snapshot {snapshot_id[:8]} references {missing} chunk(s) that "
+                    "are not in the index")
+            root = self.repo.lookup(self.client.id, roots.get(snapshot_id, []))
+            if len(root) != len(roots.get(snapshot_id, [])) or not set(root.values()) <= referenced:
+                self._snapshot_problem(
+                    snapshot_id, f"snapshot {snapshot_id[:8]} has a root tree outside its "
+                    "references")
 
     def _check_pack(self, pack: PackUsage) -> None:
         rows = self.repo.pack_chunks(pack.id)

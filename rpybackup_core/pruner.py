@@ -301,7 +301,7 @@ class Pruner:
         """What the chunk GC would free if the plan ran now (pins of live sessions aside)."""
         going = {d.id for d in plan.remove}
         live: set[int] = set()
-        for snapshot_id, refs in self.repo.snapshot_ref_lists(client.id).items():
+        for snapshot_id, refs in self.repo.iter_snapshot_refs(client.id):
             if snapshot_id not in going:
                 live.update(refs)
         dead = self.repo.chunk_rowids(client.id) - live
@@ -312,11 +312,9 @@ class Pruner:
 
     def collect_garbage(self, client: ClientRecord) -> _Garbage:
         garbage = _Garbage()
-        refs = self.repo.snapshot_ref_lists(client.id)
-        live: set[int] = set().union(*refs.values()) if refs else set()
-        candidates = self.repo.chunk_rowids(client.id) - live
+        candidates, seen = self._unreferenced(client)
         garbage.chunks, garbage.chunk_bytes = self.repo.delete_dead_chunks(
-            client.id, candidates, set(refs)
+            client.id, candidates, seen
         )
         to_repack = []
         for pack in self.repo.pack_usage(client.id):
@@ -330,6 +328,15 @@ class Pruner:
         self._repack(client, to_repack, garbage)
         self._sweep_orphans(client, garbage)
         return garbage
+
+    def _unreferenced(self, client: ClientRecord) -> tuple[set[int], set[str]]:
+        """Chunk rows no snapshot references, and the snapshots that judgement rests on."""
+        seen: set[str] = set()
+        live: set[int] = set()
+        for snapshot_id, refs in self.repo.iter_snapshot_refs(client.id):
+            seen.add(snapshot_id)
+            live.update(refs)
+        return self.repo.chunk_rowids(client.id) - live, seen
 
     def _repack(self, client: ClientRecord, packs: list[PackUsage], garbage: _Garbage) -> None:
         writer: PackWriter | None = None
