@@ -260,7 +260,7 @@ class S3Server:
 
 @pytest.fixture
 def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
-    root = tmp_path / "srv"
+    root = tmp_path / "s3-srv"
     config_path = root / "server.toml"
     init = main(
         [
