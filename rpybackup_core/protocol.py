@@ -51,6 +51,11 @@ class FramedSocket:
         self.sock = sock
         self.max_payload = max_payload
         self._buffer = bytearray(_INITIAL_BUFFER)
+        # A frame goes out as a header write and a payload write; with Nagle's algorithm the
+        # payload's last partial segment waits for the peer's delayed ACK (40 ms) on every
+        # request/reply turn. Frames are already large, so small-segment coalescing buys nothing.
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def send(self, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")

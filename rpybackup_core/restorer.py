@@ -129,15 +129,19 @@ class _Outcome:
 class _TempFile:
     """A file being restored under a temporary name; renamed into place once it verifies.
 
+    In a directory this restore created itself nothing can be in the way, so the file is
+    created under its own name (O_EXCL, so it is new) and removed again if it fails to verify:
+    that saves a rename and a stat per file, which dominate restoring many small files.
     Written by one job at a time (jobs for one file are chained), so it needs no lock.
     """
 
-    def __init__(self, fd: int, name: str, node: Node, shown: str) -> None:
+    def __init__(self, fd: int, name: str, node: Node, shown: str, fresh_dir: bool) -> None:
         self.fd = fd
         self.name = name
         self.node = node
         self.shown = shown
-        self.temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+        self.in_place = fresh_dir
+        self.temp = name if fresh_dir else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
         self.out = os.open(self.temp, _TEMP_FLAGS, 0o600, dir_fd=fd)
         self.digest = hashlib.sha256()
         self.written = 0
@@ -165,9 +169,10 @@ class _TempFile:
             os.utime(self.out, ns=(node.mtime_ns, node.mtime_ns))
             os.close(self.out)
             self.out = -1
-            if not follow_existing:
-                _refuse_dir(self.fd, self.name, self.shown)
-            os.replace(self.temp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            if not self.in_place:
+                if not follow_existing:
+                    _refuse_dir(self.fd, self.name, self.shown)
+                os.replace(self.temp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except (OSError, RPyBackupError) as exc:
             self.abort()
             return _Outcome(self.shown, error=exc)
@@ -218,6 +223,8 @@ class Restorer:
         self._workers = workers or restore_workers()
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: deque[Future[list[_Outcome]]] = deque()
+        # Descriptors of directories this restore created (empty when opened).
+        self._fresh: set[int] = set()
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -315,13 +322,15 @@ class Restorer:
             self._apply_dir_metadata(child_fd, parent)
         finally:
             self._settle()
-            os.close(child_fd)
+            self._close_dir(child_fd)
 
     def _open_dir(self, fd: int, name: str, shown: str) -> int:
+        created = False
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=fd)
+            created = True
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+            child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise RestoreError(
@@ -329,6 +338,13 @@ class Restorer:
                     "refusing to write through it"
                 ) from exc
             raise
+        if created:
+            self._fresh.add(child_fd)
+        return child_fd
+
+    def _close_dir(self, fd: int) -> None:
+        self._fresh.discard(fd)
+        os.close(fd)
 
     def _restore_nodes(self, fd: int, nodes: list[Node], prefix: str) -> None:
         files = [node for node in nodes if node.kind == FILE]
@@ -352,7 +368,7 @@ class Restorer:
             self._apply_dir_metadata(child_fd, node)
         finally:
             self._settle()
-            os.close(child_fd)
+            self._close_dir(child_fd)
         self.result.dirs += 1
 
     def _apply_dir_metadata(self, fd: int, node: Node) -> None:
@@ -414,7 +430,8 @@ class Restorer:
         except (OSError, RPyBackupError) as exc:
             self._fail(shown, exc)
             return
-        self._submit(self._group_job, fd, [(name, node, shown)], sealed, follow_existing)
+        in_place = fd in self._fresh and not follow_existing
+        self._submit(self._group_job, fd, [(name, node, shown)], sealed, follow_existing, in_place)
 
     def _write_group(self, fd: int, group: list[Node], prefix: str) -> None:
         ids = list(dict.fromkeys(cid for node in group for cid in node.content))
@@ -426,7 +443,7 @@ class Restorer:
                 self._restore_file(fd, node.name, node, f"{prefix}/{node.name}")
             return
         entries = [(node.name, node, f"{prefix}/{node.name}") for node in group]
-        self._submit(self._group_job, fd, entries, sealed, False)
+        self._submit(self._group_job, fd, entries, sealed, False, fd in self._fresh)
 
     def _group_job(
         self,
@@ -434,6 +451,7 @@ class Restorer:
         entries: list[tuple[str, Node, str]],
         sealed: dict[bytes, bytes],
         follow_existing: bool,
+        in_place: bool,
     ) -> list[_Outcome]:
         """Pool thread: open the chunks of a batch and write its files."""
         sealer = self._sealer()
@@ -451,7 +469,7 @@ class Restorer:
                 outcomes.append(_Outcome(shown, error=damaged))
                 continue
             try:
-                temp = _TempFile(fd, name, node, shown)
+                temp = _TempFile(fd, name, node, shown, in_place)
             except OSError as exc:
                 outcomes.append(_Outcome(shown, error=exc))
                 continue
@@ -468,7 +486,7 @@ class Restorer:
     ) -> None:
         """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
         try:
-            temp = _TempFile(fd, name, node, shown)
+            temp = _TempFile(fd, name, node, shown, fd in self._fresh and not follow_existing)
         except OSError as exc:
             self._fail(shown, exc)
             return
