@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from rpybackup_core.demo import compare_trees
 from rpybackup_core.progress import Progress
 from rpybackup_core.pruner import Pruner, PruneSettings
 from rpybackup_core.repository import PACKS, Repository
+from rpybackup_core.retention import RetentionPolicy
 from rpybackup_core.storage import Backend, LocalBackend, ObjectInfo
 
 MiB = 1024 * 1024
@@ -359,3 +361,43 @@ def test_a_crash_at_any_storage_call_of_a_prune_loses_nothing(
             assert [s.id for s in survivor.list_snapshots(client.id)] == [kept], where
             survivor.close()
             assert pack_bytes(tmp_path / "crash") == expected, where
+
+
+def test_backups_succeed_while_the_daemon_prunes_in_a_loop(server, tmp_path: Path) -> None:
+    """Free-running: the daemon's own repository prunes alice over and over (as the scheduler
+    and the console do) while she backs up changing data; every backup commits and the last
+    one restores identically."""
+    server.enroll("alice")
+    pruner = Pruner(server.repo, PruneSettings(pack_size=1 * MiB))
+    pruner.set_retention("alice", RetentionPolicy(keep_last=1))
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(6):
+        (source / f"{index}.bin").write_bytes(os.urandom(400 * 1024))
+    stop = threading.Event()
+    prunes: list[int] = []
+    failures: list[BaseException] = []
+
+    def prune_forever() -> None:
+        while not stop.is_set():
+            try:
+                prunes.append(len(pruner.prune("alice").plan.remove))
+            except BaseException as exc:  # surfaced by the assertion below
+                failures.append(exc)
+                return
+
+    worker = threading.Thread(target=prune_forever)
+    worker.start()
+    try:
+        client = server.client("alice")
+        for run in range(5):
+            (source / f"{run}.bin").write_bytes(os.urandom(400 * 1024))
+            result = client.backup([str(source)])
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert not failures and len(prunes) > 1
+    target = tmp_path / "restored"
+    client.restore(result.snapshot, target)
+    assert compare_trees(source, target / source.relative_to("/")) == []
+    assert Checker(server.repo).run(read_data=True).ok
