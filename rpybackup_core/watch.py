@@ -277,9 +277,14 @@ class Watcher:
         return observer
 
     def _targets(self) -> set[tuple[str, bool]]:
-        """A directory source is watched recursively; a file (or a missing path) via its parent."""
+        """A directory source is watched recursively; anything else via its parent directory.
+
+        A symlink source is backed up as the link itself (as the archiver does), so its target
+        is not watched.
+        """
         return {
-            (str(source), True) if source.is_dir() else (str(source.parent), False)
+            (str(source), True) if source.is_dir() and not source.is_symlink()
+            else (str(source.parent), False)
             for source in self.sources
         }
 
@@ -288,6 +293,7 @@ class Watcher:
         assert self._observer is not None
         if not self._observer.is_alive():
             log.warning("the file system observer stopped; starting a new one")
+            self._observer.stop()
             self._observer = self._new_observer()
             self._watches.clear()
         alive = {emitter.watch for emitter in list(self._observer.emitters) if emitter.is_alive()}
@@ -305,7 +311,7 @@ class Watcher:
                     self.collector, path, recursive=recursive, event_filter=CHANGE_EVENTS
                 )
             except FileNotFoundError:
-                continue  # nothing there to back up yet; its creation is an event in the parent
+                continue  # nothing there to back up; retried, and scanned once it appears
             except OSError as exc:
                 if key not in self._unwatchable:
                     log.warning("cannot watch %s (%s); scanning it every %.0fs instead",

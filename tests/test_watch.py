@@ -277,6 +277,35 @@ def test_a_watched_directory_that_is_removed_and_recreated_is_watched_again(
                  lambda: f"{source}/later.py" in files_in_latest(client))
 
 
+def test_a_single_file_source_is_watched_through_its_directory(
+    server, tmp_path: Path
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    conf = folder / "app.conf"
+    conf.write_text("a=1\n")
+    client = watched_client(server, conf)
+    with watching(client) as running:
+        running.next_good_run()
+        (folder / "unrelated.txt").write_text("not a source\n")
+        wait_for("the unrelated change", lambda: running.watcher.collector.last_ignored
+                 == folder / "unrelated.txt")
+        assert running.watcher.collector.take() is None
+        assert running.runs.empty()
+        conf.write_text("a=22\n")
+        wait_for("a snapshot with the edited file",
+                 lambda: files_in_latest(client).get(str(conf)) == len("a=22\n"))
+    assert set(files_in_latest(client)) == {str(conf)}
+
+
+def test_watch_refuses_bad_options(server, cli) -> None:
+    config = server.enroll("laptop")
+    base = ["--config", str(config.path), "watch"]
+    assert cli(*base).code == 2, "no sources configured and none given"
+    assert cli(*base, "/tmp", "--quiet-seconds", "0").code == 2
+    assert cli(*base, "/tmp", "--max-delay", "soon").code == 2
+
+
 # ---- status on the server -----------------------------------------------------------------------
 
 

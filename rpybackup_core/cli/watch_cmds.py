@@ -71,9 +71,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         watcher.stop()
 
     # The loop runs in a worker, so the handler never interrupts it while it holds a lock.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="watch") as pool:
         future = pool.submit(watcher.run)
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             future.result()
         finally:
