@@ -124,7 +124,7 @@ def _print_prune(result: PruneResult) -> None:
     if result.dry_run:
         stdout.print(
             f"  would remove {going} snapshot(s) and keep {kept}; {result.chunks_freed} "
-            f"chunk(s), {human_bytes(result.chunk_bytes_freed)}, would become unreferenced"
+            f"chunk(s) ({human_bytes(result.chunk_bytes_freed)}) would become unreferenced"
         )
     else:
         stdout.print(
