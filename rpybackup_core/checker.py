@@ -39,8 +39,12 @@ class Problem:
         return f"{where}{self.message}; {impact}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"client": self.client, "pack": self.pack, "message": self.message,
-                "affects": self.affects}
+        return {
+            "client": self.client,
+            "pack": self.pack,
+            "message": self.message,
+            "affects": self.affects,
+        }
 
 
 @dataclass
@@ -169,13 +173,16 @@ class _ClientCheck:
             missing = len(referenced - rowids)
             if missing:
                 self._snapshot_problem(
-                    snapshot_id, f"snapshot {snapshot_id[:8]} references {missing} chunk(s) that "
-                    "are not in the index")
+                    snapshot_id,
+                    f"snapshot {snapshot_id[:8]} references {missing} chunk(s) that "
+                    "are not in the index",
+                )
             root = self.repo.lookup(self.client.id, roots.get(snapshot_id, []))
             if len(root) != len(roots.get(snapshot_id, [])) or not set(root.values()) <= referenced:
                 self._snapshot_problem(
-                    snapshot_id, f"snapshot {snapshot_id[:8]} has a root tree outside its "
-                    "references")
+                    snapshot_id,
+                    f"snapshot {snapshot_id[:8]} has a root tree outside its references",
+                )
 
     def _check_pack(self, pack: PackUsage) -> None:
         rows = self.repo.pack_chunks(pack.id)
@@ -192,7 +199,9 @@ class _ClientCheck:
         for row in rows:
             entry = by_id.get(row.chunk_id)
             if entry is None or (entry.offset, entry.length, entry.storage_hash) != (
-                row.offset, row.length, row.storage_hash
+                row.offset,
+                row.length,
+                row.storage_hash,
             ):
                 self._problem(
                     pack.name,
@@ -210,8 +219,11 @@ class _ClientCheck:
             try:
                 window = self.backend.get_range(PACKS, name, start, end - start)
             except (NotFound, StorageError) as exc:
-                self._problem(name, f"cannot read bytes {start}-{end}: {exc}",
-                              {rowid_of[e.chunk_id] for e in group if e.chunk_id in rowid_of})
+                self._problem(
+                    name,
+                    f"cannot read bytes {start}-{end}: {exc}",
+                    {rowid_of[e.chunk_id] for e in group if e.chunk_id in rowid_of},
+                )
                 continue
             for entry in group:
                 blob = window[entry.offset - start : entry.offset - start + entry.length]

@@ -72,13 +72,18 @@ class RetentionSetting:
     is_default: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"client": self.client, "policy": self.policy.to_json(),
-                "default": self.is_default, "describe": self.policy.describe()}
+        return {
+            "client": self.client,
+            "policy": self.policy.to_json(),
+            "default": self.is_default,
+            "describe": self.policy.describe(),
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RetentionSetting:
-        return cls(str(doc["client"]), RetentionPolicy.from_json(doc["policy"]),
-                   bool(doc["default"]))
+        return cls(
+            str(doc["client"]), RetentionPolicy.from_json(doc["policy"]), bool(doc["default"])
+        )
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ class PrunePlan:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PrunePlan:
-        return cls(str(doc["client"]), RetentionPolicy.from_json(doc["policy"]),
-                   Plan.from_json(doc))
+        return cls(
+            str(doc["client"]), RetentionPolicy.from_json(doc["policy"]), Plan.from_json(doc)
+        )
 
 
 @dataclass
@@ -186,14 +192,27 @@ class PruneRecord:
     @classmethod
     def from_row(cls, row: tuple[float, str, str, dict[str, Any]]) -> PruneRecord:
         stamp, client, origin, doc = row
-        return cls(stamp, client, origin, list(doc["removed"]), int(doc["kept"]),
-                   int(doc["bytes_freed"]), int(doc["chunks_freed"]))
+        return cls(
+            stamp,
+            client,
+            origin,
+            list(doc["removed"]),
+            int(doc["kept"]),
+            int(doc["bytes_freed"]),
+            int(doc["chunks_freed"]),
+        )
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PruneRecord:
-        return cls(parse_utc(str(doc["time"])), str(doc["client"]), str(doc["origin"]),
-                   list(doc["removed"]), int(doc["kept"]), int(doc["bytes_freed"]),
-                   int(doc["chunks_freed"]))
+        return cls(
+            parse_utc(str(doc["time"])),
+            str(doc["client"]),
+            str(doc["origin"]),
+            list(doc["removed"]),
+            int(doc["kept"]),
+            int(doc["bytes_freed"]),
+            int(doc["chunks_freed"]),
+        )
 
 
 @dataclass
@@ -272,11 +291,21 @@ class Pruner:
             result.seconds = time.monotonic() - started
             if not dry_run:
                 self.repo.record_prune(client.id, origin, result.history_entry())
-                self.repo.audit("prune", client.name, origin=origin,
-                                removed=len(plan.remove), bytes_freed=result.bytes_freed)
-                log.info("pruned %s (%s): %d snapshots removed, %d kept, %d bytes freed",
-                         client.name, origin, len(plan.remove), len(plan.keep),
-                         result.bytes_freed)
+                self.repo.audit(
+                    "prune",
+                    client.name,
+                    origin=origin,
+                    removed=len(plan.remove),
+                    bytes_freed=result.bytes_freed,
+                )
+                log.info(
+                    "pruned %s (%s): %d snapshots removed, %d kept, %d bytes freed",
+                    client.name,
+                    origin,
+                    len(plan.remove),
+                    len(plan.keep),
+                    result.bytes_freed,
+                )
         return result
 
     def prune_all(
@@ -368,8 +397,11 @@ class Pruner:
         for location in self.repo.pack_chunks(pack.id):
             data = self.repo.backend.get_range(PACKS, pack.name, location.offset, location.length)
             if storage_hash(data) != location.storage_hash:
-                log.error("not repacking %s: chunk %s fails its storage hash (run check)",
-                          pack.name, location.chunk_id.hex()[:16])
+                log.error(
+                    "not repacking %s: chunk %s fails its storage hash (run check)",
+                    pack.name,
+                    location.chunk_id.hex()[:16],
+                )
                 return None
             blobs.append((location, data))
         return blobs

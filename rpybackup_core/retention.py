@@ -137,8 +137,6 @@ class Plan:
         )
 
 
-
-
 def _hour(stamp: float) -> tuple[int, ...]:
     t = _utc(stamp)
     return (t.year, t.month, t.day, t.hour)

@@ -57,8 +57,9 @@ def backup(cli, config, source: Path, when: str | None = None) -> dict:
 
 
 def snapshot_times(cli, config) -> list[str]:
-    return [s["time"] for s in json.loads(
-        cli("--config", str(config.path), "snapshots", "--json").out)]
+    return [
+        s["time"] for s in json.loads(cli("--config", str(config.path), "snapshots", "--json").out)
+    ]
 
 
 def test_keep_daily_three_over_ten_days(server, cli, tmp_path: Path) -> None:
@@ -85,7 +86,10 @@ def test_keep_daily_three_over_ten_days(server, cli, tmp_path: Path) -> None:
     done = admin.json("prune")
     assert len(done["clients"][0]["remove"]) == 17
     assert snapshot_times(cli, alice) == [
-        "2026-03-08T20:00:00Z", "2026-03-09T20:00:00Z", "2026-03-10T20:00:00Z"]
+        "2026-03-08T20:00:00Z",
+        "2026-03-09T20:00:00Z",
+        "2026-03-10T20:00:00Z",
+    ]
     target = tmp_path / "restored"
     restored = cli("--config", str(alice.path), "restore", "latest", "--target", str(target))
     assert restored.code == 0, restored.err
@@ -204,8 +208,7 @@ def test_retention_command_shows_sets_and_resets(server, cli) -> None:
     admin = Admin(server, cli)
     server.add_client("alice")
     assert admin.json("client", "retention", "alice")["default"] is True
-    changed = admin.json("client", "retention", "alice", "--keep-daily", "7",
-                         "--keep-within", "2w")
+    changed = admin.json("client", "retention", "alice", "--keep-daily", "7", "--keep-within", "2w")
     assert changed["policy"]["keep_daily"] == 7
     assert changed["policy"]["keep_within"] == 14 * 86400
     assert changed["policy"]["keep_last"] == 0 and changed["default"] is False
@@ -302,9 +305,7 @@ def pack_bytes(data_dir: Path) -> int:
     return tree_bytes(data_dir / "storage" / PACKS)
 
 
-def test_a_crash_at_any_storage_call_of_a_prune_loses_nothing(
-    server, cli, tmp_path: Path
-) -> None:
+def test_a_crash_at_any_storage_call_of_a_prune_loses_nothing(server, cli, tmp_path: Path) -> None:
     """Crash before and after every backend call of a prune that deletes and repacks packs:
     every time the kept snapshot stays whole, `check --read-data` is clean, and the next
     prune reclaims exactly what an uninterrupted prune would have."""

@@ -11,8 +11,20 @@ from rpybackup_core.admin import AdminClient
 from rpybackup_core.errors import NotFound, PermissionDenied
 from rpybackup_core.retention import RetentionPolicy
 
-FIELDS = {"name", "admin", "state", "enrolled", "last_seen", "snapshots", "last_backup",
-          "last_result", "stored_bytes", "chunk_bytes", "retention", "last_prune"}
+FIELDS = {
+    "name",
+    "admin",
+    "state",
+    "enrolled",
+    "last_seen",
+    "snapshots",
+    "last_backup",
+    "last_result",
+    "stored_bytes",
+    "chunk_bytes",
+    "retention",
+    "last_prune",
+}
 
 
 @pytest.fixture
@@ -25,8 +37,9 @@ def fleet(server, cli, tmp_path: Path):
     source.mkdir()
     for day in (1, 2):
         (source / "file.txt").write_text(f"day {day}\n")
-        run = cli("--config", str(alice.path), "run", str(source), "--time",
-                  f"2026-03-0{day}T08:00:00Z")
+        run = cli(
+            "--config", str(alice.path), "run", str(source), "--time", f"2026-03-0{day}T08:00:00Z"
+        )
         assert run.code == 0, run.err
     config = str(server.config.path)
     assert cli("--config", config, "client", "retention", "alice", "--keep-last", "1").code == 0

@@ -47,10 +47,17 @@ def register_retention(client_sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     for rule in _COUNT_RULES:
         p.add_argument(f"--keep-{rule}", type=_count, metavar="N")
-    p.add_argument("--keep-within", type=_duration, metavar="DURATION",
-                   help="keep every snapshot this close to the newest (e.g. 7d, 2w)")
-    p.add_argument("--default", action="store_true",
-                   help="forget the client's own policy and follow the server default")
+    p.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help="keep every snapshot this close to the newest (e.g. 7d, 2w)",
+    )
+    p.add_argument(
+        "--default",
+        action="store_true",
+        help="forget the client's own policy and follow the server default",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_client_retention)
 
@@ -115,8 +122,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _print_prune(result: PruneResult) -> None:
     stdout.print(f"{result.client}: {result.policy.describe()}", markup=False)
-    rows = [["keep", d.id[:8], d.to_json()["time"], ", ".join(d.reasons)]
-            for d in result.plan.keep]
+    rows = [["keep", d.id[:8], d.to_json()["time"], ", ".join(d.reasons)] for d in result.plan.keep]
     rows += [["remove", d.id[:8], d.to_json()["time"], ""] for d in result.plan.remove]
     if rows:
         table(["", "ID", "TIME", "KEPT BY"], rows)
@@ -143,13 +149,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        read = (f", {report.blobs_read} blobs ({human_bytes(report.bytes_read)}) re-read"
-                if args.read_data else "")
-        stdout.print(f"checked {report.clients} client(s), {report.snapshots} snapshot(s), "
-                     f"{report.packs} pack(s), {report.chunks} chunk(s){read}")
+        read = (
+            f", {report.blobs_read} blobs ({human_bytes(report.bytes_read)}) re-read"
+            if args.read_data
+            else ""
+        )
+        stdout.print(
+            f"checked {report.clients} client(s), {report.snapshots} snapshot(s), "
+            f"{report.packs} pack(s), {report.chunks} chunk(s){read}"
+        )
         for name in report.unindexed_packs:
-            stdout.print(f"note: pack {name} is in no index (reclaimed by the next prune)",
-                         markup=False)
+            stdout.print(
+                f"note: pack {name} is in no index (reclaimed by the next prune)", markup=False
+            )
         for problem in report.problems:
             stderr.print(f"problem: {problem.describe()}", markup=False, soft_wrap=True)
     if not report.ok:
@@ -173,14 +185,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         role = " (admin)" if client.admin else ""
         seen = client.last_seen or "never"
         stdout.print(f"{client.name}{role}  {client.state}, last seen {seen}", markup=False)
-        backup = (f"last backup {client.last_backup} ({client.last_result})"
-                  if client.last_backup else "no backup yet")
-        stdout.print(f"  {backup}; {client.snapshots} snapshot(s), "
-                     f"{human_bytes(client.stored_bytes)} stored", markup=False)
+        backup = (
+            f"last backup {client.last_backup} ({client.last_result})"
+            if client.last_backup
+            else "no backup yet"
+        )
+        stdout.print(
+            f"  {backup}; {client.snapshots} snapshot(s), "
+            f"{human_bytes(client.stored_bytes)} stored",
+            markup=False,
+        )
         default = " (default)" if client.retention.is_default else ""
         prune = client.last_prune
-        pruned = (f"last prune {prune.to_json()['time']} removed {len(prune.removed)}, freed "
-                  f"{human_bytes(prune.bytes_freed)}" if prune else "never pruned")
-        stdout.print(f"  retention {client.retention.policy.describe()}{default}; {pruned}",
-                     markup=False)
+        pruned = (
+            f"last prune {prune.to_json()['time']} removed {len(prune.removed)}, freed "
+            f"{human_bytes(prune.bytes_freed)}"
+            if prune
+            else "never pruned"
+        )
+        stdout.print(
+            f"  retention {client.retention.policy.describe()}{default}; {pruned}", markup=False
+        )
     return 0
