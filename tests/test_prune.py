@@ -402,3 +402,29 @@ def test_backups_succeed_while_the_daemon_prunes_in_a_loop(server, tmp_path: Pat
     client.restore(result.snapshot, target)
     assert compare_trees(source, target / source.relative_to("/")) == []
     assert Checker(server.repo).run(read_data=True).ok
+
+
+def test_a_read_in_progress_follows_chunks_a_repack_moved(server, cli, tmp_path: Path) -> None:
+    """A restore located its chunks, then a repack moved them and deleted the old pack."""
+    alice = server.enroll("alice")
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "small.bin").write_bytes(os.urandom(200 * 1024))
+    (source / "large.bin").write_bytes(os.urandom(6 * MiB))
+    backup(cli, alice, source, "2026-03-01T08:00:00Z")
+    (source / "large.bin").unlink()
+    kept = backup(cli, alice, source, "2026-03-02T08:00:00Z")["snapshot"]
+    repo = server.repo
+    client = repo.client_by_name("alice")
+    first, second = repo.pack_usage(client.id)
+    refs = set(repo.snapshot_refs(client.id, kept))
+    moving = [loc.chunk_id for loc in repo.pack_chunks(first.id) if loc.rowid in refs]
+    staying = [loc.chunk_id for loc in repo.pack_chunks(second.id)]
+    pruner = Pruner(repo, PruneSettings())
+    pruner.set_retention("alice", RetentionPolicy(keep_last=1))
+
+    reading = repo.read_chunks(client.id, [staying[0], *moving])
+    next(reading)
+    assert pruner.prune("alice").packs_repacked == 1
+    assert first.name not in stored_packs(server)
+    assert [chunk_id for chunk_id, _ in reading] == moving
