@@ -90,7 +90,7 @@ def cmd_server_init(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {"config": str(path), "fingerprint": fingerprint, "listen": listen,
-             "storage": backend.location}
+             "storage": config.storage_url, "s3_endpoint": config.s3_endpoint}
         )
     else:
         stdout.print(f"server config written to {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,24 @@ def test_an_endpoint_without_an_s3_url_is_refused(cli, tmp_path: Path) -> None:
     assert result.code == 1
     assert "storage.url is not s3://" in result.err
     assert not (tmp_path / "s.toml").exists()
+
+
+def test_server_init_json_names_the_storage(aws_env: Any, cli, tmp_path: Path) -> None:
+    made = cli(
+        "--config",
+        str(tmp_path / "j.toml"),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "j"),
+        "--storage",
+        "s3://json-bucket/fleet",
+        "--s3-endpoint",
+        aws_env.endpoint,
+        "--json",
+    )
+    assert made.code == 0, made.err
+    doc = json.loads(made.out)
+    assert doc["storage"] == "s3://json-bucket/fleet"
+    assert doc["s3_endpoint"] == aws_env.endpoint
+    assert {"config", "fingerprint", "listen"} <= doc.keys()
