@@ -428,3 +428,26 @@ def test_a_read_in_progress_follows_chunks_a_repack_moved(server, cli, tmp_path:
     assert pruner.prune("alice").packs_repacked == 1
     assert first.name not in stored_packs(server)
     assert [chunk_id for chunk_id, _ in reading] == moving
+
+
+def test_the_next_backup_resends_what_a_prune_freed_behind_the_files_cache(
+    server, cli, tmp_path: Path
+) -> None:
+    """The client's files cache still lists the freed chunks; the backup must not trust it."""
+    admin = Admin(server, cli)
+    alice = server.enroll("alice")
+    docs, other = tmp_path / "docs", tmp_path / "other"
+    docs.mkdir()
+    other.mkdir()
+    (docs / "report.bin").write_bytes(os.urandom(2 * MiB))
+    (other / "note").write_text("the newest snapshot holds only this\n")
+    backup(cli, alice, docs, "2026-03-01T08:00:00Z")
+    backup(cli, alice, other, "2026-03-02T08:00:00Z")
+    admin("client", "retention", "alice", "--keep-last", "1")
+    assert admin.json("prune")["clients"][0]["chunks_freed"] > 0
+
+    again = backup(cli, alice, docs)
+    assert again["uploaded_bytes"] > 2 * MiB
+    target = tmp_path / "restored"
+    assert cli("--config", str(alice.path), "restore", "latest", "--target", str(target)).code == 0
+    assert compare_trees(docs, target / docs.relative_to("/")) == []
