@@ -1,12 +1,11 @@
 """Watch mode: a watchdog observer collects changes; after a quiet period, one snapshot.
 
 Every snapshot walks all sources with the files cache, so unchanged files cost one ``stat``
-and are never read. That makes a lost event harmless as long as *some* later event triggers a
-run: an observer overflow (inotify drops events once its queue is full) is always followed by
-the delivery of the events queued before it, so a scan that starts after them sees the lost
-changes too. Sources that cannot be watched at all fall back to a full scan every
-``max_delay``; a watch that dies (its directory was removed) is re-established and followed by
-a full scan.
+and are never read. Events only decide *when* to run, so a lost event matters only if nothing
+triggers a later run. watchdog reports lost events (an inotify queue overflow, watches it
+could not rebuild) only in its log, so any warning it logs counts as a change: a full scan
+follows. Sources that cannot be watched at all are scanned every ``max_delay``; a watch that
+dies (its directory was removed) is re-established and followed by a full scan.
 
 Failures to reach the server put the collected changes back and retry with capped exponential
 backoff. ``stop()`` (SIGTERM in the CLI) never interrupts a run: the snapshot in flight either
@@ -70,6 +69,7 @@ CHANGE_EVENTS: list[type[FileSystemEvent]] = [
 if not sys.platform.startswith("linux"):
     CHANGE_EVENTS.append(DirModifiedEvent)
 
+WATCHDOG_LOGGER = "watchdog.observers"
 HEARTBEAT_SECONDS = 300.0
 HEALTH_SECONDS = 5.0
 BACKOFF_FIRST = 1.0
@@ -205,6 +205,17 @@ class ChangeCollector(FileSystemEventHandler):
             return False
 
 
+class LostEventsAlarm(logging.Handler):
+    """Turns a warning from watchdog's observers into a change, hence a full scan."""
+
+    def __init__(self, collector: ChangeCollector) -> None:
+        super().__init__(logging.WARNING)
+        self.collector = collector
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.collector.note()
+
+
 class Watcher:
     """Runs until ``stop()``: watch the sources, back them up after changes, report state."""
 
@@ -245,7 +256,12 @@ class Watcher:
 
     def run(self) -> None:
         clock = self.collector.clock
+        watchdog_log = logging.getLogger(WATCHDOG_LOGGER)
+        # Its warnings must be emitted (to reach the alarm) whatever level the user chose.
+        watchdog_log.setLevel(min(watchdog_log.getEffectiveLevel(), logging.WARNING))
+        alarm = LostEventsAlarm(self.collector)
         self._observer = self._new_observer()
+        watchdog_log.addHandler(alarm)
         try:
             self._ensure_watches(first=True)
             # Whatever changed while nothing was watching: a full scan right away.
@@ -262,6 +278,7 @@ class Watcher:
         finally:
             self._observer.stop()
             self._observer.join(timeout=10)
+            watchdog_log.removeHandler(alarm)
             self._report("idle")
             log.info("watch stopped")
 

@@ -6,6 +6,7 @@ the collector's counters) against a generous deadline; none is a bare sleep.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -25,7 +26,7 @@ from rpybackup_core.client import BackupClient
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.errors import InvalidRequest, PermissionDenied
 from rpybackup_core.remote import RemoteRepository
-from rpybackup_core.watch import ChangeCollector, Pending, Watcher, WatchRun
+from rpybackup_core.watch import ChangeCollector, LostEventsAlarm, Pending, Watcher, WatchRun
 
 QUIET = 1.0
 DEADLINE = 60.0
@@ -275,6 +276,22 @@ def test_a_watched_directory_that_is_removed_and_recreated_is_watched_again(
         (source / "later.py").write_text("seen through the new watch\n")
         wait_for("a change inside the recreated directory",
                  lambda: f"{source}/later.py" in files_in_latest(client))
+
+
+def test_a_warning_from_the_observer_about_lost_events_brings_a_full_scan(
+    server, source: Path
+) -> None:
+    client = watched_client(server, source)
+    with watching(client) as running:
+        first = running.next_good_run()
+        # What watchdog logs when the kernel's inotify queue overflowed; a real overflow cannot
+        # be forced reliably, so the test speaks its log line.
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        rescan = running.next_good_run()
+        assert rescan.snapshot != first.snapshot
+    assert not any(isinstance(h, LostEventsAlarm)
+                   for h in logging.getLogger("watchdog.observers").handlers)
 
 
 def test_a_single_file_source_is_watched_through_its_directory(
