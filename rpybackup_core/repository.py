@@ -663,6 +663,16 @@ class Repository:
         with self._transaction() as db:
             db.execute("DELETE FROM pins")
 
+    def discard_temp_packs(self) -> int:
+        """Delete packs a crash left half-written in the temp directory; only for a daemon that
+        is starting (a repack of a prune in another process would fail safely, unindexed)."""
+        removed = 0
+        for path in self.temp_dir.glob("*.pack.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        return removed
+
     def iter_snapshot_refs(self, client_id: int) -> Iterator[tuple[str, list[int]]]:
         """(snapshot id, the chunk row ids it references), one snapshot in memory at a time."""
         ids = self._query("SELECT id FROM snapshots WHERE client_id = ?", (client_id,))

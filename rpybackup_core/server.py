@@ -27,8 +27,10 @@ class BackupServer:
     def __init__(self, config: ServerConfig, repo: Repository | None = None) -> None:
         self.config = config
         self.repo = repo or Repository(config.data_dir, open_backend(config))
-        # Pins belong to live sessions; whatever a previous daemon left behind is stale.
+        # Pins and open packs belong to live sessions; what a previous daemon left is stale.
         self.repo.clear_pins()
+        if discarded := self.repo.discard_temp_packs():
+            log.info("discarded %d unfinished pack(s) left by an earlier run", discarded)
         self.prune_settings = PruneSettings.from_config(config)
         self.limiter = AttemptLimiter()
         self.context = server_context(config.tls_dir)

@@ -451,3 +451,11 @@ def test_the_next_backup_resends_what_a_prune_freed_behind_the_files_cache(
     target = tmp_path / "restored"
     assert cli("--config", str(alice.path), "restore", "latest", "--target", str(target)).code == 0
     assert compare_trees(docs, target / docs.relative_to("/")) == []
+
+
+def test_a_restarted_daemon_discards_packs_a_crash_left_half_written(server) -> None:
+    leftover = server.repo.temp_dir / f"{'ab' * 16}.pack.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"RPBPACK1 half of a pack")
+    server.restart()
+    assert not leftover.exists()
