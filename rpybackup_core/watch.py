@@ -355,7 +355,7 @@ class Watcher:
         started = self.collector.clock()
         log.info("backing up after %d change(s)", pending.count)
         try:
-            result = self.client.backup([str(source) for source in self.sources])
+            result = self.client.backup([str(source) for source in self.sources], tags=["watch"])
             error = None
         except BackupIncomplete as exc:
             if exc.result is None:

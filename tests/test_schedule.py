@@ -350,3 +350,17 @@ def test_the_shipped_watch_unit_is_valid(job: Job, tmp_path: Path) -> None:
     verify = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True,
                             text=True, timeout=60, check=False)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_schedule_show_works_without_a_crontab_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    empty_bin = tmp_path / "empty-bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    config = make_config(tmp_path)
+    result = cli("--config", str(config.path), "schedule", "show", "--via", "cron",
+                 "--calendar", "weekly")
+    assert result.code == 0, result.err
+    assert "cannot run crontab" in result.err
+    assert "0 0 * * 0 " in result.out and "# rpybackup-core schedule:" in result.out

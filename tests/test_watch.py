@@ -175,6 +175,7 @@ def test_an_edit_yields_a_snapshot_holding_it_and_restore_latest_shows_it(
                  and files_in_latest(client)[f"{source}/notes.txt"] == len(edit))
         took = time.monotonic() - edited_at
         assert took < QUIET + 5, f"the edit took {took:.1f}s to reach a snapshot"
+        assert client.snapshots()[-1].tags == ["watch"]
         state = server.repo.client_states()[server.repo.client_by_name("laptop").id]
         assert state["state"] == "watching"
         assert state["last_result"] == "ok"

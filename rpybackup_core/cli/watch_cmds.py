@@ -43,10 +43,10 @@ def _load(args: argparse.Namespace) -> ClientConfig:
 
 
 def _print_run(run: WatchRun) -> None:
+    """One line per snapshot; failed attempts are already logged with their retry time."""
     if run.snapshot is None:
-        stderr.print(f"backup failed ({run.changes} change(s) kept, will retry): {run.error}",
-                     markup=False)
-    elif run.error:
+        return
+    if run.error:
         stderr.print(f"snapshot {run.snapshot[:8]} saved with problems: {run.error}",
                      markup=False)
     else:
@@ -88,7 +88,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     schedule = parse_schedule(args.every, args.calendar)
     scheduler = scheduler_for(job_for(config), args.via)
     if args.action == "show":
-        installed = scheduler.installed()
+        try:
+            installed = scheduler.installed()
+        except ScheduleError as exc:  # e.g. no crontab program here: show what would be
+            stderr.print(f"note: {exc}", markup=False)
+            installed = None
         if installed is not None:
             stdout.print(f"installed ({scheduler.kind}):", markup=False)
             stdout.print(installed, markup=False, end="")
