@@ -279,7 +279,13 @@ class S3Server:
 
 
 @pytest.fixture
-def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
+def s3_endpoint(aws_env: SeaweedFS) -> str:
+    """Where `s3_server` reaches the store; a test module may override it (e.g. with a proxy)."""
+    return aws_env.endpoint
+
+
+@pytest.fixture
+def s3_server(aws_env: SeaweedFS, s3_endpoint: str, tmp_path: Path) -> Iterator[S3Server]:
     root = tmp_path / "s3-srv"
     config_path = root / "server.toml"
     init = main(
@@ -295,7 +301,7 @@ def s3_server(aws_env: SeaweedFS, tmp_path: Path) -> Iterator[S3Server]:
             "--storage",
             f"s3://{S3_SERVER_BUCKET}/{S3_SERVER_PREFIX}",
             "--s3-endpoint",
-            aws_env.endpoint,
+            s3_endpoint,
             "--json",
         ]
     )
