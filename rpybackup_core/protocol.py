@@ -88,18 +88,25 @@ class FramedSocket:
         return Frame(header, body[header_len:])
 
     def _read_exact(self, size: int, at_frame_start: bool = False) -> memoryview:
-        if size > len(self._buffer):
-            self._buffer = bytearray(max(size, 2 * len(self._buffer)))
-        view = memoryview(self._buffer)[:size]
         received = 0
         while received < size:
-            count = self.sock.recv_into(view[received:], size - received)
+            if received == len(self._buffer):
+                self._grow(received, size)
+            room = memoryview(self._buffer)[received : min(size, len(self._buffer))]
+            count = self.sock.recv_into(room)
             if count == 0:
                 if received == 0 and at_frame_start:
                     raise ConnectionClosed("peer closed the connection")
                 raise ProtocolError("connection closed in the middle of a frame")
             received += count
-        return view
+        return memoryview(self._buffer)[:size]
+
+    def _grow(self, received: int, size: int) -> None:
+        """Double the buffer, never past the frame being read. It grows only as bytes arrive,
+        so a length prefix alone (a slow or lying peer) costs no memory."""
+        grown = bytearray(min(size, 2 * len(self._buffer)))
+        grown[:received] = self._buffer[:received]
+        self._buffer = grown
 
 
 def pack_records(records: list[tuple[bytes, bytes, bytes | bytearray]]) -> bytes:
