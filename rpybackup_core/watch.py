@@ -41,7 +41,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .archiver import normalize_sources
+from .archiver import BackupResult, normalize_sources
 from .client import BackupClient
 from .errors import (
     AuthenticationFailed,
@@ -237,7 +237,8 @@ class Watcher:
             raise UsageError("the quiet period and the maximum delay must be positive")
         self.backoff_max = backoff_max
         self.on_run = on_run
-        self.collector = ChangeCollector(self.sources, config.excludes, config.cache_path)
+        cache = Path(os.path.abspath(config.cache_path))  # event paths are absolute
+        self.collector = ChangeCollector(self.sources, config.excludes, cache)
         self.last_backup: str | None = None
         self.last_result = ""
         self._stopping = threading.Event()
@@ -358,7 +359,7 @@ class Watcher:
             result = self.client.backup([str(source) for source in self.sources], tags=["watch"])
             error = None
         except BackupIncomplete as exc:
-            if exc.result is None:
+            if not isinstance(exc.result, BackupResult):  # nothing was committed
                 self._failed(pending, exc, started)
                 return
             # Committed; typically a file that vanished between its event and the scan.
