@@ -81,6 +81,8 @@ def cmd_server_init(args: argparse.Namespace) -> int:
         storage_url=args.storage, s3_endpoint=args.s3_endpoint,
     )
     config.validate()
+    # Private before anything lands in it: the repository database holds credential hashes.
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
     backend = open_backend(config)
     notes = backend.prepare()
     fingerprint = create_identity(config.tls_dir)
