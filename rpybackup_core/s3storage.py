@@ -23,6 +23,9 @@ from .errors import NotFound, StorageError
 from .storage import Backend, ObjectInfo, check_object_name
 
 log = logging.getLogger(__name__)
+# At debug level botocore logs every request and header; `--log-level debug` is for our code.
+for _chatty in ("boto3", "botocore", "s3transfer", "urllib3"):
+    logging.getLogger(_chatty).setLevel(logging.INFO)
 
 # S3 wants parts of at least 5 MiB (except the last). One part (plus botocore's copy of it) is
 # the most an upload holds in memory, whatever the pack size.
@@ -105,9 +108,14 @@ class S3Backend(Backend):
 
     def _call(self, what: str, method: str, **params: Any) -> dict[str, Any]:
         try:
-            return getattr(self._s3, method)(Bucket=self.bucket, **params)
+            reply: dict[str, Any] = getattr(self._s3, method)(Bucket=self.bucket, **params)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, what) from exc
+        retries = reply.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if retries:
+            # Throttling or a flaky store shows here long before it fails a backup.
+            log.warning("%s: %s succeeded after %d retries", self.location, what, retries)
+        return reply
 
     def prepare(self) -> tuple[str, ...]:
         notes = (f"created bucket {self.bucket}",) if self._ensure_bucket() else ()

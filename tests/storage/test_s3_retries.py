@@ -5,6 +5,7 @@ A fault-injecting HTTP proxy on loopback sits between the backend and a real Sea
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,21 @@ def through(proxy: Any, prefix: str, attempts: int = 4) -> S3Backend:
     return S3Backend("conformance", prefix, proxy.endpoint, attempts=attempts, part_size=5 * MiB)
 
 
-def test_throttling_and_server_errors_are_retried_until_they_pass(fault_proxy: Any) -> None:
+def test_throttling_and_server_errors_are_retried_until_they_pass(
+    fault_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     backend = through(fault_proxy, "retry-small")
     fault_proxy.fail("PUT", times=2)
     fault_proxy.fail("GET", status=500, code="InternalError")
 
-    backend.put("packs", "a", b"payload")
-    assert backend.get_range("packs", "a", 1, 5) == b"ayloa"
+    with caplog.at_level(logging.WARNING, logger="rpybackup_core.s3storage"):
+        backend.put("packs", "a", b"payload")
+        assert backend.get_range("packs", "a", 1, 5) == b"ayloa"
 
     assert fault_proxy.count("PUT") == 3
     assert fault_proxy.count("GET") == 2
+    assert "storing packs/a succeeded after 2 retries" in caplog.text
+    assert "reading packs/a succeeded after 1 retries" in caplog.text
 
 
 def test_a_failing_part_of_a_large_upload_is_sent_again(fault_proxy: Any, tmp_path: Path) -> None:
