@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .crypto import storage_hash
-from .errors import ConnectionClosed, FrameTooLarge, ProtocolError
+from .errors import ConnectionClosed, FrameTooLarge, InvalidRequest, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAGIC = "rpybackup"
@@ -123,25 +124,45 @@ def pack_sealed(records: list[tuple[bytes, bytes | bytearray]]) -> bytes:
     return pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
 
 
-def unpack_records(payload: memoryview) -> list[tuple[bytes, bytes, memoryview]]:
+class Records:
+    """The (chunk id, storage hash, sealed view) records of a payload, made as they are iterated.
+
+    Every length is checked once, up front; iterating again parses again. Held as a list, a
+    payload of tiny records would cost some twenty times its own size in objects.
+    """
+
+    def __init__(self, payload: memoryview) -> None:
+        self.payload = payload
+        offset = 0
+        total = len(payload)
+        while offset < total:
+            if total - offset < RECORD.size:
+                raise ProtocolError("truncated record header")
+            length = RECORD.unpack_from(payload, offset)[2]
+            offset += RECORD.size
+            if length > total - offset:
+                raise ProtocolError("record length runs past the payload")
+            offset += length
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes, memoryview]]:
+        offset = 0
+        while offset < len(self.payload):
+            chunk_id, digest, length = RECORD.unpack_from(self.payload, offset)
+            offset += RECORD.size
+            yield chunk_id, digest, self.payload[offset : offset + length]
+            offset += length
+
+
+def unpack_records(payload: memoryview) -> Records:
     """Split a records payload; every length is checked against what is actually there."""
-    records = []
-    offset = 0
-    total = len(payload)
-    while offset < total:
-        if total - offset < RECORD.size:
-            raise ProtocolError("truncated record header")
-        chunk_id, digest, length = RECORD.unpack_from(payload, offset)
-        offset += RECORD.size
-        if length > total - offset:
-            raise ProtocolError("record length runs past the payload")
-        records.append((chunk_id, digest, payload[offset : offset + length]))
-        offset += length
-    return records
+    return Records(payload)
 
 
-def split_ids(payload: memoryview, id_size: int = 32) -> list[bytes]:
+def split_ids(payload: memoryview, id_size: int = 32, max_ids: int | None = None) -> list[bytes]:
     if len(payload) % id_size:
         raise ProtocolError("id list payload is not a whole number of ids")
+    # Checked before the list exists: 16 MiB of ids would be half a million objects.
+    if max_ids is not None and len(payload) > max_ids * id_size:
+        raise InvalidRequest(f"at most {max_ids} ids per request")
     raw = payload.tobytes()
     return [raw[i : i + id_size] for i in range(0, len(raw), id_size)]

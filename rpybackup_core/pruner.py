@@ -47,8 +47,6 @@ class PruneSettings:
     repack_unused: float = 0.5
     """Repack a pack once at least this fraction of its bytes is unused."""
     pack_size: int = 32 * 1024 * 1024
-    interval: int = 24 * 3600
-    """Seconds between scheduled prunes of every client; 0 turns the schedule off."""
     orphan_grace: float = 3600.0
     """A pack file no index row names is deleted only after this long: a session commits a
     pack by storing the file first and indexing it a moment later."""
@@ -59,7 +57,6 @@ class PruneSettings:
             default_policy=config.retention,
             repack_unused=config.repack_unused_percent / 100,
             pack_size=config.pack_size,
-            interval=config.prune_interval,
         )
 
 

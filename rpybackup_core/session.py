@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 # A sealed chunk: the largest plaintext chunk, stored raw, plus the AEAD framing.
 MAX_SEALED = MAX_SIZE + SEAL_OVERHEAD + 1024
 MAX_IDS_PER_REQUEST = 65536
+# An open pack is sealed at this many chunks whatever its size: tiny chunks must not let one
+# connection pile up index entries in memory (tests/robustness/test_memory.py).
+MAX_PACK_ENTRIES = 32768
 MAX_REFS_PER_SNAPSHOT = 20_000_000
 MAX_TAGS = 64
 MAX_TEXT = 4096
@@ -273,9 +276,7 @@ class Session:
 
     def op_has(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
-        ids = split_ids(frame.payload, ID_SIZE)
-        if len(ids) > MAX_IDS_PER_REQUEST:
-            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
         known = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
         answer = bytes(1 if (i in known or i in self.pending) else 0 for i in ids)
         return {"count": len(ids)}, answer
@@ -296,15 +297,13 @@ class Session:
                 self.pack = self.repo.new_pack()
             self.pending[chunk_id] = self.pack.append(chunk_id, digest, sealed)
             stored += 1
-            if self.pack.size >= self.pack_size:
+            if self.pack.size >= self.pack_size or len(self.pending) >= MAX_PACK_ENTRIES:
                 self._seal_open_pack()
         return {"stored": stored}, b""
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
-        ids = split_ids(frame.payload, ID_SIZE)
-        if len(ids) > MAX_IDS_PER_REQUEST:
-            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
         if len(self.refs) + len(self.pending_refs) + len(ids) > MAX_REFS_PER_SNAPSHOT:
             raise InvalidRequest("too many chunk references for one snapshot")
         indexed = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
@@ -358,9 +357,7 @@ class Session:
     def op_get(self, frame: Frame) -> None:
         """Stream the asked blobs back in frames that stay under the payload bound."""
         assert self.client is not None
-        ids = split_ids(frame.payload, ID_SIZE)
-        if len(ids) > MAX_IDS_PER_REQUEST:
-            raise InvalidRequest(f"at most {MAX_IDS_PER_REQUEST} ids per request")
+        ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
         if any(chunk_id in self.pending for chunk_id in ids):
             self._seal_open_pack()
         locations = self.repo.locate(self.client.id, ids)
