@@ -73,3 +73,18 @@ def test_check_read_data_finds_a_damaged_object_in_the_bucket(
     result = cli("--config", str(s3_server.config_path), "check", "--read-data")
     assert result.code == 1
     assert "problem" in result.err
+
+
+def test_check_reports_a_pack_missing_from_the_bucket(s3_server, cli, tmp_path: Path) -> None:
+    alice = s3_server.enroll("alice")
+    source = tmp_path / "home"
+    source.mkdir()
+    (source / "data.bin").write_bytes(os.urandom(MiB))
+    backup(cli, alice, source, "2026-03-01T08:00:00Z")
+    key = next(iter(s3_server.weed.objects("rpb", "backups/packs/")))
+    s3_server.weed.client().delete_object(Bucket="rpb", Key=key)
+
+    result = cli("--config", str(s3_server.config_path), "check")
+
+    assert result.code == 1
+    assert key.removeprefix("backups/packs/") in result.err
