@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +219,6 @@ class _Garbage:
     packs_deleted: int = 0
     packs_repacked: int = 0
     bytes_freed: int = 0
-    moves: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _unused(pack: PackUsage) -> int:
@@ -367,6 +366,7 @@ class Pruner:
     def _repack(self, client: ClientRecord, packs: list[PackUsage], garbage: _Garbage) -> None:
         writer: PackWriter | None = None
         batch: list[PackUsage] = []
+        moves: list[tuple[int, int, int]] = []
         try:
             for pack in packs:
                 blobs = self._live_blobs(pack)
@@ -376,13 +376,13 @@ class Pruner:
                     writer = self.repo.new_pack()
                 for location, data in blobs:
                     entry = writer.append(location.chunk_id, location.storage_hash, data)
-                    garbage.moves.append((location.rowid, pack.id, entry.offset))
+                    moves.append((location.rowid, pack.id, entry.offset))
                 batch.append(pack)
                 if writer.size >= self.settings.pack_size:
-                    self._commit_repack(client, writer, batch, garbage)
-                    writer, batch = None, []
+                    self._commit_repack(client, writer, batch, moves, garbage)
+                    writer, batch, moves = None, [], []
             if writer is not None:
-                self._commit_repack(client, writer, batch, garbage)
+                self._commit_repack(client, writer, batch, moves, garbage)
                 writer = None
         finally:
             if writer is not None:
@@ -404,12 +404,15 @@ class Pruner:
         return blobs
 
     def _commit_repack(
-        self, client: ClientRecord, writer: PackWriter, batch: list[PackUsage], garbage: _Garbage
+        self,
+        client: ClientRecord,
+        writer: PackWriter,
+        batch: list[PackUsage],
+        moves: list[tuple[int, int, int]],
+        garbage: _Garbage,
     ) -> None:
-        emptied = set(
-            self.repo.commit_repack(client.id, writer, garbage.moves, [p.id for p in batch])
-        )
-        garbage.moves = []
+        """Store the new pack, re-point (row id, old pack id, new offset), drop the old packs."""
+        emptied = set(self.repo.commit_repack(client.id, writer, moves, [p.id for p in batch]))
         garbage.bytes_freed -= writer.size
         for pack in batch:
             if pack.id in emptied:
