@@ -259,7 +259,9 @@ class Pruner:
         return self.retention(client)
 
     def plan(self, name: str) -> PrunePlan:
-        client = self.repo.client_by_name(name)
+        return self._plan(self.repo.client_by_name(name))
+
+    def _plan(self, client: ClientRecord) -> PrunePlan:
         policy = self.retention(client).policy
         plan = apply_policy(self.repo.list_snapshots(client.id), policy)
         return PrunePlan(client.name, policy, plan)
@@ -270,7 +272,7 @@ class Pruner:
         started = time.monotonic()
         with exclusive(self.repo.data_dir / LOCK_FILE):
             client = self.repo.client_by_name(name)
-            planned = self.plan(name)
+            planned = self._plan(client)
             plan = planned.plan
             result = PruneResult(client.name, dry_run, planned.policy, plan)
             if dry_run:
