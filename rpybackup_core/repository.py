@@ -647,15 +647,28 @@ class Repository:
             ((session, rowid) for rowid in rowids),
         )
 
+    @contextlib.contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Commits inside need no disk flush: pins matter only while this process lives (a
+        starting daemon clears them), and the next synced commit flushes them anyway."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                yield
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+
     def lookup_pinned(self, client_id: int, ids: list[bytes], session: str) -> dict[bytes, int]:
         """lookup(), and pin what was found for the session, atomically with respect to GC."""
-        with self._transaction() as db:
+        if not self.lookup(client_id, ids):
+            return {}
+        with self._unsynced(), self._transaction() as db:
             found = self.lookup(client_id, ids)
             self._pin(db, session, found.values())
         return found
 
     def release_pins(self, session: str) -> None:
-        with self._transaction() as db:
+        with self._unsynced(), self._transaction() as db:
             db.execute("DELETE FROM pins WHERE session = ?", (session,))
 
     def clear_pins(self) -> None:
