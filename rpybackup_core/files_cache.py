@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .crypto import ID_SIZE
 
 _KEEP_GENERATIONS = 3
+_RACY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,13 @@ class FilesCache:
         return CachedFile(sha256, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
 
     def stage(self, path: str, st: os.stat_result, sha256: str, ids: list[bytes]) -> None:
+        """Remember a file for the next run, unless it changed too recently to trust.
+
+        A file rewritten at the same size within one timestamp tick of being read would match
+        its entry and keep stale content (git's "racy" files); such files are read again.
+        """
+        if max(st.st_mtime_ns, st.st_ctime_ns) > time.time_ns() - _RACY_NS:
+            return
         self._staged.append(
             (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha256, b"".join(ids),
              self.generation)

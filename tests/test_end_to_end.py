@@ -60,3 +60,22 @@ def test_clients_are_isolated(server, cli, sample_tree: Path, tmp_path: Path) ->
     assert denied.code == 1
     assert "no snapshot" in denied.err or "no snapshots" in denied.err
     assert not (tmp_path / "steal" / sample_tree.relative_to("/")).exists()
+
+
+def test_a_file_rewritten_right_after_its_backup_is_read_again(server, tmp_path: Path) -> None:
+    """Same size, same second: the files cache must not trust it (git's racy-file problem)."""
+    config = server.enroll("alice")
+    folder = tmp_path / "racy"
+    folder.mkdir()
+    target_file = folder / "f.txt"
+    target_file.write_text("AAAA\n")
+    client = server.client("alice")
+    client.backup([str(folder)])
+    stat_before = target_file.stat()
+    target_file.write_text("BBBB\n")
+    os.utime(target_file, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    client.backup([str(folder)])
+    restored = tmp_path / "out"
+    client.get_file(str(target_file), restored)
+    assert restored.read_text() == "BBBB\n"
+    assert config.name == "alice"
