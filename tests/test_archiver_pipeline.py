@@ -1,0 +1,144 @@
+"""The upload pipeline and the threaded restore: real server on loopback, real files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from rpybackup_core import uploader
+from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.demo import compare_trees
+from rpybackup_core.errors import CryptoError
+from rpybackup_core.storage import LocalBackend
+
+
+def _tree(root: Path, files: int, seed: int = 5) -> Path:
+    """Small files (one in five a duplicate), a text file and a large random file."""
+    rng = random.Random(seed)
+    (root / "small").mkdir(parents=True)
+    earlier: list[bytes] = []
+    for index in range(files):
+        data = rng.choice(earlier) if earlier and index % 5 == 0 else rng.randbytes(
+            rng.randint(0, 9000)
+        )
+        earlier.append(data)
+        (root / "small" / f"f{index:04d}").write_bytes(data)
+    (root / "notes.txt").write_text("retention and pruning\n" * 20000)
+    (root / "big.bin").write_bytes(rng.randbytes(11 * 1024 * 1024 + 3))
+    return root
+
+
+def _distinct_small(root: Path) -> int:
+    return len({p.read_bytes() for p in (root / "small").iterdir() if p.stat().st_size})
+
+
+def test_many_small_files_are_stored_once_each_and_restore_identical(
+    server, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src", 1500)
+    server.enroll("alice")
+    client = server.client("alice")
+
+    first = client.backup([str(source)])
+    stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
+    # Every distinct small file is one chunk; the rest are the big files and the trees.
+    assert stats["chunks"] >= _distinct_small(source) + 10
+    assert first.uploaded_chunks == stats["chunks"]
+
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(
+    server, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src", 300)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)], use_cache=False)
+    (source / "small" / "f0001").write_bytes(b"changed content")
+
+    second = client.backup([str(source)], use_cache=False)
+    # The changed file and one tree per directory above it; nothing stored is sent again.
+    assert second.uploaded_chunks <= 1 + len((source / "small").parts)
+
+
+def test_references_wait_for_their_chunks_when_the_queue_fills(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny batches and reference flushes: the server must never see a reference first."""
+    monkeypatch.setattr(uploader, "REFS_BATCH", 7)
+    monkeypatch.setattr(uploader, "BATCH_CHUNKS", 3)
+    source = _tree(tmp_path / "src", 120)
+    server.enroll("alice")
+    client = server.client("alice")
+
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    client.restore("latest", target)
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_restore_over_an_earlier_restore_puts_every_file_back(server, tmp_path: Path) -> None:
+    source = _tree(tmp_path / "src", 50)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    (restored / "small" / "f0003").write_bytes(b"scribbled over")
+    (restored / "big.bin").write_bytes(b"truncated")
+
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, restored) == []
+    assert not [p for p in restored.rglob("*.rpbtmp")]
+
+
+def test_a_chunk_damaged_on_the_server_fails_only_its_file(server, tmp_path: Path) -> None:
+    source = _tree(tmp_path / "src", 40)
+    config = server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    victim = source / "small" / "f0007"
+    sealer = Sealer(MasterKey.from_text(config.key))
+    client_id = server.repo.client_by_name("alice").id
+    where = server.repo.locate(client_id, [sealer.chunk_id(victim.read_bytes())])
+    location = next(iter(where.values()))
+    backend = server.repo.backend
+    assert isinstance(backend, LocalBackend)
+    pack = backend.root / "packs" / location.pack
+    with pack.open("r+b") as handle:
+        handle.seek(location.offset + location.length // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert len(result.errors) == 1 and "f0007" in result.errors[0]
+    assert not (restored / "small" / "f0007").exists()
+    assert (restored / "small" / "f0008").read_bytes() == (source / "small" / "f0008").read_bytes()
+    assert (restored / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [b"", b"x" * 10, os.urandom(300_000), b"compressible text " * 40_000],
+    ids=["empty", "tiny", "random", "text"],
+)
+def test_a_sealed_chunk_opens_only_under_its_own_id(plain: bytes) -> None:
+    sealer = Sealer(MasterKey.generate())
+    chunk_id = sealer.chunk_id(plain)
+    sealed = sealer.seal(chunk_id, plain)
+
+    assert bytes(sealer.open(chunk_id, bytes(sealed))) == plain
+    with pytest.raises(CryptoError):
+        sealer.open(sealer.chunk_id(b"another"), bytes(sealed))
