@@ -138,6 +138,8 @@ class BrowserScreen(AreaScreen):
         tree.reset(Text(f"snapshot of {short_time(snap.time)}", style="bold"), Entry())
         tree.root.expand()
         tree.focus()
+        self.set_status("space opens a folder · r restores the highlighted item · "
+                        "a the whole snapshot · tab switches panes")
 
     # ---- the tree ---------------------------------------------------------------------------
 

@@ -18,6 +18,15 @@ from .base import AreaScreen
 
 POLL_SECONDS = 5.0
 COLUMNS = ("Client", "State", "Last backup", "Result", "Snaps", "Stored", "Retention")
+WIDTHS = {"Client": 10, "Result": 12}
+"""Capped so the columns that matter fit 80 columns; the detail line shows them in full."""
+
+
+def describe_row(row: FleetRow) -> str:
+    stored = f" · {human_bytes(row.stored_bytes)} stored" if row.stored_bytes is not None else ""
+    return (f"{row.name} · {row.state} · last backup {short_time(row.last_backup)}: "
+            f"{row.last_result} · {row.snapshots} snapshot(s){stored} · "
+            f"retention {row.retention}")
 
 
 class FleetScreen(AreaScreen):
@@ -27,14 +36,18 @@ class FleetScreen(AreaScreen):
     def __init__(self) -> None:
         super().__init__()
         self._next_poll: Timer | None = None
+        self.rows: dict[str, FleetRow] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static("Fleet status", classes="area-title")
         yield DataTable(id="fleet", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="fleet-detail", markup=False)
         yield Static("connecting…", id="fleet-status", classes="status-line", markup=False)
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(*COLUMNS)
+        table = self.query_one(DataTable)
+        for label in COLUMNS:
+            table.add_column(label, width=WIDTHS.get(label))
         # The first poll waits for the first frame, so the console never opens on a blank wait.
         self.call_after_refresh(self.poll)
 
@@ -69,10 +82,16 @@ class FleetScreen(AreaScreen):
         table = self.query_one(DataTable)
         selected = table.cursor_row
         table.clear()
+        self.rows = {row.name: row for row in fleet.rows}
         for row in fleet.rows:
             table.add_row(*self.cells(row), key=row.name)
         if fleet.rows:
             table.move_cursor(row=min(selected, len(fleet.rows) - 1))
+
+    @on(DataTable.RowHighlighted, "#fleet")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        row = self.rows.get(str(event.row_key.value))
+        self.query_one("#fleet-detail", Static).update(describe_row(row) if row else "")
 
     def cells(self, row: FleetRow) -> list[Text | str]:
         theme = self.app.current_theme

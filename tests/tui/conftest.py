@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.errors import BackupIncomplete
@@ -30,6 +32,26 @@ async def wait_for(pilot: Pilot[None], condition: Callable[[], object], what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         await pilot.pause(0.05)
+
+
+async def table_settled(pilot: Pilot[None], table: DataTable, rows: int, what: str) -> None:
+    """Wait for ``rows`` rows, measured and repainted: a screenshot then shows the final table."""
+    await wait_for(pilot, lambda: table_laid_out(table, rows), what)
+    table.refresh()
+    await pilot.pause()
+
+
+def table_laid_out(table: DataTable, rows: int) -> bool:
+    """``rows`` rows are in, and every column is as wide as its widest cell (DataTable measures
+    lazily, when idle)."""
+    if table.row_count != rows:
+        return False
+    for index, column in enumerate(table.ordered_columns):
+        for row in range(rows):
+            value = table.get_row_at(row)[index]
+            if cell_len(getattr(value, "plain", str(value))) > column.content_width:
+                return False
+    return True
 
 
 def text_of(app: ConsoleApp, selector: str) -> str:
@@ -78,10 +100,11 @@ def admin(server, alice: ClientConfig, tmp_path: Path) -> ClientConfig:
     """An admin identity on a server that also holds bob, whose newest backup skipped a file."""
     bob_files = tmp_path / "bob"
     bob_files.mkdir()
-    (bob_files / "notes.txt").write_text("bob's notes\n")
     server.enroll("bob")
     bob = server.client("bob")
     for n in (3, 4, 5, 6, 7):
+        # Each day's data differs, so pruning old days frees a size that reads the same each run.
+        (bob_files / "notes.bin").write_bytes(random.Random(n).randbytes(1024 * 1024))
         bob.backup([str(bob_files)], when=day(n))
     with pytest.raises(BackupIncomplete):
         bob.backup([str(bob_files), str(tmp_path / "gone")], when=day(8))
