@@ -246,8 +246,12 @@ class Repository:
         self.backend = backend or LocalBackend(data_dir / "storage")
         self.temp_dir = data_dir / "tmp"
         self._lock = threading.RLock()
+        db_path = data_dir / DB_FILE
+        # SQLite gives its -wal and -shm files the database file's mode: make it private first.
+        db_path.touch(mode=0o600, exist_ok=True)
+        db_path.chmod(0o600)
         self._db = sqlite3.connect(
-            data_dir / DB_FILE, check_same_thread=False, isolation_level=None, timeout=30
+            db_path, check_same_thread=False, isolation_level=None, timeout=30
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -262,13 +266,17 @@ class Repository:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # "database or disk is full", "disk I/O error", "database is locked".
+                raise StorageError(f"server database failed: {exc}") from exc
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

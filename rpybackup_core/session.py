@@ -13,8 +13,8 @@ import datetime
 import json
 import logging
 import math
-import time
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +32,7 @@ from .errors import (
     ProtocolError,
     RPyBackupError,
     ServerError,
+    StorageError,
 )
 from .pack import PackEntry, PackWriter
 from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
@@ -156,7 +157,6 @@ class Session:
             finally:
                 if self.client is not None:
                     self.repo.release_pins(self.pin_key)
-
 
     def _hello(self) -> None:
         frame = self.framed.recv()
@@ -290,16 +290,28 @@ class Session:
             if storage_hash(sealed) != digest:
                 raise IntegrityError(f"chunk {chunk_id.hex()[:16]} arrived damaged")
         stored = 0
-        for chunk_id, digest, sealed in records:
-            if chunk_id in self.pending:
-                continue
-            if self.pack is None:
-                self.pack = self.repo.new_pack()
-            self.pending[chunk_id] = self.pack.append(chunk_id, digest, sealed)
-            stored += 1
-            if self.pack.size >= self.pack_size or len(self.pending) >= MAX_PACK_ENTRIES:
-                self._seal_open_pack()
+        try:
+            for chunk_id, digest, sealed in records:
+                if chunk_id in self.pending:
+                    continue
+                if self.pack is None:
+                    self.pack = self.repo.new_pack()
+                self.pending[chunk_id] = self.pack.append(chunk_id, digest, sealed)
+                stored += 1
+                if self.pack.size >= self.pack_size or len(self.pending) >= MAX_PACK_ENTRIES:
+                    self._seal_open_pack()
+        except StorageError:
+            self._drop_open_pack()
+            raise
         return {"stored": stored}, b""
+
+    def _drop_open_pack(self) -> None:
+        """After a write failure the open pack cannot be trusted: discard it and its chunks."""
+        if self.pack is not None:
+            self.pack.abort()
+            self.pack = None
+        # pending_refs keeps the lost ids, so a commit that relies on them is refused.
+        self.pending.clear()
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None

@@ -189,3 +189,9 @@ def test_client_streams_a_2gib_file_in_bounded_memory(daemon: Daemon, tmp_path: 
     assert measured.returncode == 0, measured.stderr
     peak_kib = int(measured.stdout.strip().splitlines()[-1])
     assert peak_kib < 150 * 1024, f"client peak RSS {peak_kib // 1024} MiB"
+
+
+def test_the_servers_state_is_private_to_its_user(daemon: Daemon) -> None:
+    assert daemon.data.stat().st_mode & 0o077 == 0
+    for name in ("repo.sqlite", "tls/server.key"):
+        assert (daemon.data / name).stat().st_mode & 0o077 == 0, name
