@@ -33,7 +33,6 @@ _ASKED_DEPTH = 1
 _JOB_BYTES = 1024 * 1024
 
 
-
 @dataclass(frozen=True)
 class SealedJob:
     """A put payload ready to send, and what it holds."""

@@ -21,8 +21,10 @@ def _tree(root: Path, files: int, seed: int = 5) -> Path:
     (root / "small").mkdir(parents=True)
     earlier: list[bytes] = []
     for index in range(files):
-        data = rng.choice(earlier) if earlier and index % 5 == 0 else rng.randbytes(
-            rng.randint(0, 9000)
+        data = (
+            rng.choice(earlier)
+            if earlier and index % 5 == 0
+            else rng.randbytes(rng.randint(0, 9000))
         )
         earlier.append(data)
         (root / "small" / f"f{index:04d}").write_bytes(data)
@@ -54,9 +56,7 @@ def test_many_small_files_are_stored_once_each_and_restore_identical(
     assert compare_trees(source, target / source.relative_to("/")) == []
 
 
-def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(
-    server, tmp_path: Path
-) -> None:
+def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(server, tmp_path: Path) -> None:
     source = _tree(tmp_path / "src", 300)
     server.enroll("alice")
     client = server.client("alice")
