@@ -74,6 +74,12 @@ class ServerBusy(RPyBackupError):
     code = "busy"
 
 
+class ListenFailed(RPyBackupError):
+    """The daemon cannot open its listening socket (port taken, address not local)."""
+
+    code = "listen"
+
+
 class RateLimited(RPyBackupError):
     """Too many failed enrollment or authentication attempts from one address."""
 

@@ -9,7 +9,7 @@ import ssl
 import threading
 
 from .config import ServerConfig
-from .errors import ProtocolError, RPyBackupError
+from .errors import ListenFailed, ProtocolError, RPyBackupError
 from .protocol import FramedSocket
 from .pruner import Pruner, PruneScheduler, PruneSettings
 from .ratelimit import AttemptLimiter
@@ -35,9 +35,14 @@ class BackupServer:
         self.limiter = AttemptLimiter()
         self.context = server_context(config.tls_dir)
         family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
-        self._listener = socket.create_server(
-            (config.listen_host, config.listen_port), family=family, backlog=128
-        )
+        try:
+            self._listener = socket.create_server(
+                (config.listen_host, config.listen_port), family=family, backlog=128
+            )
+        except OSError as exc:
+            raise ListenFailed(
+                f"cannot listen on {config.listen}: {exc.strerror or exc}"
+            ) from exc
         self._listener.settimeout(0.5)
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._stopping = threading.Event()

@@ -195,3 +195,11 @@ def test_the_servers_state_is_private_to_its_user(daemon: Daemon) -> None:
     assert daemon.data.stat().st_mode & 0o077 == 0
     for name in ("repo.sqlite", "tls/server.key"):
         assert (daemon.data / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_serve_on_a_taken_port_fails_with_one_line(daemon: Daemon) -> None:
+    second = subprocess.run([*CLI, "--config", str(daemon.config), "serve"],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines()[-1].startswith("rpybackup-core: error: cannot listen")
+    assert "Traceback" not in second.stderr
