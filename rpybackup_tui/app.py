@@ -44,7 +44,7 @@ def describe_failure(error: BaseException) -> str:
 class ConsoleApp(App[None]):
     TITLE = "rPyBackup"
     CSS_PATH = "app.tcss"
-    MODES: ClassVar[dict[str, Callable[[], Screen[Any]]]] = {
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {
         "fleet": FleetScreen,
         "config": ConfigScreen,
         "browse": BrowserScreen,

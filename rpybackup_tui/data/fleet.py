@@ -27,6 +27,7 @@ class FleetRow:
     snapshots: int
     stored_bytes: int | None
     retention: str
+    retention_is_default: bool = False
 
     @property
     def failing(self) -> bool:
@@ -104,5 +105,6 @@ def status_row(status: ClientStatus, now: datetime.datetime) -> FleetRow:
         last_result=status.last_result or "never",
         snapshots=status.snapshots,
         stored_bytes=status.stored_bytes,
-        retention=f"{policy} (default)" if status.retention.is_default else policy,
+        retention=policy,
+        retention_is_default=status.retention.is_default,
     )

@@ -23,10 +23,13 @@ WIDTHS = {"Client": 10, "Result": 12}
 
 
 def describe_row(row: FleetRow) -> str:
+    """Everything about one client on one or two lines, never truncated like a table cell."""
+    backup = (f"last backup {short_time(row.last_backup)}: {row.last_result}"
+              if row.last_backup else "no backup yet")
     stored = f" · {human_bytes(row.stored_bytes)} stored" if row.stored_bytes is not None else ""
-    return (f"{row.name} · {row.state} · last backup {short_time(row.last_backup)}: "
-            f"{row.last_result} · {row.snapshots} snapshot(s){stored} · "
-            f"retention {row.retention}")
+    default = " (the server default)" if row.retention_is_default else ""
+    return (f"{row.name} · {row.state} · {backup} · {row.snapshots} snapshot(s){stored} · "
+            f"retention {row.retention}{default}")
 
 
 class FleetScreen(AreaScreen):
@@ -100,7 +103,8 @@ class FleetScreen(AreaScreen):
             Text(row.name, style=alarm),
             Text(row.state, style=alarm or (theme.success or "") if row.state != "idle" else ""),
             short_time(row.last_backup),
-            Text(row.last_result, style=alarm),
+            # "incomplete: 3 item(s) unreadable" reads "incomplete" here; the detail line has all.
+            Text(row.last_result.split(":")[0], style=alarm),
             str(row.snapshots),
             human_bytes(row.stored_bytes) if row.stored_bytes is not None else "—",
             row.retention,

@@ -54,8 +54,12 @@ class LogsScreen(AreaScreen):
         yield RichLog(id="log", wrap=True, max_lines=2000, markup=False)
 
     def on_screen_resume(self) -> None:
-        self.console.log_buffer.listener = lambda line: self.post_message(LineLogged(line))
+        self.console.log_buffer.listener = self.line_logged
         self.show_lines()
+
+    def line_logged(self, line: LogLine) -> None:
+        """Called on the thread that logged: hand the line to the UI as a message."""
+        self.post_message(LineLogged(line))
 
     def on_screen_suspend(self) -> None:
         self.console.log_buffer.listener = None

@@ -34,11 +34,16 @@ def test_admin_identity_sees_every_client_and_a_failing_one_stands_out(server, a
         assert cell(table, "alice", 1) == "online"
         assert cell(table, "alice", 4) == "1"
         assert cell(table, "bob", 1) == "failing"
-        assert cell(table, "bob", 3).startswith("incomplete")
+        assert cell(table, "bob", 3) == "incomplete"
         assert cell(table, "bob", 2) == "2026-01-08 12:00"
         assert cell(table, "bob", 4) == "6"
         assert cell(table, "bob", 5) == "5.0 MiB"
-        assert "(default)" in cell(table, "bob", 6)
+        assert "(default)" not in cell(table, "bob", 6), "the table cell stays short"
+        table.move_cursor(row=table.get_row_index("bob"))
+        await pilot.pause()
+        detail = text_of(app, "#fleet-detail")
+        assert "incomplete: 1 item(s) unreadable" in detail
+        assert "(the server default)" in detail
         bob_name = table.get_row("bob")[0]
         assert "bold" in str(bob_name.style), "a failing client must stand out"
         assert "every client" in text_of(app, "#fleet-status")
