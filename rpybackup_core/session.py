@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # A sealed chunk: the largest plaintext chunk, stored raw, plus the AEAD framing.
 MAX_SEALED = MAX_SIZE + SEAL_OVERHEAD + 1024
 MAX_IDS_PER_REQUEST = 65536
+GET_FRAME_BYTES = 4 * 1024 * 1024
 # An open pack is sealed at this many chunks whatever its size: tiny chunks must not let one
 # connection pile up index entries in memory (tests/robustness/test_memory.py).
 MAX_PACK_ENTRIES = 32768
@@ -378,7 +379,8 @@ class Session:
             raise NotFound(f"chunk {missing[0].hex()[:16]} is not stored on the server")
         batch: list[tuple[bytes, bytes, bytes]] = []
         batch_size = 0
-        limit = self.framed.max_payload - 4096
+        # Frames of a few MiB keep both peers' buffers small; the client pipelines anyway.
+        limit = min(self.framed.max_payload - 4096, GET_FRAME_BYTES)
         for chunk_id, sealed in self.repo.read_chunks(self.client.id, ids):
             if batch and batch_size + len(sealed) + 68 > limit:
                 self._reply(frame.header, {"more": True, "count": len(batch)}, pack_records(batch))
