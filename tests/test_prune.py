@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.checker import Checker
+from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
-from rpybackup_core.progress import Progress
 from rpybackup_core.pruner import Pruner, PruneSettings
+from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.repository import PACKS, Repository
 from rpybackup_core.retention import RetentionPolicy
 from rpybackup_core.storage import Backend, LocalBackend, ObjectInfo
@@ -150,38 +152,59 @@ def test_mostly_dead_pack_is_repacked_and_its_live_chunks_survive(
     assert compare_trees(source, target / source.relative_to("/")) == []
 
 
-def test_prune_during_a_backup_of_the_same_client(server, cli, tmp_path: Path) -> None:
-    """The prune runs between the server saying "have it" and the snapshot commit."""
-    server.config.pack_size = 1 * MiB
-    server.restart()
+def test_prune_between_have_it_and_commit_keeps_what_the_backup_relies_on(
+    server, cli, tmp_path: Path
+) -> None:
+    """A backup session hears "have it" for every chunk of an old snapshot; then a prune of the
+    same client removes that snapshot; the backup still commits and restores identically."""
     admin = Admin(server, cli)
     alice = server.enroll("alice")
-    photos = tmp_path / "photos"
+    photos, other = tmp_path / "photos", tmp_path / "other"
     photos.mkdir()
-    for index in range(8):
-        (photos / f"{index}.jpg").write_bytes(os.urandom(512 * 1024))
-    other = tmp_path / "other"
     other.mkdir()
+    for index in range(4):
+        (photos / f"{index}.jpg").write_bytes(os.urandom(512 * 1024))
     (other / "readme").write_text("newer snapshot without the photos\n")
-    backup(cli, alice, photos, "2026-03-01T08:00:00Z")
+    old = backup(cli, alice, photos, "2026-03-01T08:00:00Z")["snapshot"]
     backup(cli, alice, other, "2026-03-02T08:00:00Z")
     admin("client", "retention", "alice", "--keep-last", "1")
-    (photos / "new.raw").write_bytes(os.urandom(3 * MiB))
-    pruned: list[dict] = []
+    repo = server.repo
+    client = repo.client_by_name("alice")
+    [old_record] = [s for s in repo.list_snapshots(client.id) if s.id == old]
+    old_refs = set(repo.snapshot_refs(client.id, old))
+    chunk_ids = [
+        location.chunk_id
+        for pack in repo.pack_usage(client.id)
+        for location in repo.pack_chunks(pack.id)
+        if location.rowid in old_refs
+    ]
 
-    def prune_midway(progress: Progress) -> None:
-        if progress.files_done == 9 and not pruned:
-            pruned.append(admin.json("prune", "--client", "alice")["clients"][0])
+    with RemoteRepository.connect(alice.server, alice.fingerprint, "alice", alice.token) as session:
+        assert all(session.has(chunk_ids))
+        pruned = admin.json("prune", "--client", "alice")["clients"][0]
+        assert [d["id"] for d in pruned["remove"]] == [old]
+        assert pruned["chunks_freed"] == 0, "chunks a live session was told exist were freed"
+        session.refs(chunk_ids)
+        sealer = Sealer(MasterKey.from_text(alice.key))
+        new = session.commit(
+            {
+                "time": "2026-03-03T08:00:00Z",
+                "tags": [],
+                "meta": sealer.seal_document(
+                    SNAPSHOT_META, {"hostname": "alice", "paths": [str(photos)]}
+                ),
+                "stats": old_record.stats,
+                "root": [chunk_id.hex() for chunk_id in old_record.root],
+                "parent": None,
+            }
+        )
 
-    result = server.client("alice").backup([str(photos)], progress=prune_midway)
-
-    assert pruned and len(pruned[0]["remove"]) == 1
-    assert admin.json("check", "--read-data")["ok"] is True
     target = tmp_path / "restored"
-    server.client("alice").restore(result.snapshot, target)
+    server.client("alice").restore(new, target)
     assert compare_trees(photos, target / photos.relative_to("/")) == []
-    after = admin.json("prune", "--client", "alice")["clients"][0]
-    assert after["remove"][0]["id"] != result.snapshot
+    assert admin.json("check", "--read-data")["ok"] is True
+    after_session = admin.json("prune", "--client", "alice")["clients"][0]
+    assert after_session["chunks_freed"] > 0, "the other snapshot's chunks go once unpinned"
 
 
 def test_scheduled_prune_runs_on_its_own_and_is_recorded(server, cli, tmp_path: Path) -> None:
