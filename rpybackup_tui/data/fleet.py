@@ -15,7 +15,8 @@ IDLE = "idle"
 FAILING = "failing"
 
 ONLINE_SECONDS = 15 * 60
-"""A client the server heard from this recently counts as online."""
+"""A client the server heard from this recently counts as online (watch mode reports every
+five minutes)."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ def _age(iso: str | None, now: datetime.datetime) -> float | None:
 
 
 def client_state(status: ClientStatus, now: datetime.datetime) -> str:
-    """failing beats everything (the admin must see it), then online by last contact."""
+    """failing beats everything (the admin must see it); then watching, if the client said so
+    and its heartbeat is recent (a watcher that died stops counting); then online by last
+    contact."""
     if status.last_result not in (None, "ok"):
         return FAILING
     age = _age(status.last_seen, now)
-    return ONLINE if age is not None and age <= ONLINE_SECONDS else IDLE
+    recent = age is not None and age <= ONLINE_SECONDS
+    if recent and status.activity == WATCHING:
+        return WATCHING
+    return ONLINE if recent else IDLE
 
 
 _RULES = (("keep_last", "last"), ("keep_hourly", "h"), ("keep_daily", "d"),

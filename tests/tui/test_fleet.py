@@ -51,12 +51,16 @@ def test_admin_identity_sees_every_client_and_a_failing_one_stands_out(server, a
     drive(admin, scenario)
 
 
-def test_the_fleet_refreshes_on_its_own(server, admin) -> None:
+def test_the_fleet_refreshes_on_its_own_and_shows_a_watching_client(server, admin) -> None:
     async def scenario(app: ConsoleApp, pilot) -> None:
         table = app.screen.query_one("#fleet", DataTable)
         await wait_for(pilot, lambda: table.row_count == 3, "every client")
         server.enroll("carol")
-        await wait_for(pilot, lambda: table.row_count == 4, "the new client, without a key")
+        await wait_for(pilot, lambda: table.row_count == 4, "the new client, unasked")
+        server.client("alice").report_state("watching", "2026-01-02T12:00:00Z", "ok")
+        await wait_for(pilot, lambda: cell(table, "alice", 1) == "watching", "alice watching")
+        server.client("alice").report_state("idle", "2026-01-02T12:00:00Z", "ok")
+        await wait_for(pilot, lambda: cell(table, "alice", 1) == "online", "alice stopped")
 
     drive(admin, scenario)
 
