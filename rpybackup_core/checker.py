@@ -14,6 +14,7 @@ from typing import Any
 from .crypto import storage_hash
 from .errors import IntegrityError, NotFound, StorageError
 from .pack import END_MAGIC, ENTRY, MAGIC, TAIL, PackEntry
+from .pruner import LOCK_FILE, exclusive
 from .repository import PACKS, ClientRecord, PackUsage, Repository
 from .storage import Backend
 
@@ -117,12 +118,15 @@ class Checker:
         self.backend = repo.backend
 
     def run(self, read_data: bool = False) -> CheckReport:
+        """Check every client. Prunes wait meanwhile (a repack would move data under the
+        check); backups go on, and what they add is either complete or not yet visible."""
         report = CheckReport(read_data)
-        for client in self.repo.list_clients():
-            report.clients += 1
-            _ClientCheck(self, client, report).run()
-        indexed = self.repo.pack_names()
-        report.unindexed_packs = sorted(set(self.backend.list(PACKS)) - indexed)
+        with exclusive(self.repo.data_dir / LOCK_FILE):
+            for client in self.repo.list_clients():
+                report.clients += 1
+                _ClientCheck(self, client, report).run()
+            stored = set(self.backend.list(PACKS))
+            report.unindexed_packs = sorted(stored - self.repo.pack_names())
         return report
 
 
@@ -164,12 +168,14 @@ class _ClientCheck:
         self.report.problems.append(Problem(self.client.name, None, message, [snapshot_id]))
 
     def _check_snapshots(self) -> None:
+        # Snapshots first, chunk rows second: a backup committing meanwhile adds rows before
+        # its snapshot, so every listed snapshot's rows are among those read after it.
+        roots = {snap.id: snap.root for snap in self.repo.list_snapshots(self.client.id)}
         rowids = self.repo.chunk_rowids(self.client.id)
         self.report.chunks += len(rowids)
-        roots = {snap.id: snap.root for snap in self.repo.list_snapshots(self.client.id)}
-        for snapshot_id, refs in self.repo.iter_snapshot_refs(self.client.id):
+        for snapshot_id in roots:
             self.report.snapshots += 1
-            referenced = set(refs)
+            referenced = set(self.repo.snapshot_refs(self.client.id, snapshot_id))
             missing = len(referenced - rowids)
             if missing:
                 self._snapshot_problem(
@@ -177,8 +183,8 @@ class _ClientCheck:
                     f"snapshot {snapshot_id[:8]} references {missing} chunk(s) that "
                     "are not in the index",
                 )
-            root = self.repo.lookup(self.client.id, roots.get(snapshot_id, []))
-            if len(root) != len(roots.get(snapshot_id, [])) or not set(root.values()) <= referenced:
+            root = self.repo.lookup(self.client.id, roots[snapshot_id])
+            if len(root) != len(roots[snapshot_id]) or not set(root.values()) <= referenced:
                 self._snapshot_problem(
                     snapshot_id,
                     f"snapshot {snapshot_id[:8]} has a root tree outside its references",
