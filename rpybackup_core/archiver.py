@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass, field
@@ -88,6 +89,12 @@ class Archiver:
         self.chunker = Chunker()
         self.cache = cache
         self.excludes = excludes
+        # One compiled pattern for all excludes: the walk tests every entry against it.
+        self._exclude = (
+            re.compile("|".join(fnmatch.translate(pattern) for pattern in excludes))
+            if excludes
+            else None
+        )
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
@@ -178,9 +185,9 @@ class Archiver:
         for name, value in sorted(layout.items()):
             if isinstance(value, Path):
                 if name == "":
-                    nodes.extend(self._directory_entries(value))
+                    nodes.extend(self._directory_entries(str(value)))
                     continue
-                node = self._entry(value)
+                node = self._entry(str(value))
             else:
                 path = base / name
                 try:
@@ -197,26 +204,24 @@ class Archiver:
 
     # ---- walking ----------------------------------------------------------------------------
 
-    def _excluded(self, path: Path) -> bool:
-        text = str(path)
-        return any(
-            fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(text, pattern)
-            for pattern in self.excludes
-        )
+    def _excluded(self, path: str, name: str) -> bool:
+        """Whether a pattern matches the entry's name or its whole path (fnmatch rules)."""
+        pattern = self._exclude
+        return pattern is not None and bool(pattern.match(name) or pattern.match(path))
 
-    def _error(self, path: Path, exc: OSError | str) -> None:
+    def _error(self, path: Path | str, exc: OSError | str) -> None:
         reason = exc if isinstance(exc, str) else (exc.strerror or str(exc))
         message = f"{path}: {reason}"
         log.warning("skipped %s", message)
         self.progress.errors.append(message)
 
-    def _entry(self, path: Path, st: os.stat_result | None = None) -> Node | None:
+    def _entry(self, path: str, st: os.stat_result | None = None) -> Node | None:
         try:
             st = st or os.lstat(path)
         except OSError as exc:
             self._error(path, exc)
             return None
-        name = path.name
+        name = os.path.basename(path)
         if stat.S_ISDIR(st.st_mode):
             node = Node.from_stat(name, DIR, st)
             node.content = self._store_tree(self._directory_entries(path))
@@ -235,7 +240,7 @@ class Archiver:
         log.info("skipped %s: not a regular file, directory or symlink", path)
         return None
 
-    def _directory_entries(self, path: Path) -> list[Node]:
+    def _directory_entries(self, path: str) -> list[Node]:
         try:
             with os.scandir(path) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
@@ -243,10 +248,10 @@ class Archiver:
             self._error(path, exc)
             return []
         nodes: list[Node] = []
-        cached: list[tuple[Path, os.stat_result, Any]] = []
+        cached: list[tuple[str, os.stat_result, Any]] = []
         for entry in entries:
-            child = Path(entry.path)
-            if self._excluded(child):
+            child = entry.path
+            if self._excluded(child, entry.name):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -255,7 +260,7 @@ class Archiver:
                 continue
             hit = None
             if self.cache is not None and stat.S_ISREG(st.st_mode):
-                hit = self.cache.lookup(str(child), st)
+                hit = self.cache.lookup(child, st)
             if hit is not None:
                 cached.append((child, st, hit))
                 continue
@@ -265,7 +270,7 @@ class Archiver:
         nodes.extend(self._cached_files(cached))
         return nodes
 
-    def _cached_files(self, cached: list[tuple[Path, os.stat_result, Any]]) -> list[Node]:
+    def _cached_files(self, cached: list[tuple[str, os.stat_result, Any]]) -> list[Node]:
         """Unchanged files: reuse their chunk ids unless the server lost one of them."""
         if not cached:
             return []
@@ -275,26 +280,26 @@ class Archiver:
             if missing.intersection(hit.ids):
                 node = self._read_file(path, st)
             else:
-                node = Node.from_stat(path.name, FILE, st)
+                node = Node.from_stat(os.path.basename(path), FILE, st)
                 node.size, node.sha256, node.content = hit.size, hit.sha256, list(hit.ids)
                 for chunk_id in hit.ids:
                     self.uploader.reference(chunk_id)
                 self.progress.files_done += 1
                 self.progress.bytes_done += hit.size
                 if self.cache is not None:
-                    self.cache.stage(str(path), st, hit.sha256, hit.ids)
+                    self.cache.stage(path, st, hit.sha256, hit.ids)
             if node is not None:
                 nodes.append(node)
         self.report(self.progress)
         return nodes
 
-    def _read_file(self, path: Path, st: os.stat_result) -> Node | None:
+    def _read_file(self, path: str, st: os.stat_result) -> Node | None:
         try:
             fd = os.open(path, _READ_FLAGS)
         except OSError as exc:
             self._error(path, exc)
             return None
-        self.progress.current = str(path)
+        self.progress.current = path
         digest = hashlib.sha256()
         ids: list[bytes] = []
         size = 0
@@ -316,11 +321,11 @@ class Archiver:
             os.close(fd)
         if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             log.warning("%s changed while it was read; stored what was read", path)
-        node = Node.from_stat(path.name, FILE, before)
+        node = Node.from_stat(os.path.basename(path), FILE, before)
         node.size, node.sha256, node.content = size, digest.hexdigest(), ids
         self.progress.files_done += 1
         if self.cache is not None and (after.st_mtime_ns, after.st_size) == (
             before.st_mtime_ns, before.st_size
         ):
-            self.cache.stage(str(path), after, node.sha256, ids)
+            self.cache.stage(path, after, node.sha256, ids)
         return node

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pyfastcdc import FastCDC
 
@@ -26,7 +27,7 @@ class Chunker:
         With ``limit``, reading stops there: a file that keeps growing while it is read (a busy
         log) is stored as it was when the read began, and the read always ends.
         """
-        source = reader if limit is None else _LimitedReader(reader, limit)
+        source = reader if limit is None else cast(BinaryIO, _LimitedReader(reader, limit))
         for chunk in self._cdc.cut_stream(source):
             yield chunk.data
 
@@ -63,7 +64,7 @@ class Chunker:
 
 class _LimitedReader:
     def __init__(self, reader: BinaryIO, limit: int) -> None:
-        self._reader = reader
+        self._reader = cast(io.RawIOBase, reader)
         self._left = limit
 
     def readinto(self, buffer: memoryview) -> int:

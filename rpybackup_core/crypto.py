@@ -39,7 +39,7 @@ _MIN_SAVING = 0.03
 _PROBE_SIZE = 64 * 1024
 
 
-def storage_hash(sealed: bytes | memoryview) -> bytes:
+def storage_hash(sealed: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(sealed).digest()
 
 

@@ -106,13 +106,13 @@ class FramedSocket:
         """Double the buffer, never past the frame being read. It grows only as bytes arrive,
         so a length prefix alone (a slow or lying peer) costs no memory."""
         grown = bytearray(min(size, 2 * len(self._buffer)))
-        grown[:received] = self._buffer[:received]
+        grown[:received] = memoryview(self._buffer)[:received]
         self._buffer = grown
 
 
 def pack_records(records: list[tuple[bytes, bytes, bytes | bytearray]]) -> bytes:
     """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
-    parts = []
+    parts: list[bytes | bytearray] = []
     for chunk_id, digest, sealed in records:
         parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
         parts.append(sealed)

@@ -142,3 +142,19 @@ def test_a_sealed_chunk_opens_only_under_its_own_id(plain: bytes) -> None:
     assert bytes(sealer.open(chunk_id, bytes(sealed))) == plain
     with pytest.raises(CryptoError):
         sealer.open(sealer.chunk_id(b"another"), bytes(sealed))
+
+
+def test_excludes_match_a_name_or_a_whole_path(server, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "build").mkdir(parents=True)
+    (source / "build" / "out.o").write_bytes(b"object")
+    (source / "scratch.tmp").write_bytes(b"temporary")
+    (source / "keep.txt").write_bytes(b"kept")
+    config = server.enroll("alice")
+    config.excludes = ["*.tmp", str(source / "build")]
+    client = server.client("alice")
+
+    client.backup([str(source)])
+    _, entries = client.list_files(str(source))
+    names = sorted(entry.path.rsplit("/", 1)[-1] for entry in entries)
+    assert names == ["keep.txt"]
