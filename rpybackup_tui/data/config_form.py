@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from rpybackup_core.config import ClientConfig, parse_address, parse_duration
 from rpybackup_core.errors import ConfigError
+from rpybackup_core.retention import format_duration
 
-FIELDS = ("server", "sources", "excludes", "quiet")
+FIELDS = ("server", "sources", "excludes", "quiet", "max_delay")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ConfigForm:
     sources: str
     excludes: str
     quiet: str
+    max_delay: str
 
     @classmethod
     def from_config(cls, config: ClientConfig) -> ConfigForm:
@@ -27,7 +29,8 @@ class ConfigForm:
             server=config.server,
             sources="\n".join(config.sources),
             excludes="\n".join(config.excludes),
-            quiet=f"{config.quiet_seconds}s",
+            quiet=format_duration(config.quiet_seconds),
+            max_delay=format_duration(config.max_delay),
         )
 
 
@@ -75,11 +78,22 @@ def _check_quiet(text: str) -> str:
     return ""
 
 
+def _check_max_delay(text: str) -> str:
+    try:
+        seconds = parse_duration(text)
+    except ConfigError as exc:
+        return str(exc)
+    if not 0 < seconds <= 7 * 86400:
+        return "the maximum delay must be between 1s and 7d"
+    return ""
+
+
 _CHECKS = {
     "server": _check_server,
     "sources": _check_sources,
     "excludes": _check_excludes,
     "quiet": _check_quiet,
+    "max_delay": _check_max_delay,
 }
 
 
@@ -91,6 +105,10 @@ def check_field(name: str, text: str) -> str:
 def check_form(form: ConfigForm) -> dict[str, str]:
     """Every field's message, only for the fields that are invalid."""
     messages = {name: check_field(name, getattr(form, name)) for name in FIELDS}
+    if not messages["quiet"] and not messages["max_delay"] and (
+        parse_duration(form.max_delay) < parse_duration(form.quiet)
+    ):
+        messages["max_delay"] = "the maximum delay cannot be shorter than the quiet period"
     return {name: message for name, message in messages.items() if message}
 
 
@@ -106,6 +124,7 @@ def apply_form(config: ClientConfig, form: ConfigForm) -> ClientConfig:
         sources=_lines(form.sources),
         excludes=_lines(form.excludes),
         quiet_seconds=parse_duration(form.quiet),
+        max_delay=parse_duration(form.max_delay),
     )
     updated.validate()
     return updated

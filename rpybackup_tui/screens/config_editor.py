@@ -13,7 +13,7 @@ from textual.widgets import Input, Label, Static, TextArea
 
 from rpybackup_core.config import ClientConfig
 
-from ..data.config_form import ConfigForm, apply_form, check_field, check_form
+from ..data.config_form import FIELDS, ConfigForm, apply_form, check_field, check_form
 from ..data.format import display_path
 from ..messages import ConfigSaved
 from .base import AreaScreen
@@ -22,7 +22,8 @@ _LABELS = {
     "server": "Server address (HOST:PORT)",
     "sources": "Sources — directories to back up, one per line",
     "excludes": "Excludes — name or path patterns (*.tmp, /home/*/.cache), one per line",
-    "quiet": "Quiet period before a watch backup (e.g. 10s, 2m)",
+    "quiet": "Watch: quiet period before a backup (e.g. 10s, 2m)",
+    "max_delay": "Watch: longest wait while changes keep coming (e.g. 10m, 1h)",
 }
 
 
@@ -49,6 +50,9 @@ class ConfigScreen(AreaScreen):
             yield Label(_LABELS["quiet"])
             yield Input(id="quiet", compact=True)
             yield Static("", id="quiet-error", classes="field-error", markup=False)
+            yield Label(_LABELS["max_delay"])
+            yield Input(id="max_delay", compact=True)
+            yield Static("", id="max_delay-error", classes="field-error", markup=False)
         yield Static("", id="config-status", classes="status-line", markup=False)
 
     def on_mount(self) -> None:
@@ -63,6 +67,7 @@ class ConfigScreen(AreaScreen):
         self.query_one("#sources", TextArea).text = form.sources
         self.query_one("#excludes", TextArea).text = form.excludes
         self.query_one("#quiet", Input).value = form.quiet
+        self.query_one("#max_delay", Input).value = form.max_delay
         self.set_status("ctrl+s saves · nothing is written while a field is marked")
 
     def form(self) -> ConfigForm:
@@ -71,6 +76,7 @@ class ConfigScreen(AreaScreen):
             sources=self.query_one("#sources", TextArea).text,
             excludes=self.query_one("#excludes", TextArea).text,
             quiet=self.query_one("#quiet", Input).value,
+            max_delay=self.query_one("#max_delay", Input).value,
         )
 
     def show_message(self, field: str, message: str) -> None:
@@ -97,7 +103,7 @@ class ConfigScreen(AreaScreen):
     def action_save(self) -> None:
         form = self.form()
         messages = check_form(form)
-        for field in ("server", "sources", "excludes", "quiet"):
+        for field in FIELDS:
             self.show_message(field, messages.get(field, ""))
         if messages:
             self.set_status(f"not saved: fix the {len(messages)} marked field(s)", error=True)

@@ -49,6 +49,7 @@ def test_a_valid_form_is_saved_and_used(server, alice, tmp_path: Path) -> None:
         sources.text = f"{alice.sources[0]}\n{extra}\n"
         app.screen.query_one("#excludes", TextArea).text = "*.tmp\n\n*/cache\n"
         app.screen.query_one("#quiet", Input).value = "2m"
+        app.screen.query_one("#max_delay", Input).value = "1h"
         await pilot.pause()
         await pilot.press("escape", "ctrl+s")
         await wait_for(pilot, lambda: "saved" in text_of(app, "#config-status"), "the save")
@@ -59,6 +60,7 @@ def test_a_valid_form_is_saved_and_used(server, alice, tmp_path: Path) -> None:
     assert saved.sources == [alice.sources[0], str(extra)]
     assert saved.excludes == ["*.tmp", "*/cache"]
     assert saved.quiet_seconds == 120
+    assert saved.max_delay == 3600
     assert (saved.token, saved.key, saved.name) == (alice.token, alice.key, alice.name)
     assert not list(alice.path.parent.glob(f".{alice.path.name}.*.tmp")), "no temp file left"
 

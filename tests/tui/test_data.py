@@ -72,7 +72,7 @@ def test_human_bytes_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def form(tmp_path: Path, **fields: str) -> ConfigForm:
     values = {"server": "backup.example:7443", "sources": str(tmp_path), "excludes": "",
-              "quiet": "10s"} | fields
+              "quiet": "10s", "max_delay": "10m"} | fields
     return ConfigForm(**values)
 
 
@@ -88,6 +88,8 @@ def form(tmp_path: Path, **fields: str) -> ConfigForm:
         ("quiet", "0s", "between 1s and 24h"),
         ("quiet", "2d", "between 1s and 24h"),
         ("quiet", "later", "not a duration"),
+        ("max_delay", "8d", "between 1s and 7d"),
+        ("max_delay", "5s", "shorter than the quiet period"),
     ],
 )
 def test_each_bad_field_gets_its_own_message(tmp_path: Path, field, value, message) -> None:
