@@ -17,7 +17,8 @@ from pathlib import Path
 from .crypto import ID_SIZE
 
 _KEEP_GENERATIONS = 3
-_RACY_NS = 1_000_000_000
+_RACY_FINE_NS = 100_000_000
+_RACY_COARSE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class CachedFile:
     sha256: str
     size: int
     ids: list[bytes]
+
+
+def is_racy(st: os.stat_result) -> bool:
+    """Changed so recently that a same-size rewrite could still share its timestamps.
+
+    Any write moves ctime, so ctime is what counts. Whole-second ctimes mean a filesystem with
+    coarse timestamps (FAT, some network filesystems): a wider window applies there.
+    """
+    coarse = st.st_ctime_ns % 1_000_000_000 == 0
+    window = _RACY_COARSE_NS if coarse else _RACY_FINE_NS
+    return st.st_ctime_ns > time.time_ns() - window
 
 
 class FilesCache:
@@ -69,7 +81,7 @@ class FilesCache:
         A file rewritten at the same size within one timestamp tick of being read would match
         its entry and keep stale content (git's "racy" files); such files are read again.
         """
-        if max(st.st_mtime_ns, st.st_ctime_ns) > time.time_ns() - _RACY_NS:
+        if is_racy(st):
             return
         self._staged.append(
             (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha256, b"".join(ids),
