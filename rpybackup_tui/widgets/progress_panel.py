@@ -13,11 +13,12 @@ from ..data.format import duration, human_bytes
 
 def describe(progress: Progress, expected_bytes: int | None) -> str:
     rate = progress.rate
+    backup = progress.phase == "backup"
     parts = [
         f"{progress.files_done:,} files",
-        f"{human_bytes(progress.bytes_done)} read",
+        f"{human_bytes(progress.bytes_done)} {'read' if backup else 'written'}",
     ]
-    if progress.phase == "backup":
+    if backup:
         parts.append(f"{human_bytes(progress.uploaded_bytes)} uploaded")
     parts.append(f"{human_bytes(rate)}/s")
     if expected_bytes and rate > 0 and progress.bytes_done < expected_bytes:
