@@ -24,7 +24,7 @@ from .errors import (
     ServerUnreachable,
     from_wire,
 )
-from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, unpack_records
+from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, pack_sealed, unpack_records
 from .tls import client_context, verify_pinned
 
 CONNECT_TIMEOUT = 15.0
@@ -131,12 +131,15 @@ class RemoteRepository:
 
     # ---- chunk operations -------------------------------------------------------------------
 
-    def has(self, ids: list[bytes]) -> list[bool]:
-        return self.has_answer(self.ask_has(ids), len(ids))
+    def has(self, ids: list[bytes], reference: bool = False) -> list[bool]:
+        """Which ids the server holds; with ``reference``, those count as referenced by the
+        snapshot this session commits (no refs request needed for them)."""
+        return self.has_answer(self.ask_has(ids, reference), len(ids))
 
-    def ask_has(self, ids: list[bytes]) -> int:
+    def ask_has(self, ids: list[bytes], reference: bool = False) -> int:
         """Ask which of these ids the server holds, without waiting; see ``has_answer``."""
-        request_id = self._send("has", b"".join(ids))
+        fields = {"reference": True} if reference else {}
+        request_id = self._send("has", b"".join(ids), **fields)
         self._outstanding.append((request_id, "has"))
         return request_id
 
@@ -151,8 +154,12 @@ class RemoteRepository:
             raise ProtocolError("has reply does not match the question")
         return [flag == 1 for flag in answer]
 
-    def put(self, payload: bytes) -> None:
-        """Send records made by ``protocol.pack_sealed`` without waiting for the reply."""
+    def put(self, records: list[tuple[bytes, bytes | bytearray]]) -> None:
+        """Send (chunk id, sealed blob) records without waiting for the reply."""
+        self.put_packed(pack_sealed(records))
+
+    def put_packed(self, payload: bytes) -> None:
+        """Send records already framed by ``protocol.pack_sealed`` (on a worker thread)."""
         self._outstanding.append((self._send("put", payload), "put"))
         while len(self._outstanding) > PUT_WINDOW:
             self._collect_one()
@@ -202,9 +209,6 @@ class RemoteRepository:
         if not isinstance(snapshots, list):
             raise ProtocolError("malformed snapshot list")
         return snapshots
-
-    def report_state(self, state: str, last_backup: str | None, last_result: str) -> None:
-        self.request("report", state=state, last_backup=last_backup, last_result=last_result)
 
     def set_wrapped_key(self, wrapped: str) -> None:
         self.request("set_key", wrapped.encode("utf-8"))
