@@ -14,7 +14,7 @@ from textual.widgets.tree import TreeNode
 from rpybackup_core.client import ListedEntry, SnapshotInfo
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.progress import Progress, ProgressCallback
-from rpybackup_core.pruner import PruneRecord, PruneResult
+from rpybackup_core.pruner import PruneRecord, PruneResult, RetentionSetting
 from rpybackup_core.restorer import RestoreResult
 
 from .data.fleet import Fleet
@@ -107,3 +107,9 @@ class PruneHistoryLoaded(Message):
     def __init__(self, records: list[PruneRecord]) -> None:
         super().__init__()
         self.records = records
+
+
+class RetentionChanged(Message):
+    def __init__(self, setting: RetentionSetting) -> None:
+        super().__init__()
+        self.setting = setting

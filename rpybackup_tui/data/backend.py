@@ -16,8 +16,9 @@ from rpybackup_core.client import BackupClient, ListedEntry, SnapshotInfo
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.errors import BackupIncomplete, Cancelled, PermissionDenied
 from rpybackup_core.progress import Progress, ProgressCallback
-from rpybackup_core.pruner import PruneRecord, PruneResult
+from rpybackup_core.pruner import PruneRecord, PruneResult, RetentionSetting
 from rpybackup_core.restorer import RestoreResult
+from rpybackup_core.retention import RetentionPolicy
 
 from .fleet import Fleet, own_row, status_row
 from .runs import CANCELLED, INCOMPLETE, OK, RunRecord
@@ -76,6 +77,10 @@ class Backend:
 
     def prune_history(self, client: str | None) -> list[PruneRecord]:
         return self.admin.prune_history(client)
+
+    def set_retention(self, client: str, policy: RetentionPolicy | None) -> RetentionSetting:
+        """Give the client its own policy, or None to follow the server default."""
+        return self.admin.set_retention(client, policy)
 
     # ---- snapshots and files ----------------------------------------------------------------
 

@@ -13,11 +13,14 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Select, Static
 
 from rpybackup_core.pruner import PruneRecord, PruneResult
+from rpybackup_core.retention import RetentionPolicy
 
 from ..data.fleet import Fleet
 from ..data.format import human_bytes
+from ..data.retention_form import RetentionChoice
 from ..dialogs.confirm import ConfirmDialog
-from ..messages import FleetLoaded, PruneAnswered, PruneHistoryLoaded
+from ..dialogs.retention import RetentionDialog
+from ..messages import FleetLoaded, PruneAnswered, PruneHistoryLoaded, RetentionChanged
 from .base import AreaScreen
 
 NEEDS_ADMIN = (
@@ -36,6 +39,7 @@ class PruneScreen(AreaScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("d", "preview", "Dry run"),
         Binding("p", "prune", "Prune…"),
+        Binding("e", "edit_policy", "Edit policy…"),
         Binding("u", "reload", "Reload"),
     ]
 
@@ -90,7 +94,11 @@ class PruneScreen(AreaScreen):
         select = self.query_one("#prune-client", Select)
         current = self.client
         names = [row.name for row in fleet.rows]
-        self.policies = {row.name: row.retention for row in fleet.rows}
+        self.policies = {
+            row.name: f"{row.retention} (server default)" if row.retention_is_default
+            else row.retention
+            for row in fleet.rows
+        }
         select.set_options((row.name, row.name) for row in fleet.rows)
         if names:
             select.value = current if current in names else names[0]
@@ -171,6 +179,35 @@ class PruneScreen(AreaScreen):
             f"{human_bytes(result.chunk_bytes_freed)} freed · p prunes" if gone else
             "dry run: the policy keeps every snapshot"
         )
+
+    # ---- policy -----------------------------------------------------------------------------
+
+    def action_edit_policy(self) -> None:
+        preview = self.preview
+        if not self.admin or preview is None or preview.client != self.client:
+            self.notify("pick a client and wait for its dry run", severity="warning")
+            return
+        client = preview.client
+
+        def chosen(choice: RetentionChoice | None) -> None:
+            if choice is not None:
+                self.set_status(f"setting the retention of {client}…")
+                self.set_retention(client, choice.policy)
+
+        self.app.push_screen(RetentionDialog(client, preview.policy), chosen)
+
+    @work(thread=True, exclusive=True, group="retention", exit_on_error=False)
+    def set_retention(self, client: str, policy: RetentionPolicy | None) -> None:
+        self.post_message(RetentionChanged(self.backend.set_retention(client, policy)))
+
+    @on(RetentionChanged)
+    def retention_changed(self, message: RetentionChanged) -> None:
+        setting = message.setting
+        source = "the server default" if setting.is_default else "its own policy"
+        self.notify(f"{setting.client} now follows {source}: {setting.policy.describe()}",
+                    title="Retention")
+        self.load_clients()
+        self.action_preview()
 
     # ---- history ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from rpybackup_tui.data.config_form import ConfigForm, apply_form, check_form
 from rpybackup_tui.data.fleet import client_state, short_policy
 from rpybackup_tui.data.format import display_path, human_bytes
 from rpybackup_tui.data.log_buffer import LogBuffer
+from rpybackup_tui.data.retention_form import check_rule, form_values, policy_from
 from rpybackup_tui.messages import ProgressUpdate, progress_poster
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
@@ -139,3 +140,18 @@ def test_progress_is_paced_and_the_final_event_always_arrives() -> None:
     assert posted[-1].progress.phase == "done"
     assert posted[-1].progress.bytes_done == 10_000
     assert posted[0].progress is not progress, "a copy travels, not the live object"
+
+
+def test_retention_form_round_trip_and_messages() -> None:
+    policy = RetentionPolicy(keep_last=3, keep_daily=7, keep_within=2 * 86400)
+    values = form_values(policy)
+    assert values["keep_within"] == "2d" and values["keep_hourly"] == "0"
+    assert policy_from(values) == policy
+    assert policy_from({**values, "keep_within": "", "keep_daily": " "}) == RetentionPolicy(
+        keep_last=3
+    )
+    assert "whole number" in check_rule("keep_last", "-1")
+    assert "whole number" in check_rule("keep_daily", "1000001")
+    assert "not a duration" in check_rule("keep_within", "soon")
+    with pytest.raises(ConfigError, match="keep_weekly"):
+        policy_from({**values, "keep_weekly": "x"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.widgets import DataTable, Select
+from textual.widgets import DataTable, Input, Select
 
 from rpybackup_core.admin import AdminClient
 from rpybackup_core.retention import RetentionPolicy
@@ -79,5 +79,40 @@ def test_pruning_survives_a_server_restart(server, admin) -> None:
         await pilot.press("d")
         await wait_for(pilot, lambda: "dry run" in text_of(app, "#prune-status"),
                        "the dry run after the restart")
+
+    drive(admin, scenario)
+
+
+def test_edit_a_clients_policy_then_back_to_the_server_default(server, admin) -> None:
+    admin_api = AdminClient(admin)
+
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        await preview_bob(app, pilot)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: app.screen.query("#keep_last"), "the policy editor")
+        dialog = app.screen
+        for name in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
+            dialog.query_one(f"#{name}", Input).value = "0"
+        dialog.query_one("#keep_last", Input).value = "many"
+        await pilot.pause()
+        assert "whole number" in text_of(app, "#keep_last-error")
+        await pilot.press("ctrl+s")
+        assert app.screen is dialog, "a marked rule is never applied"
+        dialog.query_one("#keep_last", Input).value = "1"
+        dialog.query_one("#keep_within", Input).value = "3d"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "within 3d" in text_of(app, "#policy"), "the new policy")
+        setting = admin_api.retention("bob")
+        assert setting.policy == RetentionPolicy(keep_last=1, keep_within=3 * 86400)
+        assert not setting.is_default
+        await wait_for(pilot, lambda: "dry run: 2 to remove" in text_of(app, "#prune-status"),
+                       "the plan under the new policy")
+
+        await pilot.press("e")
+        await wait_for(pilot, lambda: app.screen.query("#keep_last"), "the policy editor")
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: admin_api.retention("bob").is_default, "the default back")
+        assert len(server.client("bob").snapshots()) == 6, "editing a policy prunes nothing"
 
     drive(admin, scenario)
