@@ -106,7 +106,8 @@ class FramedSocket:
         """Double the buffer, never past the frame being read. It grows only as bytes arrive,
         so a length prefix alone (a slow or lying peer) costs no memory."""
         grown = bytearray(min(size, 2 * len(self._buffer)))
-        grown[:received] = memoryview(self._buffer)[:received]
+        # Whole and from a bytearray: CPython copies that directly (a view would be copied twice).
+        grown[:received] = self._buffer
         self._buffer = grown
 
 
