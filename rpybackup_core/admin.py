@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import ClientConfig
 from .errors import ProtocolError
+from .logs import LogLine
 from .pruner import PrunePlan, PruneRecord, PruneResult, RetentionSetting
 from .remote import RemoteRepository
 from .retention import RetentionPolicy
@@ -66,6 +67,11 @@ class AdminClient:
     def prune(self, client: str, dry_run: bool = False) -> PruneResult:
         """Apply the client's policy and collect garbage (or, dry, say what that would do)."""
         return PruneResult.from_json(self._call("admin_prune", client=client, dry_run=dry_run))
+
+    def log_lines(self, level: str = "INFO", limit: int = 200) -> list[LogLine]:
+        """The server's recent log lines at ``level`` or above, oldest first."""
+        doc = self._call("admin_log", level=level, limit=limit)
+        return [LogLine.from_json(item) for item in doc.get("lines", [])]
 
     def prune_history(self, client: str | None = None, limit: int = 100) -> list[PruneRecord]:
         """Past prunes, newest first, of one client or of all."""

@@ -10,6 +10,7 @@ import threading
 
 from .config import ServerConfig
 from .errors import ListenFailed, ProtocolError, RPyBackupError
+from .logs import RecentLog
 from .protocol import FramedSocket
 from .pruner import Pruner, PruneScheduler, PruneSettings
 from .ratelimit import AttemptLimiter
@@ -33,6 +34,7 @@ class BackupServer:
             log.info("discarded %d unfinished pack(s) left by an earlier run", discarded)
         self.prune_settings = PruneSettings.from_config(config)
         self.limiter = AttemptLimiter()
+        self.recent_log = RecentLog()
         self.context = server_context(config.tls_dir)
         family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
         try:
@@ -60,6 +62,8 @@ class BackupServer:
         return host, port
 
     def serve_forever(self) -> None:
+        # Every rpybackup_core logger reports here while serving, for the admin_log request.
+        logging.getLogger("rpybackup_core").addHandler(self.recent_log)
         log.info("listening on %s:%d (TLS 1.3)", *self.address)
         self._scheduler.start()
         try:
@@ -75,6 +79,7 @@ class BackupServer:
                 self._admit(raw, f"{peer[0]}:{peer[1]}")
         finally:
             self._drain()
+            logging.getLogger("rpybackup_core").removeHandler(self.recent_log)
             self._stopped.set()
 
     def _admit(self, raw: socket.socket, peer: str) -> None:
@@ -99,7 +104,7 @@ class BackupServer:
             tls.settimeout(self.config.idle_timeout)
             Session(
                 self.repo, FramedSocket(tls), peer, self.config.pack_size, self.prune_settings,
-                self.limiter,
+                self.limiter, self.recent_log,
             ).run()
         except ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", peer, exc)

@@ -34,6 +34,7 @@ from .errors import (
     ServerError,
     StorageError,
 )
+from .logs import LEVELS, RecentLog
 from .pack import PackEntry, PackWriter
 from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
 from .pruner import Pruner, PruneSettings
@@ -124,8 +125,10 @@ class Session:
         pack_size: int,
         prune_settings: PruneSettings | None = None,
         limiter: AttemptLimiter | None = None,
+        recent_log: RecentLog | None = None,
     ) -> None:
         self.repo = repo
+        self.recent_log = recent_log
         self.framed = framed
         self.peer = peer
         self.host = peer.rsplit(":", 1)[0]
@@ -505,6 +508,23 @@ class Session:
         return self._document({"history": [record.to_json() for record in records]})
 
 
+    MAX_LOG_LINES = 1000
+
+    def op_admin_log(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """The server's recent log lines at ``level`` or above, oldest first."""
+        self._require_admin()
+        level = _text(frame.header, "level", "INFO")
+        if level not in LEVELS:
+            raise InvalidRequest(f"field 'level' must be one of {', '.join(LEVELS)}")
+        limit = frame.header.get("limit", 200)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not (
+            1 <= limit <= self.MAX_LOG_LINES
+        ):
+            raise InvalidRequest(f"field 'limit' must be a number from 1 to {self.MAX_LOG_LINES}")
+        lines = self.recent_log.lines(level, limit) if self.recent_log else []
+        return self._document({"lines": [line.to_json() for line in lines]})
+
+
 HANDLERS: dict[str, Handler] = {
     "ping": Session.op_ping,
     "enroll": Session.op_enroll,
@@ -525,5 +545,6 @@ HANDLERS: dict[str, Handler] = {
     "admin_prune": Session.op_admin_prune,
     "admin_prune_history": Session.op_admin_prune_history,
     "report": Session.op_report,
+    "admin_log": Session.op_admin_log,
 }
 PUBLIC_OPS = frozenset({"ping", "enroll", "auth"})
