@@ -15,6 +15,7 @@ from rpybackup_core.archiver import BackupResult
 from rpybackup_core.client import BackupClient, ListedEntry, SnapshotInfo
 from rpybackup_core.config import ClientConfig
 from rpybackup_core.errors import BackupIncomplete, Cancelled, PermissionDenied
+from rpybackup_core.logs import LogLine
 from rpybackup_core.progress import Progress, ProgressCallback
 from rpybackup_core.pruner import PruneRecord, PruneResult, RetentionSetting
 from rpybackup_core.restorer import RestoreResult
@@ -22,6 +23,8 @@ from rpybackup_core.retention import RetentionPolicy
 
 from .fleet import Fleet, own_row, status_row
 from .runs import CANCELLED, INCOMPLETE, OK, RunRecord
+
+SERVER_LOG_LINES = 500
 
 
 def now_iso() -> str:
@@ -65,6 +68,18 @@ class Backend:
                 now = datetime.datetime.now(datetime.UTC)
                 return Fleet(admin=True, rows=[status_row(c, now) for c in status.clients])
         return Fleet(admin=False, rows=[own_row(self.name, self.client.snapshots())])
+
+    def server_log(self, level: str) -> list[LogLine] | None:
+        """The server's recent lines at ``level`` and above; None for a plain identity."""
+        if self.is_admin is False:
+            return None
+        try:
+            lines = self.admin.log_lines(level, limit=SERVER_LOG_LINES)
+        except PermissionDenied:
+            self.is_admin = False
+            return None
+        self.is_admin = True
+        return lines
 
     # ---- pruning (admin identity) -----------------------------------------------------------
 

@@ -49,3 +49,32 @@ def test_a_failed_server_call_is_in_the_log(server, alice) -> None:
         assert "cannot reach the server" in shown(app)
 
     drive(alice, scenario)
+
+
+def test_an_admin_reads_the_servers_log_and_it_survives_a_restart(server, admin) -> None:
+    server_log = logging.getLogger("rpybackup_core.server")
+
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        server_log.warning("disk 91% full")
+        await pilot.press("6", "s")
+        await wait_for(pilot, lambda: "disk 91% full" in shown(app), "the server's line")
+        assert "Server log" in text_of(app, "#logs-title")
+        with outage(server):
+            await pilot.press("w")
+            await wait_for(pilot, lambda: "retrying" in text_of(app, "#logs-title"),
+                           "the outage in the title")
+        server_log.warning("back after the restart")
+        await wait_for(pilot, lambda: "back after the restart" in shown(app),
+                       "a line from the restarted server, polled")
+        await pilot.press("s")
+        assert "Console log" in text_of(app, "#logs-title")
+
+    drive(admin, scenario)
+
+
+def test_a_plain_identity_is_told_the_server_log_needs_an_admin(server, alice) -> None:
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        await pilot.press("6", "s")
+        await wait_for(pilot, lambda: "needs an admin identity" in shown(app), "the explanation")
+
+    drive(alice, scenario)
