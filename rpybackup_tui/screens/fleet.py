@@ -51,17 +51,28 @@ class FleetScreen(AreaScreen):
         table = self.query_one(DataTable)
         for label in COLUMNS:
             table.add_column(label, width=WIDTHS.get(label))
-        # The first poll waits for the first frame, so the console never opens on a blank wait.
+
+    def on_screen_resume(self) -> None:
+        # Polls only while shown; the first waits for the first frame, so the console never
+        # opens on a blank wait.
         self.call_after_refresh(self.poll)
 
+    def on_screen_suspend(self) -> None:
+        self.stop_polling()
+
     def poll(self) -> None:
-        self._next_poll = None
+        self.stop_polling()
         self.load_fleet()
 
-    def schedule_poll(self) -> None:
+    def stop_polling(self) -> None:
         if self._next_poll is not None:
             self._next_poll.stop()
-        self._next_poll = self.set_timer(POLL_SECONDS, self.poll)
+            self._next_poll = None
+
+    def schedule_poll(self) -> None:
+        self.stop_polling()
+        if self.is_current:
+            self._next_poll = self.set_timer(POLL_SECONDS, self.poll)
 
     def action_refresh_now(self) -> None:
         self.query_one("#fleet-status", Static).update("refreshing…")
