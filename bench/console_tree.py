@@ -93,23 +93,28 @@ def main() -> None:
     try:
         address = f"127.0.0.1:{server.address[1]}"
         code = server.repo.add_client("bench", admin=False, ttl=600)
-        client_config, _ = enroll(address, code, fingerprint, work / "client.toml",
-                                  passphrase="bench")
+        client_config, _ = enroll(
+            address, code, fingerprint, work / "client.toml", passphrase="bench"
+        )
         client_config.cache_dir = str(work / "cache")
-        flat, nested = timed(f"create {args.files:,} files", lambda: make_tree(work / "src",
-                                                                              args.files))
+        flat, nested = timed(
+            f"create {args.files:,} files", lambda: make_tree(work / "src", args.files)
+        )
         client_config.sources = [str(work / "src")]
         client_config.save()
-        result = timed("back them up (one snapshot)", lambda: BackupClient(client_config)
-                       .backup())
+        result = timed("back them up (one snapshot)", lambda: BackupClient(client_config).backup())
         print(f"  {result.files:,} files, {result.dirs:,} folders in the snapshot")
         backend = Backend(client_config)
         snap = result.snapshot
         timed("list the snapshot's top folder", lambda: backend.children(snap, "/"))
-        timed(f"list a folder of {FOLDER:,} files", lambda: backend.children(
-            snap, str(nested / "d0000")))
-        entries = timed(f"list the flat folder ({args.files // 2:,} files)",
-                        lambda: backend.children(snap, str(flat)))
+        timed(
+            f"list a folder of {FOLDER:,} files",
+            lambda: backend.children(snap, str(nested / "d0000")),
+        )
+        entries = timed(
+            f"list the flat folder ({args.files // 2:,} files)",
+            lambda: backend.children(snap, str(flat)),
+        )
         assert len(entries) == args.files // 2
         seconds = asyncio.run(open_flat_folder(ConsoleApp(client_config), flat))
         print(f"{'console: open snapshot, expand to the flat folder':<52} {seconds:8.3f} s")

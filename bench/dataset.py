@@ -9,6 +9,7 @@ scale give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -250,3 +251,39 @@ def tree_bytes(root: Path) -> int:
         for name in files:
             total += os.lstat(os.path.join(folder, name)).st_size
     return total
+
+
+def compare(source: Path, restored: Path) -> list[str]:
+    """Differences in entries, content, mode and mtime, read in blocks (the bench stays small)."""
+    problems: list[str] = []
+    for folder, dirs, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        other = restored / relative
+        expected = sorted(dirs + files)
+        try:
+            present = sorted(os.listdir(other))
+        except OSError as exc:
+            problems.append(f"{other}: {exc}")
+            continue
+        if present != expected:
+            problems.append(f"{relative}: entries differ")
+        for name in files:
+            a, b = Path(folder) / name, other / name
+            try:
+                sa, sb = os.lstat(a), os.lstat(b)
+            except OSError as exc:
+                problems.append(str(exc))
+                continue
+            if (sa.st_mode, sa.st_mtime_ns, sa.st_size) != (sb.st_mode, sb.st_mtime_ns, sb.st_size):
+                problems.append(f"{relative / name}: metadata differs")
+            elif _digest(a) != _digest(b):
+                problems.append(f"{relative / name}: content differs")
+    return problems
+
+
+def _digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK):
+            digest.update(block)
+    return digest.digest()

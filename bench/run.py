@@ -29,8 +29,6 @@ from typing import Any
 import dataset
 from tools import Borg, Measured, Restic, RPyBackup, ensure_installed
 
-from rpybackup_core.demo import compare_trees
-
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
 MB = 1000 * 1000
@@ -163,7 +161,7 @@ def run_repeat(
             rpy_first,
         )
         samples.setdefault("restored_bytes", []).append(dataset.tree_bytes(data))
-        problems = compare_trees(data, targets["rpy"] / data.relative_to("/"))
+        problems = dataset.compare(data, targets["rpy"] / data.relative_to("/"))
         if problems:
             raise SystemExit(f"rPyBackup restore differs from the source: {problems[:5]}")
         for target in targets.values():
@@ -211,7 +209,10 @@ def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[floa
     return samples
 
 
-def summarize(samples: dict[str, list[float]], big: dict[str, list[float]]) -> dict[str, Any]:
+def summarize(
+    samples: dict[str, list[float]], big: dict[str, list[float]], big_mib: int
+) -> dict[str, Any]:
+    big_label = "1 GiB" if big_mib == 1024 else f"{big_mib} MiB"
     med = {key: statistics.median(values) for key, values in samples.items()}
     rows = []
     for goal in GOALS:
@@ -256,7 +257,7 @@ def summarize(samples: dict[str, list[float]], big: dict[str, list[float]]) -> d
                 "met": peak <= rss_limit,
             }
         )
-    for label, key in (("1 GiB put", "put_mbps"), ("1 GiB get", "get_mbps")):
+    for label, key in ((f"{big_label} put", "put_mbps"), (f"{big_label} get", "get_mbps")):
         if key in big:
             value = statistics.median(big[key])
             rows.append(
@@ -343,7 +344,7 @@ def main() -> int:
         run_repeat(work, data, args.scale, index, not args.no_borg, samples)
     shutil.rmtree(data)
     big = run_big_file(work, args.big_file_mib, args.repeats) if args.big_file_mib else {}
-    summary = summarize(samples, big)
+    summary = summarize(samples, big, args.big_file_mib)
     data_bytes = statistics.median(samples["dataset_bytes"])
     print(
         f"\nrPyBackup vs {Restic(work).version}, {Borg(work).version}; scale {args.scale} "

@@ -22,6 +22,7 @@ from pathlib import Path
 from rpybackup_core.config import ClientConfig
 
 PASSWORD = "bench-password-not-secret"
+TIME = "/usr/bin/time"
 _SERVER_START_TIMEOUT = 60.0
 
 
@@ -38,26 +39,38 @@ class Measured:
 
 
 def run_measured(argv: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run a command to completion; its wall time, its own peak RSS and its stdout."""
-    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-out-{os.getpid()}.txt"
+    """Run a command to completion; its wall time, its own peak RSS, CPU time and stdout.
+
+    The peak comes from GNU time, a small C process: a child forked straight from this
+    (large) Python process would inherit its peak RSS in ``ru_maxrss`` across exec.
+    """
+    scratch = Path(os.environ.get("TMPDIR", "/tmp"))
+    out_path = scratch / f"bench-out-{os.getpid()}.txt"
+    usage_path = scratch / f"bench-usage-{os.getpid()}.txt"
+    timed = [TIME, "-q", "-o", str(usage_path), "-f", "%M %U %S", *argv]
     with out_path.open("w+b") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL
+        process = subprocess.run(
+            timed,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
-        stderr = process.stderr.read() if process.stderr else b""
-        _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     out_path.unlink()
+    usage = usage_path.read_text().split()
+    usage_path.unlink()
     if process.returncode != 0:
         raise BenchError(
             f"{' '.join(argv[:3])} ... exited {process.returncode}: "
-            f"{stderr.decode('utf-8', 'replace')[-2000:]}"
+            f"{process.stderr.decode('utf-8', 'replace')[-2000:]}"
         )
-    return Measured(seconds, usage.ru_maxrss * 1024, text, usage.ru_utime + usage.ru_stime)
+    peak_kib, user, system = int(usage[-3]), float(usage[-2]), float(usage[-1])
+    return Measured(seconds, peak_kib * 1024, text, user + system)
 
 
 def dir_size(path: Path) -> int:
@@ -245,11 +258,11 @@ class Borg:
 
 
 def ensure_installed() -> None:
-    """Install restic and borg from Debian packages when they are missing."""
-    missing = [tool for tool in ("restic", "borg") if shutil.which(tool) is None]
-    if not missing:
+    """Install restic, borg and GNU time from Debian packages when they are missing."""
+    wanted = {"restic": "restic", "borg": "borgbackup", TIME: "time"}
+    packages = [package for tool, package in wanted.items() if shutil.which(tool) is None]
+    if not packages:
         return
-    packages = ["restic" if tool == "restic" else "borgbackup" for tool in missing]
     print(f"installing {' '.join(packages)} ...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
