@@ -24,6 +24,23 @@ from .base import AreaScreen
 SHOWN_RUNS = 50
 
 
+def describe_run(run: RunRecord) -> str:
+    """A run started here, in full: the table cell only has room for the start of it."""
+    what = f"snapshot {run.snapshot[:8]}" if run.snapshot else "no snapshot"
+    message = f" · {run.message}" if run.message else ""
+    return (f"{short_time(run.started)} · {run.outcome} · {what} · {run.files:,} files, "
+            f"{human_bytes(run.bytes)} read, {human_bytes(run.uploaded_bytes)} uploaded"
+            f"{message}")
+
+
+def describe_snapshot(snap: SnapshotInfo) -> str:
+    stats = snap.stats
+    tags = f" · tags {', '.join(snap.tags)}" if snap.tags else ""
+    return (f"{short_time(snap.time)} · {snapshot_result(snap)} · "
+            f"{int(stats.get('files', 0)):,} files, {int(stats.get('dirs', 0)):,} folders, "
+            f"{human_bytes(int(stats.get('bytes', 0)))}{tags}")
+
+
 class RunsScreen(AreaScreen):
     AREA = "runs"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -38,12 +55,14 @@ class RunsScreen(AreaScreen):
         self.running = False
         self.started = ""
         self.server_runs: list[SnapshotInfo] = []
+        self.details: list[str] = []
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="run-state", classes="area-title", markup=False)
         yield ProgressPanel(id="run-progress")
         yield Static("Last runs", classes="section-title")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="run-detail", markup=False)
         yield Static("", id="runs-status", classes="status-line", markup=False)
 
     def on_mount(self) -> None:
@@ -80,15 +99,22 @@ class RunsScreen(AreaScreen):
         table = self.query_one("#runs", DataTable)
         table.clear()
         known = {run.snapshot for run in self.console.runs}
-        rows: list[tuple[str, list[str | Text]]] = []
+        rows: list[tuple[str, list[str | Text], str]] = []
         for run in self.console.runs:
-            rows.append((run.started, self.run_cells(run)))
+            rows.append((run.started, self.run_cells(run), describe_run(run)))
         for snap in self.server_runs:
             if snap.id not in known:
-                rows.append((snap.time, self.snapshot_cells(snap)))
+                rows.append((snap.time, self.snapshot_cells(snap), describe_snapshot(snap)))
         rows.sort(key=lambda row: row[0], reverse=True)
-        for _, cells in rows[:SHOWN_RUNS]:
+        self.details = [detail for _, _, detail in rows[:SHOWN_RUNS]]
+        for _, cells, _ in rows[:SHOWN_RUNS]:
             table.add_row(*cells)
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        index = event.cursor_row
+        detail = self.details[index] if 0 <= index < len(self.details) else ""
+        self.query_one("#run-detail", Static).update(detail)
 
     def run_cells(self, run: RunRecord) -> list[str | Text]:
         bad = run.outcome in (FAILED, INCOMPLETE)

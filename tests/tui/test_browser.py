@@ -7,6 +7,7 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Tree
 from textual.widgets.tree import TreeNode
 
+from rpybackup_core.demo import compare_trees
 from rpybackup_tui.app import ConsoleApp
 from rpybackup_tui.screens.browser import PAGE
 
@@ -63,9 +64,9 @@ def test_snapshots_then_a_lazy_tree_then_details(server, alice, sample_tree: Pat
     drive(alice, scenario)
 
 
-def test_restore_one_file_and_the_whole_snapshot(server, alice, sample_tree: Path,
+def test_restore_a_file_a_folder_and_the_whole_snapshot(server, alice, sample_tree: Path,
                                                  tmp_path: Path) -> None:
-    one, whole = tmp_path / "one", tmp_path / "whole"
+    one, folder, whole = tmp_path / "one", tmp_path / "folder", tmp_path / "whole"
 
     async def restore_to(app: ConsoleApp, pilot, key: str, target: Path) -> None:
         await pilot.press(key)
@@ -82,12 +83,16 @@ def test_restore_one_file_and_the_whole_snapshot(server, alice, sample_tree: Pat
         tree.move_cursor(child(top, "run.sh"))
         tree.focus()
         await restore_to(app, pilot, "r", one)
+        tree.move_cursor(child(top, "docs"))
+        await restore_to(app, pilot, "r", folder)
         await restore_to(app, pilot, "a", whole)
 
     drive(alice, scenario)
     inside = sample_tree.relative_to("/")
     assert (one / inside / "run.sh").read_bytes() == (sample_tree / "run.sh").read_bytes()
     assert not (one / inside / "photo.raw").exists(), "only the chosen file is restored"
+    assert compare_trees(sample_tree / "docs", folder / inside / "docs") == []
+    assert not (folder / inside / "run.sh").exists(), "only the chosen folder is restored"
     assert (whole / inside / "photo.raw").read_bytes() == (sample_tree / "photo.raw").read_bytes()
 
 

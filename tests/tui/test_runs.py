@@ -11,7 +11,7 @@ from rpybackup_core.config import ClientConfig
 from rpybackup_tui.app import ConsoleApp
 from rpybackup_tui.widgets.progress_panel import ProgressPanel
 
-from .conftest import drive, outage, wait_for
+from .conftest import drive, outage, text_of, wait_for
 
 
 def outcomes(app: ConsoleApp) -> list[str]:
@@ -81,6 +81,9 @@ def test_a_run_against_a_stopped_server_fails_with_a_message(server, alice) -> N
             assert app.runs[0].outcome == "failed"
             assert "cannot reach the server" in app.runs[0].message
             assert outcomes(app)[0] == "failed"
+            app.screen.query_one("#runs", DataTable).move_cursor(row=0)
+            await pilot.pause()
+            assert "cannot reach the server" in text_of(app, "#run-detail"), "in full"
         await pilot.press("b")
         await wait_for(pilot, lambda: len(app.runs) == 2, "the run after the restart")
         assert app.runs[1].outcome == "ok"
