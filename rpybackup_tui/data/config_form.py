@@ -49,10 +49,8 @@ def _check_server(text: str) -> str:
 
 
 def _check_sources(text: str) -> str:
-    sources = _lines(text)
-    if not sources:
-        return "give at least one directory to back up, one per line"
-    for source in sources:
+    # No sources is allowed: an admin identity may only ever watch the fleet.
+    for source in _lines(text):
         path = os.path.expanduser(source)
         if not os.path.isabs(path):
             return f"{source}: give an absolute path (or one starting with ~)"

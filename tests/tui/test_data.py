@@ -83,7 +83,6 @@ def form(tmp_path: Path, **fields: str) -> ConfigForm:
         ("server", "", "HOST:PORT"),
         ("server", "host:port", "non-numeric port"),
         ("server", "host:99999", "out of range"),
-        ("sources", "", "at least one"),
         ("sources", "relative", "absolute path"),
         ("sources", "/no/such/dir/anywhere", "does not exist"),
         ("quiet", "0s", "between 1s and 24h"),
