@@ -20,7 +20,6 @@ from rpybackup_core.logs import LEVELS, LogLine
 from .base import AreaScreen
 
 POLL_SECONDS = 5.0
-_STYLES = {"DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "bold red"}
 NEEDS_ADMIN = "The server's log needs an admin identity ('client add NAME --admin')."
 
 
@@ -37,11 +36,11 @@ class ServerLogLoaded(Message):
         self.lines = lines
 
 
-def render_line(line: LogLine) -> Text:
+def render_line(line: LogLine, styles: dict[str, str]) -> Text:
     when = datetime.datetime.fromtimestamp(line.created, datetime.UTC)
     return Text.assemble(
         (f"{when:%H:%M:%S} ", "dim"),
-        (f"{line.level:<7} ", _STYLES[line.level]),
+        (f"{line.level:<7} ", styles[line.level]),
         (f"{line.source}: ", "italic"),
         line.message,
     )
@@ -95,8 +94,14 @@ class LogsScreen(AreaScreen):
             f"{self.source.capitalize()} log · {self.min_level.lower()} and above · "
             f"{len(lines)} line(s) · s switches"
         )
+        styles = self.level_styles()
         for line in lines:
-            view.write(render_line(line))
+            view.write(render_line(line, styles))
+
+    def level_styles(self) -> dict[str, str]:
+        theme = self.app.current_theme
+        return {"DEBUG": "dim", "INFO": "", "WARNING": theme.warning or "",
+                "ERROR": f"bold {theme.error}"}
 
     def action_level(self, level: str) -> None:
         assert level in LEVELS
@@ -118,7 +123,7 @@ class LogsScreen(AreaScreen):
         if self.source == "console" and message.line.levelno >= logging.getLevelName(
             self.min_level
         ):
-            self.query_one(RichLog).write(render_line(message.line))
+            self.query_one(RichLog).write(render_line(message.line, self.level_styles()))
 
     # ---- the server's log -------------------------------------------------------------------
 
