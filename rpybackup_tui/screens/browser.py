@@ -101,6 +101,9 @@ class BrowserScreen(AreaScreen):
     def on_mount(self) -> None:
         self.query_one("#snapshots", DataTable).add_columns("Time (UTC)", "Files", "Size", "Tags")
         self.query_one(ProgressPanel).stop()
+
+    def on_screen_resume(self) -> None:
+        # Fresh on every visit: a backup made on the runs screen shows up here.
         self.call_after_refresh(self.load_snapshots)
 
     # ---- snapshots --------------------------------------------------------------------------
@@ -115,8 +118,12 @@ class BrowserScreen(AreaScreen):
 
     @on(SnapshotsLoaded)
     def show_snapshots(self, message: SnapshotsLoaded) -> None:
-        self.snapshots = list(reversed(message.snapshots))
         table = self.query_one("#snapshots", DataTable)
+        # The row the cursor is on stays under it, unless it is the newest (row 0), which
+        # stays the newest.
+        row = table.cursor_row
+        keep = self.snapshots[row].id if 0 < row < len(self.snapshots) else None
+        self.snapshots = list(reversed(message.snapshots))
         table.clear()
         for snap in self.snapshots:
             table.add_row(
@@ -126,9 +133,13 @@ class BrowserScreen(AreaScreen):
                 ",".join(snap.tags) or "—",
                 key=snap.id,
             )
-        count = len(self.snapshots)
-        self.set_status(f"{count} snapshot(s) · enter opens one" if count else
-                        "no snapshots yet · start one on the runs screen (4)")
+        ids = [snap.id for snap in self.snapshots]
+        if keep in ids:
+            table.move_cursor(row=ids.index(keep))
+        if self.current is None:
+            count = len(self.snapshots)
+            self.set_status(f"{count} snapshot(s) · enter opens one" if count else
+                            "no snapshots yet · start one on the runs screen (4)")
 
     @on(DataTable.RowSelected, "#snapshots")
     def open_snapshot(self, event: DataTable.RowSelected) -> None:

@@ -62,6 +62,8 @@ class PruneScreen(AreaScreen):
         self.query_one("#history", DataTable).add_columns(
             "When (UTC)", "Client", "By", "Removed", "Kept", "Freed"
         )
+
+    def on_screen_resume(self) -> None:
         self.call_after_refresh(self.load_clients)
 
     @property
@@ -88,7 +90,7 @@ class PruneScreen(AreaScreen):
         fleet: Fleet = message.fleet
         self.admin = fleet.admin
         if not fleet.admin:
-            self.query_one("#policy", Static).update("needs the server's admin API")
+            self.query_one("#policy", Static).update("needs an admin identity")
             self.set_status(NEEDS_ADMIN, error=True)
             return
         select = self.query_one("#prune-client", Select)

@@ -71,6 +71,9 @@ class RunsScreen(AreaScreen):
         )
         self.query_one(ProgressPanel).stop()
         self.show_state()
+
+    def on_screen_resume(self) -> None:
+        self.show_state()
         self.call_after_refresh(self.load_history)
 
     def show_state(self) -> None:

@@ -36,6 +36,9 @@ def test_back_up_now_shows_progress_and_records_the_run(server, alice) -> None:
         assert not app.screen.query_one(ProgressPanel).display
         await wait_for(pilot, lambda: table.row_count == 2, "the new run in the list")
         assert outcomes(app) == ["ok", "ok"]
+        await pilot.press("3")
+        snapshots = app.screen.query_one("#snapshots", DataTable)
+        await wait_for(pilot, lambda: snapshots.row_count == 2, "the new snapshot in Browse")
 
     drive(alice, scenario)
     assert len(server.client("alice").snapshots()) == 2
