@@ -76,14 +76,14 @@ class ConsoleApp(App[None]):
         logging.getLogger().removeHandler(self.log_buffer)
 
     def report_failure(self, worker: Worker[object]) -> str:
-        """Notify once per distinct failure of a worker group; a poll that keeps failing is
-        shown again only when its reason changes."""
+        """Notify once per distinct failure: a poll that keeps failing, or every area finding
+        the same dead server, is one notification until that reason goes away."""
         error = worker.error
         message = describe_failure(error) if error is not None else "failed"
         log.warning("%s: %s", worker.group, message)
-        if self._shown_failures.get(worker.group) != message:
-            self._shown_failures[worker.group] = message
+        if message not in self._shown_failures.values():
             self.notify(message, title="Error", severity="error", timeout=8)
+        self._shown_failures[worker.group] = message
         return message
 
     def clear_failure(self, group: str) -> None:
