@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .crypto import MasterKey, Sealer
+from .memory import share_malloc_arena
 from .progress import Progress
 from .protocol import pack_sealed
 from .remote import RemoteRepository
@@ -61,6 +62,7 @@ class ChunkUploader:
         self._key = key
         self._local = threading.local()
         self._workers = workers or seal_workers()
+        share_malloc_arena()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
         self.on_server: set[bytes] = set()
         self.referenced: set[bytes] = set()
