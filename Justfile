@@ -8,6 +8,10 @@ setup:
 test *ARGS:
     {{py}} -m pytest -q {{ARGS}}
 
+# The long robustness profile: 100+ daemon kills, 100,000+ fuzz cases, fresh seeds (~20 min).
+soak *ARGS:
+    RPYBACKUP_SOAK=1 {{py}} -m pytest -q --timeout 3600 tests/robustness {{ARGS}}
+
 demo:
     {{venv}}/bin/rpybackup-core demo
 
