@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ MAX_HEADER = 64 * 1024
 # A put or get batch: several chunks of at most 4 MiB each, plus their record headers.
 MAX_PAYLOAD = 16 * 1024 * 1024
 _INITIAL_BUFFER = 64 * 1024
+
+Blob = bytes | bytearray | memoryview
 
 # Record layout inside a put payload: chunk id, storage hash, sealed length, sealed bytes.
 RECORD = struct.Struct(">32s32sI")
@@ -111,16 +113,16 @@ class FramedSocket:
         self._buffer = grown
 
 
-def pack_records(records: list[tuple[bytes, bytes, bytes | bytearray]]) -> bytes:
+def pack_records(records: Sequence[tuple[bytes, bytes, Blob]]) -> bytes:
     """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
-    parts: list[bytes | bytearray] = []
+    parts: list[Blob] = []
     for chunk_id, digest, sealed in records:
         parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
         parts.append(sealed)
     return b"".join(parts)
 
 
-def pack_sealed(records: list[tuple[bytes, bytes | bytearray]]) -> bytes:
+def pack_sealed(records: Sequence[tuple[bytes, Blob]]) -> bytes:
     """A put payload for (chunk id, sealed blob) records, with each blob's storage hash."""
     return pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
 

@@ -388,7 +388,7 @@ class Session:
         missing = [chunk_id for chunk_id in ids if chunk_id not in locations]
         if missing:
             raise NotFound(f"chunk {missing[0].hex()[:16]} is not stored on the server")
-        batch: list[tuple[bytes, bytes, bytes]] = []
+        batch: list[tuple[bytes, bytes, bytes | memoryview]] = []
         batch_size = 0
         # Frames of a few MiB keep both peers' buffers small; the client pipelines anyway.
         limit = min(self.framed.max_payload - 4096, GET_FRAME_BYTES)
