@@ -188,7 +188,7 @@ def world() -> Iterator[World]:
 OPS = [*sorted(HANDLERS), "hello", "", "__init__", "op_put"]
 FIELDS = ["code", "client", "token", "root", "time", "tags", "meta", "stats", "parent", "state",
           "last_result", "last_backup", "dry_run", "limit", "policy", "id", "magic", "protocol",
-          "more", "count"]
+          "more", "count", "level"]
 
 
 def _requests(world: World) -> st.SearchStrategy[tuple[dict[str, Any], bytes]]:
@@ -310,6 +310,7 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
         "admin_prune_plan": ({"client": "alice"}, b""),
         "admin_prune": ({"client": "alice", "dry_run": False}, b""),
         "admin_prune_history": ({"client": "alice"}, b""),
+        "admin_log": ({"level": "DEBUG", "limit": 100}, b""),
     }
     header, payload = requests[op]
     return {"op": op, **header}, payload
