@@ -140,23 +140,17 @@ class _TempFile:
     """
 
     def __init__(
-        self,
-        fd: int,
-        name: str,
-        node: Node,
-        shown: str,
-        fresh_dir: bool,
-        dir_lock: threading.Lock,
+        self, where: _OpenDir, name: str, node: Node, shown: str, follow_existing: bool
     ) -> None:
-        self.fd = fd
+        self.fd = where.fd
         self.name = name
         self.node = node
         self.shown = shown
-        self.in_place = fresh_dir
-        self.dir_lock = dir_lock
-        self.temp = name if fresh_dir else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
-        with dir_lock:
-            self.out = os.open(self.temp, _TEMP_FLAGS, 0o600, dir_fd=fd)
+        self.in_place = where.fresh and not follow_existing
+        self.dir_lock = where.lock
+        self.temp = name if self.in_place else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+        with self.dir_lock:
+            self.out = os.open(self.temp, _TEMP_FLAGS, 0o600, dir_fd=self.fd)
         self.digest = hashlib.sha256()
         self.written = 0
         self.error: OSError | RPyBackupError | None = None
@@ -211,13 +205,28 @@ def _refuse_dir(fd: int, name: str, shown: str) -> None:
         raise RestoreError(f"{shown}: a directory is in the way")
 
 
+@dataclass(eq=False)
+class _OpenDir:
+    """A directory being restored into. Its own metadata (``node``) goes on, and its
+    descriptor is closed, once it has been walked and every file job inside it has ended."""
+
+    fd: int
+    shown: str
+    node: Node | None = None
+    # Created by this restore, so empty when opened: files can be written in place.
+    fresh: bool = False
+    pending: int = 0
+    walked: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class Restorer:
     """Fetches on the calling thread and writes on a small pool.
 
     The main thread walks trees and receives sealed chunks; pool threads decrypt, verify and
     write files (AES-GCM, zstd, SHA-256 and file I/O release the GIL), so the next batch is
-    on the wire while the last one is written. A directory's own metadata is set only after
-    every file job inside it has finished.
+    on the wire while the last one is written. No directory waits for the jobs of another:
+    each is finished (times, mode) when its own last job ends.
     """
 
     def __init__(
@@ -237,10 +246,8 @@ class Restorer:
         self._local = threading.local()
         self._workers = workers or restore_workers()
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[Future[list[_Outcome]]] = deque()
-        # Descriptors of directories this restore created (empty when opened).
-        self._fresh: set[int] = set()
-        self._dir_lock = threading.Lock()
+        self._jobs: deque[tuple[Future[list[_Outcome]], _OpenDir]] = deque()
+        self._open: list[_OpenDir] = []
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -249,12 +256,13 @@ class Restorer:
         trail, node = self.trees.find(root, parts)
         target.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top = _OpenDir(fd, "")
         try:
             with self._running():
                 if node is None:
-                    self._restore_nodes(fd, self.trees.load(root), "")
+                    self._restore_nodes(top, self.trees.load(root), "")
                 else:
-                    self._restore_along(fd, trail, node)
+                    self._restore_along(top, trail, node)
         finally:
             os.close(fd)
         self.progress.phase = "done"
@@ -269,7 +277,8 @@ class Restorer:
         fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with self._running():
-                self._restore_file(fd, dest.name, node, str(dest), follow_existing=True)
+                where = _OpenDir(fd, str(dest.parent))
+                self._restore_file(where, dest.name, node, str(dest), follow_existing=True)
         finally:
             os.close(fd)
         if self.result.errors:
@@ -290,6 +299,9 @@ class Restorer:
             self._settle()
             self._pool.shutdown(wait=True)
             self._pool = None
+            for where in self._open:
+                os.close(where.fd)
+            self._open.clear()
 
     def _sealer(self) -> Sealer:
         sealer = getattr(self._local, "sealer", None)
@@ -297,20 +309,29 @@ class Restorer:
             sealer = self._local.sealer = Sealer(self._key)
         return sealer
 
-    def _submit(self, job: Callable[..., list[_Outcome]], *args: Any) -> Future[list[_Outcome]]:
+    def _submit(
+        self, where: _OpenDir, job: Callable[..., list[_Outcome]], *args: Any
+    ) -> Future[list[_Outcome]]:
         assert self._pool is not None
         while len(self._jobs) > self._workers:
-            self._merge(self._jobs.popleft().result())
+            self._collect()
         future = self._pool.submit(job, *args)
-        self._jobs.append(future)
+        self._jobs.append((future, where))
+        where.pending += 1
         return future
+
+    def _collect(self) -> None:
+        future, where = self._jobs.popleft()
+        self._merge(future.result())
+        where.pending -= 1
+        self._finish_if_done(where)
 
     def _drain(self) -> None:
         while self._jobs:
-            self._merge(self._jobs.popleft().result())
+            self._collect()
 
     def _settle(self) -> None:
-        wait(list(self._jobs))
+        wait([future for future, _ in self._jobs])
         self._jobs.clear()
 
     def _merge(self, outcomes: list[_Outcome]) -> None:
@@ -326,28 +347,26 @@ class Restorer:
 
     # ---- directories ------------------------------------------------------------------------
 
-    def _restore_along(self, fd: int, trail: list[Node], node: Node) -> None:
+    def _restore_along(self, where: _OpenDir, trail: list[Node], node: Node) -> None:
         """Create the parents of an included path, then restore it."""
         if not trail:
-            self._restore_nodes(fd, [node], "")
+            self._restore_nodes(where, [node], "")
             return
         parent = trail[0]
-        child_fd = self._open_dir(fd, parent.name, "/" + parent.name)
+        child = self._open_dir(where, parent, "/" + parent.name)
         try:
-            self._restore_along(child_fd, trail[1:], node)
-            self._drain()
-            self._apply_dir_metadata(child_fd, parent)
+            self._restore_along(child, trail[1:], node)
         finally:
-            self._settle()
-            self._close_dir(child_fd)
+            child.walked = True
+            self._finish_if_done(child)
 
-    def _open_dir(self, fd: int, name: str, shown: str) -> int:
+    def _open_dir(self, where: _OpenDir, node: Node, shown: str) -> _OpenDir:
         created = False
         with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=fd)
+            os.mkdir(node.name, 0o700, dir_fd=where.fd)
             created = True
         try:
-            child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            fd = os.open(node.name, _DIR_FLAGS, dir_fd=where.fd)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise RestoreError(
@@ -355,38 +374,43 @@ class Restorer:
                     "refusing to write through it"
                 ) from exc
             raise
-        if created:
-            self._fresh.add(child_fd)
-        return child_fd
+        child = _OpenDir(fd, shown, node, fresh=created)
+        self._open.append(child)
+        return child
 
-    def _close_dir(self, fd: int) -> None:
-        self._fresh.discard(fd)
-        os.close(fd)
+    def _finish_if_done(self, where: _OpenDir) -> None:
+        """Writing a file touches its directory: a directory's times go on after its files."""
+        if not where.walked or where.pending or where.node is None:
+            return
+        self._open.remove(where)
+        try:
+            self._apply_dir_metadata(where.fd, where.node)
+            self.result.dirs += 1
+        except OSError as exc:
+            self._fail(where.shown, exc)
+        finally:
+            os.close(where.fd)
 
-    def _restore_nodes(self, fd: int, nodes: list[Node], prefix: str) -> None:
+    def _restore_nodes(self, where: _OpenDir, nodes: list[Node], prefix: str) -> None:
         files = [node for node in nodes if node.kind == FILE]
-        self._restore_files(fd, files, prefix)
+        self._restore_files(where, files, prefix)
         for node in nodes:
             shown = f"{prefix}/{node.name}"
             try:
                 if node.kind == DIR:
-                    self._restore_dir(fd, node, shown)
+                    self._restore_dir(where, node, shown)
                 elif node.kind == SYMLINK:
-                    self._restore_symlink(fd, node, shown)
+                    self._restore_symlink(where.fd, node, shown)
             except (OSError, RPyBackupError) as exc:
                 self._fail(shown, exc)
 
-    def _restore_dir(self, fd: int, node: Node, shown: str) -> None:
-        child_fd = self._open_dir(fd, node.name, shown)
+    def _restore_dir(self, where: _OpenDir, node: Node, shown: str) -> None:
+        child = self._open_dir(where, node, shown)
         try:
-            self._restore_nodes(child_fd, self.trees.load(node.content), shown)
-            # Writing a file touches its directory: the directory's times go on last.
-            self._drain()
-            self._apply_dir_metadata(child_fd, node)
+            self._restore_nodes(child, self.trees.load(node.content), shown)
         finally:
-            self._settle()
-            self._close_dir(child_fd)
-        self.result.dirs += 1
+            child.walked = True
+            self._finish_if_done(child)
 
     def _apply_dir_metadata(self, fd: int, node: Node) -> None:
         if _IS_ROOT:
@@ -418,59 +442,65 @@ class Restorer:
 
     # ---- files ------------------------------------------------------------------------------
 
-    def _restore_files(self, fd: int, files: list[Node], prefix: str) -> None:
+    def _restore_files(self, where: _OpenDir, files: list[Node], prefix: str) -> None:
         """Small files are fetched in shared batches; large files batch by batch."""
         group: list[Node] = []
         group_bytes = 0
         group_ids = 0
         for node in files:
             if node.size > _FETCH_BYTES:
-                self._restore_file(fd, node.name, node, f"{prefix}/{node.name}")
+                self._restore_file(where, node.name, node, f"{prefix}/{node.name}")
                 continue
             group.append(node)
             group_bytes += node.size
             group_ids += len(node.content)
             if group_bytes >= _FETCH_BYTES or group_ids >= _FETCH_IDS:
-                self._write_group(fd, group, prefix)
+                self._write_group(where, group, prefix)
                 group, group_bytes, group_ids = [], 0, 0
         if group:
-            self._write_group(fd, group, prefix)
+            self._write_group(where, group, prefix)
 
     def _restore_file(
-        self, fd: int, name: str, node: Node, shown: str, follow_existing: bool = False
+        self,
+        where: _OpenDir,
+        name: str,
+        node: Node,
+        shown: str,
+        follow_existing: bool = False,
     ) -> None:
         if node.size > _FETCH_BYTES:
-            self._write_large(fd, name, node, shown, follow_existing)
+            self._write_large(where, name, node, shown, follow_existing)
             return
         try:
             sealed = dict(self.remote.get(list(dict.fromkeys(node.content))))
         except (OSError, RPyBackupError) as exc:
             self._fail(shown, exc)
             return
-        in_place = fd in self._fresh and not follow_existing
-        self._submit(self._group_job, fd, [(name, node, shown)], sealed, follow_existing, in_place)
+        self._submit(
+            where, self._group_job, where, [(name, node, shown)], sealed, follow_existing
+        )
 
-    def _write_group(self, fd: int, group: list[Node], prefix: str) -> None:
+    def _write_group(self, where: _OpenDir, group: list[Node], prefix: str) -> None:
         ids = list(dict.fromkeys(cid for node in group for cid in node.content))
         try:
             sealed = dict(self.remote.get(ids)) if ids else {}
         except IntegrityError:
             # One chunk damaged on the server: file by file, so every other file still restores.
             for node in group:
-                self._restore_file(fd, node.name, node, f"{prefix}/{node.name}")
+                self._restore_file(where, node.name, node, f"{prefix}/{node.name}")
             return
         entries = [(node.name, node, f"{prefix}/{node.name}") for node in group]
-        self._submit(self._group_job, fd, entries, sealed, False, fd in self._fresh)
+        self._submit(where, self._group_job, where, entries, sealed, False)
 
     def _group_job(
         self,
-        fd: int,
+        where: _OpenDir,
         entries: list[tuple[str, Node, str]],
         sealed: dict[bytes, bytes],
         follow_existing: bool,
-        in_place: bool,
     ) -> list[_Outcome]:
-        """Pool thread: open the chunks of a batch and write its files."""
+        """Pool thread: open the chunks of a batch and write its files (reads only ``fd``,
+        ``fresh`` and ``lock`` of ``where``, which never change)."""
         sealer = self._sealer()
         opened: dict[bytes, bytes | memoryview | IntegrityError] = {}
         for chunk_id, blob in sealed.items():
@@ -486,7 +516,7 @@ class Restorer:
                 outcomes.append(_Outcome(shown, error=damaged))
                 continue
             try:
-                temp = _TempFile(fd, name, node, shown, in_place, self._dir_lock)
+                temp = _TempFile(where, name, node, shown, follow_existing)
             except OSError as exc:
                 outcomes.append(_Outcome(shown, error=exc))
                 continue
@@ -499,12 +529,11 @@ class Restorer:
         return outcomes
 
     def _write_large(
-        self, fd: int, name: str, node: Node, shown: str, follow_existing: bool
+        self, where: _OpenDir, name: str, node: Node, shown: str, follow_existing: bool
     ) -> None:
         """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
         try:
-            in_place = fd in self._fresh and not follow_existing
-            temp = _TempFile(fd, name, node, shown, in_place, self._dir_lock)
+            temp = _TempFile(where, name, node, shown, follow_existing)
         except OSError as exc:
             self._fail(shown, exc)
             return
@@ -513,10 +542,10 @@ class Restorer:
         try:
             for batch in self._batches(node):
                 sealed = dict(self.remote.get(list(dict.fromkeys(batch))))
-                previous = self._submit(self._part_job, temp, batch, sealed, previous)
+                previous = self._submit(where, self._part_job, temp, batch, sealed, previous)
         except (OSError, RPyBackupError) as exc:
             error = exc
-        self._submit(self._finish_job, temp, previous, error, follow_existing)
+        self._submit(where, self._finish_job, temp, previous, error, follow_existing)
 
     def _batches(self, node: Node) -> Iterator[list[bytes]]:
         batch: list[bytes] = []
