@@ -50,6 +50,8 @@ def test_a_crash_at_each_step_of_a_backup_loses_nothing(
     assert_clean(daemon.check(read_data=True))
 
     daemon.start()
+    # The half-written pack of the dead session does not stay on the disk forever.
+    assert list((daemon.config.data_dir / "tmp").glob("*.pack.tmp")) == []
     # Killed before its transaction committed, the snapshot is not there, not even half.
     assert [snap.id for snap in daemon.client("alice").snapshots()] == [first.snapshot]
     assert _restore(daemon, first.snapshot, tree.root, tmp_path / "first") == first_want
