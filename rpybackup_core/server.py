@@ -7,13 +7,14 @@ import logging
 import socket
 import ssl
 import threading
+from collections import Counter
 
 from .config import ServerConfig
 from .errors import ListenFailed, ProtocolError, RPyBackupError
 from .logs import RecentLog
 from .protocol import FramedSocket
 from .pruner import Pruner, PruneScheduler, PruneSettings
-from .ratelimit import AttemptLimiter
+from .ratelimit import AttemptLimiter, source_key
 from .repository import Repository
 from .session import Session
 from .storage import open_backend
@@ -47,6 +48,10 @@ class BackupServer:
             ) from exc
         self._listener.settimeout(0.5)
         self._slots = threading.BoundedSemaphore(config.max_connections)
+        # One address (an IPv6 /64) may hold a quarter of the slots: a single host's half-open
+        # handshakes or idle sessions cannot lock every other client out.
+        self._per_source_cap = max(1, config.max_connections // 4)
+        self._per_source: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._scheduler = PruneScheduler(
             Pruner(self.repo, self.prune_settings), config.prune_interval, self._stopping
@@ -88,8 +93,18 @@ class BackupServer:
                         self.config.max_connections)
             raw.close()
             return
+        source = source_key(peer.rsplit(":", 1)[0])
         with self._active_lock:
-            self._active.add(raw)
+            crowded = self._per_source[source] >= self._per_source_cap
+            if not crowded:
+                self._per_source[source] += 1
+                self._active.add(raw)
+        if crowded:
+            log.warning("refusing %s: %s already holds %d connections", peer, source,
+                        self._per_source_cap)
+            raw.close()
+            self._slots.release()
+            return
         thread = threading.Thread(
             target=self._handle, args=(raw, peer), name=f"conn-{peer}", daemon=True
         )
@@ -117,8 +132,12 @@ class BackupServer:
         finally:
             with contextlib.suppress(OSError):
                 (tls or raw).close()
+            source = source_key(peer.rsplit(":", 1)[0])
             with self._active_lock:
                 self._active.discard(raw)
+                self._per_source[source] -= 1
+                if not self._per_source[source]:
+                    del self._per_source[source]
             self._threads.discard(threading.current_thread())
             self._slots.release()
 

@@ -29,11 +29,13 @@ def _connect(daemon: Daemon) -> socket.socket:
     return socket.create_connection(("127.0.0.1", daemon.config.listen_port), timeout=30)
 
 
-def _tls(daemon: Daemon) -> ssl.SSLSocket:
+def _tls(daemon: Daemon, source: str = "127.0.0.1") -> ssl.SSLSocket:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    return context.wrap_socket(_connect(daemon))
+    raw = socket.create_connection(("127.0.0.1", daemon.config.listen_port), timeout=30,
+                                   source_address=(source, 0))
+    return context.wrap_socket(raw)
 
 
 def _frame(header: dict, payload: bytes = b"") -> bytes:
@@ -134,12 +136,13 @@ def test_hostile_connections_never_stop_the_daemon(
 def test_slow_peers_holding_huge_claims_cost_the_daemon_no_memory(
     daemon: Daemon, alice: Path, tmp_path: Path
 ) -> None:
-    """Thirty connections each claim a 16 MiB frame and send a trickle of it."""
+    """Thirty connections (from three addresses, within the per-address share of slots) each
+    claim a 16 MiB frame and send a trickle of it."""
     baseline = daemon.peak_rss()
     slow = []
     try:
-        for _ in range(30):
-            sock = _tls(daemon)
+        for index in range(30):
+            sock = _tls(daemon, f"127.0.0.{2 + index % 3}")
             sock.sendall(HELLO + PREFIX.pack(2, MAX_PAYLOAD) + b"{}" + b"\0" * 1000)
             slow.append(sock)
         # A real backup meanwhile: its reply proves the daemon has read every slow peer's bytes
@@ -151,6 +154,27 @@ def test_slow_peers_holding_huge_claims_cost_the_daemon_no_memory(
             sock.close()
     # 30 x 16 MiB if claims were believed; a 64 KiB buffer each when they are not.
     assert grown < 64 * MIB, f"the daemon grew {grown / MIB:.0f} MiB"
+
+
+def test_one_address_cannot_take_every_connection_slot(
+    daemon: Daemon, alice: Path, tmp_path: Path
+) -> None:
+    daemon.config.max_connections = 8
+    daemon.config.save()
+    daemon.restart()
+    # Plain TCP connections that never start their handshake: each one admitted holds a slot
+    # for the 20 s handshake timeout. The accept loop takes connections in order, so all of
+    # them are admitted or refused before the client below is.
+    hogs = [
+        socket.create_connection(("127.0.0.1", daemon.config.listen_port), timeout=30,
+                                 source_address=("127.0.0.2", 0))
+        for _ in range(12)
+    ]
+    try:
+        _backs_up_and_restores(daemon, alice, tmp_path / "restored")
+    finally:
+        for hog in hogs:
+            hog.close()
 
 
 def test_tls_audit_with_sslscan(daemon: Daemon) -> None:
