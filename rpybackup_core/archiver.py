@@ -17,11 +17,13 @@ import os
 import re
 import socket
 import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chunker import Chunker
+from .chunker import MIN_SIZE, Chunker
 from .crypto import MasterKey, Sealer
 from .errors import BackupIncomplete, UsageError
 from .files_cache import FilesCache
@@ -63,6 +65,31 @@ class BackupResult:
         }
 
 
+class _OrderedHash:
+    """The SHA-256 of a large file, computed on its own thread in file order.
+
+    hashlib releases the GIL, so the main thread chunks and derives ids meanwhile; a single
+    worker keeps the updates in order, and a short queue bounds the memory held.
+    """
+
+    _DEPTH = 4
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._digest = hashlib.sha256()
+        self._pool = pool
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        while len(self._pending) >= self._DEPTH:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._digest.update, data))
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._digest.hexdigest()
+
+
 def normalize_sources(paths: list[str]) -> list[Path]:
     """Absolute, de-duplicated sources; a source inside another source is dropped."""
     if not paths:
@@ -98,6 +125,7 @@ class Archiver:
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
+        self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="file-hash")
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -121,6 +149,7 @@ class Archiver:
             self.uploader.finish()
         finally:
             self.uploader.close()
+            self._hash_pool.shutdown(wait=True)
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
         stats = {
             "files": self.progress.files_done,
@@ -300,12 +329,16 @@ class Archiver:
             self._error(path, exc)
             return None
         self.progress.current = path
-        digest = hashlib.sha256()
+        digest: _OrderedHash | hashlib._Hash = hashlib.sha256()
         ids: list[bytes] = []
         size = 0
         try:
             before = os.fstat(fd)
-            for piece in self.chunker.file(fd, before.st_size):
+            if before.st_size > MIN_SIZE:
+                digest = _OrderedHash(self._hash_pool)
+            for view in self.chunker.file(fd, before.st_size):
+                # A stream's views are reused; the hash thread and the batch keep this copy.
+                piece = bytes(view)
                 digest.update(piece)
                 chunk_id = self.sealer.chunk_id(piece)
                 self.uploader.add(chunk_id, piece)
