@@ -94,8 +94,14 @@ class AttemptLimiter:
             self._failures.move_to_end(key)
             failures.append(now)
             count = len(failures)
-        log.warning("%s: %s (%d of %d allowed failures in %.0fs)", address, what, count,
-                    self.max_failures, self.window)
+        log.warning(
+            "%s: %s (%d of %d allowed failures in %.0fs)",
+            address,
+            what,
+            count,
+            self.max_failures,
+            self.window,
+        )
 
     def tracked(self) -> int:
         with self._lock:

@@ -39,16 +39,33 @@ class Profile:
         return random.Random(f"{self.seed}-{salt}")
 
 
-QUICK = Profile(False, 20261126, server_kills=10, client_kills=2, fuzz_frames=4000,
-                fuzz_handlers=5000, fuzz_cross_client=1200, hostile_connections=60,
-                bit_flips=40, load_clients=50)
+QUICK = Profile(
+    False,
+    20261126,
+    server_kills=10,
+    client_kills=2,
+    fuzz_frames=4000,
+    fuzz_handlers=5000,
+    fuzz_cross_client=1200,
+    hostile_connections=60,
+    bit_flips=40,
+    load_clients=50,
+)
 
 
 def soak_profile() -> Profile:
-    return Profile(True, random.SystemRandom().randrange(2**32), server_kills=100,
-                   client_kills=10, fuzz_frames=40000, fuzz_handlers=50000,
-                   fuzz_cross_client=12000, hostile_connections=600, bit_flips=400,
-                   load_clients=50)
+    return Profile(
+        True,
+        random.SystemRandom().randrange(2**32),
+        server_kills=100,
+        client_kills=10,
+        fuzz_frames=40000,
+        fuzz_handlers=50000,
+        fuzz_cross_client=12000,
+        hostile_connections=600,
+        bit_flips=400,
+        load_clients=50,
+    )
 
 
 @pytest.fixture(scope="session")

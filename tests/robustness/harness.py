@@ -90,7 +90,9 @@ class Daemon:
             log.write(f"---- start {self.starts} faults={faults!r}\n".encode())
             self.process = subprocess.Popen(
                 [*CLI, "--config", str(self.config.path), "serve"],
-                stdout=log, stderr=log, env=env,
+                stdout=log,
+                stderr=log,
+                env=env,
             )
         wait_for_port(self.config.listen_port, self.process, START_TIMEOUT)
 
@@ -167,8 +169,14 @@ class Daemon:
         else:
             with RemoteRepository.open(self.address, self.fingerprint) as remote:
                 token = str(remote.enroll(code)["token"])
-            config = ClientConfig(path=path, server=self.address, fingerprint=self.fingerprint,
-                                  name=name, token=token, key=MasterKey.generate().to_text())
+            config = ClientConfig(
+                path=path,
+                server=self.address,
+                fingerprint=self.fingerprint,
+                name=name,
+                token=token,
+                key=MasterKey.generate().to_text(),
+            )
         config.cache_dir = str(directory / f"cache-{name}")
         config.save()
         self.clients[name] = config

@@ -40,7 +40,8 @@ def test_a_flipped_byte_anywhere_is_caught_by_check_and_restore(
         (source / f"big-{index}.bin").write_bytes(rng.randbytes(700 * 1024))
     for index in range(12):
         (source / "deep" / ("er" if index % 2 else "") / f"note-{index}.txt").write_bytes(
-            rng.randbytes(rng.randrange(10, 6000)))
+            rng.randbytes(rng.randrange(10, 6000))
+        )
     want = manifest(source)
     daemon.client("alice").backup([str(source)])
     holders = _files_by_chunk(daemon)
@@ -60,13 +61,13 @@ def test_a_flipped_byte_anywhere_is_caught_by_check_and_restore(
             report = daemon.check(read_data=True)
             name = str(pack.relative_to(storage))
             assert any(problem.pack == name for problem in report.problems), (
-                f"flip {flip}: byte {offset} of {name} went unnoticed")
+                f"flip {flip}: byte {offset} of {name} went unnoticed"
+            )
 
             target = tmp_path / f"restore-{flip}"
             _, result = daemon.client("alice").restore("latest", target)
             restored = restored_manifest(target, source)
-            hit = [e for e in parse_trailer(original)
-                   if e.offset <= offset < e.offset + e.length]
+            hit = [e for e in parse_trailer(original) if e.offset <= offset < e.offset + e.length]
             lost = set().union(*(holders.get(e.chunk_id, set()) for e in hit))
             for path, digest in restored.items():
                 assert digest == want[path], f"flip {flip}: {path} restored wrong, silently"
@@ -75,10 +76,11 @@ def test_a_flipped_byte_anywhere_is_caught_by_check_and_restore(
                 assert not result.errors and restored == want
             elif lost:
                 for path in lost:
-                    assert any(Path(path).name in error for error in result.errors), (path,
-                                                                                     result.errors)
-                assert set(restored) == set(want) - {
-                    str(Path(p).relative_to(source)) for p in lost}
+                    assert any(Path(path).name in error for error in result.errors), (
+                        path,
+                        result.errors,
+                    )
+                assert set(restored) == set(want) - {str(Path(p).relative_to(source)) for p in lost}
             else:
                 assert result.errors, f"flip {flip}: a damaged tree blob restored silently"
         finally:

@@ -21,8 +21,12 @@ FILE_SIZE = 2 * 1024 * 1024
 
 
 def _run(config: Path, source: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "--config", str(config), "run", str(source), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CLI, "--config", str(config), "run", str(source), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_after_packs(daemon: Daemon, process: subprocess.Popen[str], packs: int) -> None:

@@ -62,9 +62,13 @@ def test_a_crash_at_each_step_of_a_backup_loses_nothing(
 
 
 def _server_cli(daemon: Daemon, *args: str, faults: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "--config", str(daemon.config.path), *args],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, FAULTS_ENV: faults})
+    return subprocess.run(
+        [*CLI, "--config", str(daemon.config.path), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, FAULTS_ENV: faults},
+    )
 
 
 @pytest.mark.parametrize("point", ["during_prune", "during_repack"])

@@ -53,8 +53,12 @@ def faulty(tmp_path: Path) -> Iterator[tuple[ServerHarness, FaultyBackend]]:
     ids=["full-at-once", "full-mid-run", "io-error"],
 )
 def test_a_failing_disk_fails_the_backup_cleanly_and_loses_nothing(
-    faulty: tuple[ServerHarness, FaultyBackend], tmp_path: Path, profile: Profile,
-    code: int, after: int, says: str,
+    faulty: tuple[ServerHarness, FaultyBackend],
+    tmp_path: Path,
+    profile: Profile,
+    code: int,
+    after: int,
+    says: str,
 ) -> None:
     harness, backend = faulty
     harness.enroll("alice")

@@ -51,22 +51,35 @@ def _settings(examples: int, profile: Profile) -> settings:
 DECODER_PAYLOAD = 4096
 LENGTHS = st.one_of(
     st.integers(0, 300),
-    st.sampled_from([0, 1, MAX_HEADER, MAX_HEADER + 1, DECODER_PAYLOAD, DECODER_PAYLOAD + 1,
-                     2**31, 2**32 - 1]),
+    st.sampled_from(
+        [0, 1, MAX_HEADER, MAX_HEADER + 1, DECODER_PAYLOAD, DECODER_PAYLOAD + 1, 2**31, 2**32 - 1]
+    ),
 )
 
 
 HEADERS = [
     json.dumps(doc).encode()
-    for doc in ({"op": "hello"}, {"op": "ping", "id": 1}, {"op": "put", "id": "x"}, {}, {"": None},
-                {"op": 7}, {"op": ["ping"]}, {"id": {"deep": [1, 2]}})
-] + [b"[]", b"null", b'"op"', b"{", b"\xff\xfe", b"{}{}", b"{\"op\": \"ping\"", b" " * 8]
+    for doc in (
+        {"op": "hello"},
+        {"op": "ping", "id": 1},
+        {"op": "put", "id": "x"},
+        {},
+        {"": None},
+        {"op": 7},
+        {"op": ["ping"]},
+        {"id": {"deep": [1, 2]}},
+    )
+] + [b"[]", b"null", b'"op"', b"{", b"\xff\xfe", b"{}{}", b'{"op": "ping"', b" " * 8]
 
 frames = st.builds(
-    lambda header, payload, header_len, payload_len: PREFIX.pack(
-        len(header) if header_len is None else header_len,
-        len(payload) if payload_len is None else payload_len,
-    ) + header + payload,
+    lambda header, payload, header_len, payload_len: (
+        PREFIX.pack(
+            len(header) if header_len is None else header_len,
+            len(payload) if payload_len is None else payload_len,
+        )
+        + header
+        + payload
+    ),
     st.one_of(st.sampled_from(HEADERS), st.binary(max_size=40)),
     st.binary(max_size=300),
     st.one_of(st.none(), LENGTHS),
@@ -78,8 +91,9 @@ frames = st.builds(
 STREAMS = st.one_of(
     st.binary(max_size=2048),
     st.lists(frames, min_size=1, max_size=6).map(b"".join),
-    st.tuples(st.lists(frames, min_size=1, max_size=4).map(b"".join), st.integers(0, 2000))
-    .map(lambda pair: pair[0][: pair[1]]),
+    st.tuples(st.lists(frames, min_size=1, max_size=4).map(b"".join), st.integers(0, 2000)).map(
+        lambda pair: pair[0][: pair[1]]
+    ),
 )
 
 
@@ -153,8 +167,9 @@ def _client_chunk_ids(repo: Repository, name: str) -> list[bytes]:
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     # SQLite commits fsync; on tmpfs that costs nothing, and the fuzzers commit a lot.
-    root = Path(tempfile.mkdtemp(prefix="rpyb-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir()
-                                 else None))
+    root = Path(
+        tempfile.mkdtemp(prefix="rpyb-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    )
     try:
         config = ServerConfig(path=root / "server.toml", data_dir=root / "data", listen_port=0)
         harness = ServerHarness(root, config, create_identity(config.tls_dir))
@@ -174,9 +189,14 @@ def world() -> Iterator[World]:
             for snap in repo.list_snapshots(alice.id):
                 secrets += [snap.id.encode(), snap.sealed_meta.encode()]
             secrets.append((repo.wrapped_key(alice.id) or "").encode())
-            world = World(harness, root / "alice-files", alice_ids,
-                          _client_chunk_ids(repo, "mallory"), secrets,
-                          harness.clients["mallory"].token)
+            world = World(
+                harness,
+                root / "alice-files",
+                alice_ids,
+                _client_chunk_ids(repo, "mallory"),
+                secrets,
+                harness.clients["mallory"].token,
+            )
             world.alice_before = world.alice_state()
             yield world
         finally:
@@ -186,26 +206,67 @@ def world() -> Iterator[World]:
 
 
 OPS = [*sorted(HANDLERS), "hello", "", "__init__", "op_put"]
-FIELDS = ["code", "client", "token", "root", "time", "tags", "meta", "stats", "parent", "state",
-          "last_result", "last_backup", "dry_run", "limit", "policy", "id", "magic", "protocol",
-          "more", "count", "level"]
+FIELDS = [
+    "code",
+    "client",
+    "token",
+    "root",
+    "time",
+    "tags",
+    "meta",
+    "stats",
+    "parent",
+    "state",
+    "last_result",
+    "last_backup",
+    "dry_run",
+    "limit",
+    "policy",
+    "id",
+    "magic",
+    "protocol",
+    "more",
+    "count",
+    "level",
+]
 
 
 def _requests(world: World) -> st.SearchStrategy[tuple[dict[str, Any], bytes]]:
     known_ids = st.sampled_from(world.alice_ids + world.mallory_ids)
     chunk_id = st.one_of(st.binary(min_size=32, max_size=32), known_ids)
-    words = st.sampled_from([
-        "alice", "mallory", "admin", "2026-01-01T00:00:00Z", "1970-01-01", "9999-12-31T23:59:59",
-        "watching", "idle", "../../etc/passwd", "\x1b[2J", base64.b64encode(b"x" * 40).decode(),
-        *(i.hex() for i in world.alice_ids[:4]), *(i.hex() for i in world.mallory_ids[:4]),
-    ])
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                        st.text(max_size=24), words)
+    words = st.sampled_from(
+        [
+            "alice",
+            "mallory",
+            "admin",
+            "2026-01-01T00:00:00Z",
+            "1970-01-01",
+            "9999-12-31T23:59:59",
+            "watching",
+            "idle",
+            "../../etc/passwd",
+            "\x1b[2J",
+            base64.b64encode(b"x" * 40).decode(),
+            *(i.hex() for i in world.alice_ids[:4]),
+            *(i.hex() for i in world.mallory_ids[:4]),
+        ]
+    )
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=24), words
+    )
     values = st.one_of(
         scalars,
         st.lists(scalars, max_size=3),
-        st.sampled_from([{}, {"keep_last": 1}, {"keep_last": -1}, {"keep_daily": 10**12},
-                         {"x": [None]}, {"files": 1, "bytes": "many"}]),
+        st.sampled_from(
+            [
+                {},
+                {"keep_last": 1},
+                {"keep_last": -1},
+                {"keep_daily": 10**12},
+                {"x": [None]},
+                {"files": 1, "bytes": "many"},
+            ]
+        ),
     )
     header = st.builds(
         lambda op, fields: {**fields, "op": op},
@@ -296,8 +357,17 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
         "has": ({}, ids),
         "put": ({}, b""),
         "refs": ({}, ids),
-        "commit": ({"time": "2026-01-01T00:00:00Z", "tags": [], "meta": meta, "stats": {},
-                    "root": [victim_ids[0].hex()], "parent": snapshot.id}, b""),
+        "commit": (
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "tags": [],
+                "meta": meta,
+                "stats": {},
+                "root": [victim_ids[0].hex()],
+                "parent": snapshot.id,
+            },
+            b"",
+        ),
         "snapshots": ({}, b""),
         "get": ({}, ids),
         "set_key": ({}, b"{}"),
@@ -325,8 +395,10 @@ def test_a_client_can_never_reach_another_clients_data(world: World, profile: Pr
     cases = 0
 
     @_settings(profile.fuzz_cross_client, profile)
-    @given(st.sampled_from(sorted(HANDLERS)),
-           st.lists(st.sampled_from(world.alice_ids), min_size=1, max_size=6))
+    @given(
+        st.sampled_from(sorted(HANDLERS)),
+        st.lists(st.sampled_from(world.alice_ids), min_size=1, max_size=6),
+    )
     def cross(op: str, victim_ids: list[bytes]) -> None:
         nonlocal cases
         cases += 1
@@ -345,8 +417,9 @@ def test_a_client_can_never_reach_another_clients_data(world: World, profile: Pr
         elif op not in ALLOWED_FOR_MALLORY:
             assert "error" in reply, (op, reply)
         if op == "snapshots":
-            assert all(snap["id"].encode() not in world.alice_secrets
-                       for snap in reply["snapshots"])
+            assert all(
+                snap["id"].encode() not in world.alice_secrets for snap in reply["snapshots"]
+            )
 
     cross()
     FIGURES["fuzz cases"] += cases

@@ -28,8 +28,9 @@ SLACK = 24 * MIB
 
 @pytest.fixture
 def repo() -> Iterator[tuple[Repository, str]]:
-    root = Path(tempfile.mkdtemp(prefix="rpyb-mem-", dir="/dev/shm" if Path("/dev/shm").is_dir()
-                                 else None))
+    root = Path(
+        tempfile.mkdtemp(prefix="rpyb-mem-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    )
     repository = Repository(root / "data")
     try:
         code = repository.add_client("mallory", admin=False, ttl=3600)
@@ -44,8 +45,7 @@ def _tiny_records(count: int, start: int) -> bytes:
     blob = b"x"
     digest = storage_hash(blob)
     return b"".join(
-        RECORD.pack((start + index).to_bytes(32, "big"), digest, 1) + blob
-        for index in range(count)
+        RECORD.pack((start + index).to_bytes(32, "big"), digest, 1) + blob for index in range(count)
     )
 
 

@@ -33,8 +33,9 @@ def _tls(daemon: Daemon, source: str = "127.0.0.1") -> ssl.SSLSocket:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", daemon.config.listen_port), timeout=30,
-                                   source_address=(source, 0))
+    raw = socket.create_connection(
+        ("127.0.0.1", daemon.config.listen_port), timeout=30, source_address=(source, 0)
+    )
     return context.wrap_socket(raw)
 
 
@@ -92,16 +93,23 @@ def _lying_length(daemon: Daemon, rng) -> None:
 
 
 def _out_of_order(daemon: Daemon, rng) -> None:
-    frames = [_frame({"op": op, "id": 1}, rng.randbytes(64)) for op in
-              ("put", "commit", "get", "refs", "admin_prune", "auth", "enroll")]
+    frames = [
+        _frame({"op": op, "id": 1}, rng.randbytes(64))
+        for op in ("put", "commit", "get", "refs", "admin_prune", "auth", "enroll")
+    ]
     rng.shuffle(frames)
     with _tls(daemon) as sock:
         sock.sendall(rng.choice([b"", HELLO, HELLO + HELLO]) + b"".join(frames))
         _drain(sock)
 
 
-ATTACKS: list[Callable] = [_plaintext, _half_handshake, _tls_then_garbage, _lying_length,
-                           _out_of_order]
+ATTACKS: list[Callable] = [
+    _plaintext,
+    _half_handshake,
+    _tls_then_garbage,
+    _lying_length,
+    _out_of_order,
+]
 
 
 def _backs_up_and_restores(daemon: Daemon, source: Path, target: Path) -> None:
@@ -166,8 +174,9 @@ def test_one_address_cannot_take_every_connection_slot(
     # for the 20 s handshake timeout. The accept loop takes connections in order, so all of
     # them are admitted or refused before the client below is.
     hogs = [
-        socket.create_connection(("127.0.0.1", daemon.config.listen_port), timeout=30,
-                                 source_address=("127.0.0.2", 0))
+        socket.create_connection(
+            ("127.0.0.1", daemon.config.listen_port), timeout=30, source_address=("127.0.0.2", 0)
+        )
         for _ in range(12)
     ]
     try:
@@ -183,23 +192,28 @@ def test_tls_audit_with_sslscan(daemon: Daemon) -> None:
         pytest.skip("sslscan is not installed (Debian: apt-get install sslscan)")
     scan = subprocess.run(
         [scanner, "--no-colour", "--xml=-", f"127.0.0.1:{daemon.config.listen_port}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert scan.returncode == 0, scan.stderr
-    report = ET.fromstring(scan.stdout[scan.stdout.index("<?xml"):].encode())
+    report = ET.fromstring(scan.stdout[scan.stdout.index("<?xml") :].encode())
     test = report.find("ssltest")
     assert test is not None
     enabled = {p.get("version") for p in test.iter("protocol") if p.get("enabled") == "1"}
     assert enabled == {"1.3"}
     renegotiation = test.find("renegotiation")
     assert renegotiation is not None and renegotiation.get("supported") == "0"
-    ciphers = {(c.get("sslversion"), c.get("cipher"), int(c.get("bits", 0)))
-               for c in test.iter("cipher")}
+    ciphers = {
+        (c.get("sslversion"), c.get("cipher"), int(c.get("bits", 0))) for c in test.iter("cipher")
+    }
     assert ciphers and all(version == "TLSv1.3" and bits >= 128 for version, _, bits in ciphers)
     assert {name for _, name, _ in ciphers} <= {
-        "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_AES_128_GCM_SHA256",
+    }
     assert all(h.get("vulnerable") == "0" for h in test.iter("heartbleed"))
     # sslscan's OpenSSL cannot probe compression; the context refuses it (and TLS 1.3 has none).
     assert server_context(daemon.config.tls_dir).options & ssl.OP_NO_COMPRESSION
     FIGURES["tls audit: ciphers accepted"] = len(ciphers)
-

@@ -52,8 +52,9 @@ class Wire:
         server_end, self._sock = socket.socketpair()
         server_end.settimeout(IO_TIMEOUT)
         self._sock.settimeout(IO_TIMEOUT)
-        self.session = Session(repo, FramedSocket(server_end), peer, pack_size,
-                               limiter=limiter or AttemptLimiter())
+        self.session = Session(
+            repo, FramedSocket(server_end), peer, pack_size, limiter=limiter or AttemptLimiter()
+        )
         self.framed = FramedSocket(self._sock)
         self.crashes: list[BaseException] = []
         self._server_end = server_end
