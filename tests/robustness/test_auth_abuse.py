@@ -67,6 +67,19 @@ def test_bad_enrollment_codes_are_limited_per_address_and_logged(
     assert any("too many failed attempts from 127.0.0.1" in line for line in logged)
 
 
+def test_a_replayed_enrollment_code_gets_nothing(server: ServerHarness) -> None:
+    code = server.add_client("bob")
+    client = RawClient(server.address, "127.0.0.5")
+    try:
+        first = client.request("enroll", code=code)
+        replayed = client.request("enroll", code=code)
+    finally:
+        client.close()
+    assert first.get("ok") and first.get("token")
+    assert _error_code(replayed) == "enroll" and "token" not in replayed
+    assert "already used" in replayed["error"]["message"]
+
+
 def test_bad_credentials_are_limited_per_address_and_a_success_does_not_reset_them(
     server: ServerHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
