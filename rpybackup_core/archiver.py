@@ -276,20 +276,22 @@ class Archiver:
         except OSError as exc:
             self._error(path, exc)
             return []
-        nodes: list[Node] = []
-        cached: list[tuple[str, os.stat_result, Any]] = []
+        listed: list[tuple[str, os.stat_result]] = []
         for entry in entries:
             child = entry.path
             if self._excluded(child, entry.name):
                 continue
             try:
-                st = entry.stat(follow_symlinks=False)
+                listed.append((child, entry.stat(follow_symlinks=False)))
             except OSError as exc:
                 self._error(child, exc)
-                continue
-            hit = None
-            if self.cache is not None and stat.S_ISREG(st.st_mode):
-                hit = self.cache.lookup(child, st)
+        hits = {}
+        if self.cache is not None:
+            hits = self.cache.lookup_many([(p, st) for p, st in listed if stat.S_ISREG(st.st_mode)])
+        nodes: list[Node] = []
+        cached: list[tuple[str, os.stat_result, Any]] = []
+        for child, st in listed:
+            hit = hits.get(child)
             if hit is not None:
                 cached.append((child, st, hit))
                 continue
@@ -316,7 +318,7 @@ class Archiver:
                 self.progress.files_done += 1
                 self.progress.bytes_done += hit.size
                 if self.cache is not None:
-                    self.cache.stage(path, st, hit.sha256, hit.ids)
+                    self.cache.keep(path)
             if node is not None:
                 nodes.append(node)
         self.report(self.progress)

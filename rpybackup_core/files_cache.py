@@ -17,6 +17,7 @@ from pathlib import Path
 from .crypto import ID_SIZE
 
 _KEEP_GENERATIONS = 3
+_SQL_BATCH = 500
 _RACY_FINE_NS = 100_000_000
 _RACY_COARSE_NS = 2_000_000_000
 
@@ -55,6 +56,7 @@ class FilesCache:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         self.generation = (row[0] if row else 0) + 1
         self._staged: list[tuple[object, ...]] = []
+        self._kept: list[str] = []
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -75,6 +77,30 @@ class FilesCache:
         raw = bytes(ids)
         return CachedFile(sha256, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
 
+    def lookup_many(self, files: list[tuple[str, os.stat_result]]) -> dict[str, CachedFile]:
+        """``lookup`` for many files (a directory's) with one query per few hundred paths."""
+        found: dict[str, CachedFile] = {}
+        for start in range(0, len(files), _SQL_BATCH):
+            stats = dict(files[start : start + _SQL_BATCH])
+            marks = ",".join("?" * len(stats))
+            for path, size, mtime_ns, ctime_ns, inode, sha256, ids in self._db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, ids FROM files "
+                f"WHERE path IN ({marks})",
+                list(stats),
+            ):
+                st = stats[path]
+                if (size, mtime_ns, ctime_ns, inode) == (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                ):
+                    raw = bytes(ids)
+                    chunks = [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]
+                    found[path] = CachedFile(sha256, size, chunks)
+        return found
+
+    def keep(self, path: str) -> None:
+        """An entry ``lookup`` matched stays as it is; at commit only its generation moves on."""
+        self._kept.append(path)
+
     def stage(self, path: str, st: os.stat_result, sha256: str, ids: list[bytes]) -> None:
         """Remember a file for the next run, unless it changed too recently to trust.
 
@@ -94,6 +120,12 @@ class FilesCache:
         self._db.executemany(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
         )
+        for start in range(0, len(self._kept), _SQL_BATCH):
+            batch = self._kept[start : start + _SQL_BATCH]
+            self._db.execute(
+                f"UPDATE files SET generation = ? WHERE path IN ({','.join('?' * len(batch))})",
+                [self.generation, *batch],
+            )
         self._db.execute(
             "DELETE FROM files WHERE generation < ?", (self.generation - _KEEP_GENERATIONS,)
         )
@@ -102,4 +134,5 @@ class FilesCache:
         )
         self._db.execute("COMMIT")
         self._staged = []
+        self._kept = []
         self.generation += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from rpybackup_core import uploader
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
+from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.storage import LocalBackend
 
 
@@ -158,3 +160,26 @@ def test_excludes_match_a_name_or_a_whole_path(server, tmp_path: Path) -> None:
     _, entries = client.list_files(str(source))
     names = sorted(entry.path.rsplit("/", 1)[-1] for entry in entries)
     assert names == ["keep.txt"]
+
+
+def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) -> None:
+    path = tmp_path / "unchanged.txt"
+    path.write_bytes(b"same as last time")
+    deadline = time.monotonic() + 10
+    while is_racy(os.stat(path)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = os.stat(path)
+    cache = FilesCache(tmp_path / "cache")
+    cache.stage(str(path), st, "ab" * 32, [b"i" * 32])
+    cache.commit()
+
+    for _ in range(5):
+        assert str(path) in cache.lookup_many([(str(path), st)])
+        cache.keep(str(path))
+        cache.commit()
+    cache.close()
+
+    reopened = FilesCache(tmp_path / "cache")
+    hit = reopened.lookup_many([(str(path), st), (str(tmp_path / "other"), st)])
+    reopened.close()
+    assert list(hit) == [str(path)] and hit[str(path)].ids == [b"i" * 32]
