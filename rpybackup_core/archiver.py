@@ -360,7 +360,8 @@ class Archiver:
         node.size, node.sha256, node.content = size, digest.hexdigest(), ids
         self.progress.files_done += 1
         if self.cache is not None and (after.st_mtime_ns, after.st_size) == (
-            before.st_mtime_ns, before.st_size
+            before.st_mtime_ns,
+            before.st_size,
         ):
             self.cache.stage(path, after, node.sha256, ids)
         return node

@@ -158,9 +158,7 @@ _KDF_LANES = 4
 
 
 def _derive(passphrase: str, salt: bytes, iterations: int, memory_kib: int, lanes: int) -> bytes:
-    kdf = Argon2id(
-        salt=salt, length=32, iterations=iterations, lanes=lanes, memory_cost=memory_kib
-    )
+    kdf = Argon2id(salt=salt, length=32, iterations=iterations, lanes=lanes, memory_cost=memory_kib)
     return kdf.derive(passphrase.encode("utf-8"))
 
 
@@ -189,8 +187,10 @@ def unwrap_key(wrapped: str, passphrase: str) -> MasterKey:
         nonce = base64.b64decode(doc["nonce"])
         sealed = base64.b64decode(doc["sealed"])
         iterations, memory_kib, lanes = doc["iterations"], doc["memory_kib"], doc["lanes"]
-        if doc["kdf"] != "argon2id" or not (1 <= iterations <= 16) or not (
-            8 <= memory_kib <= 4 * 1024 * 1024
+        if (
+            doc["kdf"] != "argon2id"
+            or not (1 <= iterations <= 16)
+            or not (8 <= memory_kib <= 4 * 1024 * 1024)
         ):
             raise ValueError("unsupported KDF parameters")
     except (ValueError, KeyError, TypeError) as exc:

@@ -426,9 +426,7 @@ class Restorer:
             with contextlib.suppress(OSError):
                 os.chown(node.name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
         with contextlib.suppress(NotImplementedError, OSError):
-            os.utime(
-                node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False
-            )
+            os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
         self.result.symlinks += 1
 
     @staticmethod
@@ -476,9 +474,7 @@ class Restorer:
         except (OSError, RPyBackupError) as exc:
             self._fail(shown, exc)
             return
-        self._submit(
-            where, self._group_job, where, [(name, node, shown)], sealed, follow_existing
-        )
+        self._submit(where, self._group_job, where, [(name, node, shown)], sealed, follow_existing)
 
     def _write_group(self, where: _OpenDir, group: list[Node], prefix: str) -> None:
         ids = list(dict.fromkeys(cid for node in group for cid in node.content))
