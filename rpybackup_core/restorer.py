@@ -4,7 +4,9 @@ Everything is written relative to directory file descriptors opened with O_NOFOL
 symlink in the target (or one the snapshot itself restores) can never redirect a write outside
 the target. Names were validated when the tree was decoded. A file is written under a temporary
 name and renamed into place only after its SHA-256 matches; a damaged file is reported and
-skipped, and the rest of the restore goes on.
+skipped, and the rest of the restore goes on. In a directory the restore created itself (empty,
+nothing to protect) a file is written under its own name and removed if it does not verify, so
+only an interrupted restore can leave a partial file there.
 """
 
 from __future__ import annotations
