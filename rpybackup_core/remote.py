@@ -210,6 +210,9 @@ class RemoteRepository:
             raise ProtocolError("malformed snapshot list")
         return snapshots
 
+    def report_state(self, state: str, last_backup: str | None, last_result: str) -> None:
+        self.request("report", state=state, last_backup=last_backup, last_result=last_result)
+
     def set_wrapped_key(self, wrapped: str) -> None:
         self.request("set_key", wrapped.encode("utf-8"))
 
