@@ -31,6 +31,7 @@ class Profile:
     fuzz_frames: int
     fuzz_handlers: int
     fuzz_cross_client: int
+    fuzz_admin: int
     hostile_connections: int
     bit_flips: int
     load_clients: int
@@ -47,6 +48,7 @@ QUICK = Profile(
     fuzz_frames=4000,
     fuzz_handlers=5000,
     fuzz_cross_client=1200,
+    fuzz_admin=800,
     hostile_connections=60,
     bit_flips=40,
     load_clients=50,
@@ -62,6 +64,7 @@ def soak_profile() -> Profile:
         fuzz_frames=40000,
         fuzz_handlers=50000,
         fuzz_cross_client=12000,
+        fuzz_admin=8000,
         hostile_connections=600,
         bit_flips=400,
         load_clients=50,

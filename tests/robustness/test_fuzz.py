@@ -175,6 +175,7 @@ def world() -> Iterator[World]:
         harness = ServerHarness(root, config, create_identity(config.tls_dir))
         harness.start()
         try:
+            harness.enroll("root", admin=True)
             for name in ("alice", "mallory"):
                 harness.enroll(name)
                 source = root / f"{name}-files"
@@ -430,3 +431,39 @@ def test_a_client_can_never_reach_another_clients_data(world: World, profile: Pr
     assert cases >= profile.fuzz_cross_client
     assert world.alice_state() == world.alice_before
     _alice_still_restores(world, "after-cross")
+
+
+ADMIN_OPS = sorted(op for op in HANDLERS if op.startswith("admin_") or op == "clients")
+
+
+def test_admin_handlers_survive_hostile_requests_from_an_admin(
+    world: World, profile: Profile
+) -> None:
+    """Last in this module: an admin may legitimately change Alice's retention."""
+    admin_token = world.harness.clients["root"].token
+    header = st.builds(
+        lambda op, request: {**request[0], "op": op}, st.sampled_from(ADMIN_OPS), _requests(world)
+    )
+    cases = 0
+
+    @_settings(profile.fuzz_admin, profile)
+    @given(st.lists(header, min_size=1, max_size=4))
+    def attack(headers: list[dict[str, Any]]) -> None:
+        nonlocal cases
+        cases += 1
+        with ErrorLog() as errors:
+            wire = Wire(world.repo)
+            wire.auth("root", admin_token)
+            for request in headers:
+                replies = wire.request(request)
+                if replies is None:
+                    break
+                error = replies[-1][0].get("error")
+                assert not (isinstance(error, dict) and error.get("code") == "internal"), request
+            wire.close()
+        assert not wire.crashes, wire.crashes
+        assert not errors.records, [record.getMessage() for record in errors.records]
+
+    attack()
+    FIGURES["fuzz cases"] += cases
+    assert cases >= profile.fuzz_admin
