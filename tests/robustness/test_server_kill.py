@@ -6,6 +6,7 @@ byte-identical, and the interrupted backup completes once the daemon is back.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rpybackup_core.errors import RPyBackupError
@@ -17,7 +18,10 @@ from .harness import ChangingTree, Daemon, assert_clean, manifest, restored_mani
 
 def _restores(daemon: Daemon, snapshot: str, source: Path, target: Path) -> dict[str, str]:
     daemon.client("alice").restore(snapshot, target)
-    return restored_manifest(target, source)
+    try:
+        return restored_manifest(target, source)
+    finally:
+        shutil.rmtree(target)  # a soak restores hundreds of trees: keep the disk bounded
 
 
 def test_daemon_killed_during_uploads_keeps_every_snapshot(
