@@ -25,7 +25,17 @@ def make_sample_tree(root: Path, seed: int = 7) -> None:
     """A small tree that exercises what a backup must keep: text, binary, duplicates, an
     empty file and directory, a non-ASCII name, a symlink, odd modes and old mtimes."""
     rng = random.Random(seed)
-    words = "backup restore chunk snapshot server client encrypt verify retention".split()
+    words = [
+        "backup",
+        "restore",
+        "chunk",
+        "snapshot",
+        "server",
+        "client",
+        "encrypt",
+        "verify",
+        "retention",
+    ]
     (root / "docs" / "notes").mkdir(parents=True)
     (root / "empty-dir").mkdir()
     for index in range(40):
@@ -114,13 +124,17 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> DemoReport:
         make_sample_tree(sample)
         client = BackupClient(config)
         first = client.backup([str(sample)])
-        say(f"backup 1: snapshot {first.snapshot[:8]}, {first.files} files, "
+        say(
+            f"backup 1: snapshot {first.snapshot[:8]}, {first.files} files, "
             f"{first.bytes} bytes read, {first.uploaded_bytes} bytes uploaded "
-            "(the duplicate photo was stored once)")
+            "(the duplicate photo was stored once)"
+        )
         (sample / "docs" / "report-02.txt").write_text("edited after the first backup\n")
         second = client.backup([str(sample)])
-        say(f"backup 2: snapshot {second.snapshot[:8]}, one file changed, "
-            f"{second.uploaded_bytes} bytes uploaded")
+        say(
+            f"backup 2: snapshot {second.snapshot[:8]}, one file changed, "
+            f"{second.uploaded_bytes} bytes uploaded"
+        )
         snapshots = client.snapshots()
         for snap in snapshots:
             say(f"  snapshot {snap.id[:8]}  {snap.time}  {snap.stats.get('files')} files")
@@ -128,10 +142,13 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> DemoReport:
         _, restored = client.restore("latest", target)
         restored_sample = target / sample.relative_to("/")
         differences = compare_trees(sample, restored_sample)
-        say(f"restored latest to {restored_sample}: {restored.files} files, "
-            f"{restored.symlinks} symlink(s)")
+        say(
+            f"restored latest to {restored_sample}: {restored.files} files, "
+            f"{restored.symlinks} symlink(s)"
+        )
     finally:
         server.shutdown()
         server.repo.close()
-    return DemoReport(workdir, address, fingerprint, first, second, snapshots, restored,
-                      differences)
+    return DemoReport(
+        workdir, address, fingerprint, first, second, snapshots, restored, differences
+    )

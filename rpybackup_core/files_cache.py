@@ -71,7 +71,10 @@ class FilesCache:
             return None
         size, mtime_ns, ctime_ns, inode, sha256, ids = row
         if (size, mtime_ns, ctime_ns, inode) != (
-            st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
         ):
             return None
         raw = bytes(ids)
@@ -90,7 +93,10 @@ class FilesCache:
             ):
                 st = stats[path]
                 if (size, mtime_ns, ctime_ns, inode) == (
-                    st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
                 ):
                     raw = bytes(ids)
                     chunks = [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]
@@ -110,8 +116,16 @@ class FilesCache:
         if is_racy(st):
             return
         self._staged.append(
-            (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha256, b"".join(ids),
-             self.generation)
+            (
+                path,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_ino,
+                sha256,
+                b"".join(ids),
+                self.generation,
+            )
         )
 
     def commit(self) -> None:
@@ -129,9 +143,7 @@ class FilesCache:
         self._db.execute(
             "DELETE FROM files WHERE generation < ?", (self.generation - _KEEP_GENERATIONS,)
         )
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,)
-        )
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,))
         self._db.execute("COMMIT")
         self._staged = []
         self._kept = []

@@ -18,7 +18,7 @@ class _OwnHandler(logging.StreamHandler):  # type: ignore[type-arg]
     marks the handlers this module installed, so a second setup replaces only those."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201 - the logging API's attribute
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -68,16 +68,24 @@ class LogLine:
         return int(logging.getLevelName(self.level))
 
     def to_json(self) -> dict[str, Any]:
-        return {"created": self.created, "level": self.level, "source": self.source,
-                "message": self.message}
+        return {
+            "created": self.created,
+            "level": self.level,
+            "source": self.source,
+            "message": self.message,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> LogLine:
         level = str(doc["level"])
         if level not in LEVELS:
             raise ValueError(f"unknown log level {level!r}")
-        return cls(float(doc["created"]), level, printable(str(doc["source"])),
-                   printable(str(doc["message"])))
+        return cls(
+            float(doc["created"]),
+            level,
+            printable(str(doc["source"])),
+            printable(str(doc["message"])),
+        )
 
 
 class RecentLog(logging.Handler):

@@ -457,8 +457,14 @@ class Repository:
                 db.execute(
                     "INSERT OR IGNORE INTO chunks(client_id, chunk_id, pack_id, offset, length, "
                     "hash) VALUES (?, ?, ?, ?, ?, ?)",
-                    (client_id, entry.chunk_id, pack_id, entry.offset, entry.length,
-                     entry.storage_hash),
+                    (
+                        client_id,
+                        entry.chunk_id,
+                        pack_id,
+                        entry.offset,
+                        entry.length,
+                        entry.storage_hash,
+                    ),
                 )
             rowids = self.lookup(client_id, [entry.chunk_id for entry in writer.entries])
             if session is not None:
@@ -474,7 +480,8 @@ class Repository:
             marks = ",".join("?" * len(batch))
             for row in self._query(
                 "SELECT c.id, c.chunk_id, p.name, c.offset, c.length, c.hash FROM chunks c "
-                f"JOIN packs p ON p.id = c.pack_id WHERE c.client_id = ? AND c.chunk_id IN ({marks})",
+                "JOIN packs p ON p.id = c.pack_id "
+                f"WHERE c.client_id = ? AND c.chunk_id IN ({marks})",
                 [client_id, *batch],
             ):
                 found[bytes(row[1])] = ChunkLocation(
@@ -615,7 +622,9 @@ class Repository:
         }
 
     def snapshot_counts(self) -> dict[int, tuple[int, float | None]]:
-        rows = self._query("SELECT client_id, COUNT(*), MAX(time) FROM snapshots GROUP BY client_id")
+        rows = self._query(
+            "SELECT client_id, COUNT(*), MAX(time) FROM snapshots GROUP BY client_id"
+        )
         counts: dict[int, tuple[int, float | None]] = defaultdict(lambda: (0, None))
         for client_id, count, latest in rows:
             counts[client_id] = (count, latest)
@@ -724,8 +733,9 @@ class Repository:
                 yield snapshot_id, decode_refs(rows[0][0])
 
     def chunk_rowids(self, client_id: int) -> set[int]:
-        return {row[0] for row in self._query("SELECT id FROM chunks WHERE client_id = ?",
-                                              (client_id,))}
+        return {
+            row[0] for row in self._query("SELECT id FROM chunks WHERE client_id = ?", (client_id,))
+        }
 
     def chunk_bytes(self, rowids: Iterable[int]) -> int:
         ordered = sorted(rowids)

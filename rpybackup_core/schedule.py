@@ -98,8 +98,7 @@ def job_for(config: ClientConfig) -> Job:
 
 def _systemd_arg(arg: str) -> str:
     """One ExecStart= word: quoted, with systemd's specifier (%) and variable ($) escapes."""
-    escaped = (arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-               .replace("$", "$$"))
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
 
 
@@ -162,8 +161,12 @@ def cron_time(schedule: Schedule) -> str:
             "day (e.g. 15m, 2h, 1d, 1w), or --calendar"
         )
     spec = schedule.calendar or "daily"
-    named = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 0",
-             "monthly": "0 0 1 * *"}
+    named = {
+        "hourly": "0 * * * *",
+        "daily": "0 0 * * *",
+        "weekly": "0 0 * * 0",
+        "monthly": "0 0 1 * *",
+    }
     if spec in named:
         return named[spec]
     clock = _CLOCK.match(spec)
@@ -218,8 +221,16 @@ def schtasks_create(job: Job, schedule: Schedule) -> list[str]:
                 f"--calendar {spec!r}: the Task Scheduler takes hourly, daily, weekly, monthly "
                 "or HH:MM"
             )
-    return ["schtasks", "/Create", "/F", "/TN", job.name, "/TR",
-            subprocess.list2cmdline(job.command), *when]
+    return [
+        "schtasks",
+        "/Create",
+        "/F",
+        "/TN",
+        job.name,
+        "/TR",
+        subprocess.list2cmdline(job.command),
+        *when,
+    ]
 
 
 # ---- installing -----------------------------------------------------------------------------
@@ -227,8 +238,14 @@ def schtasks_create(job: Job, schedule: Schedule) -> list[str]:
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=SUBPROCESS_TIMEOUT, check=False)
+        return subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ScheduleError(f"cannot run {argv[0]}: {exc}") from exc
 
@@ -283,12 +300,16 @@ class SystemdScheduler:
             atomic_write_bytes(self.unit_dir / name, text.encode("utf-8"), mode=0o644)
         timer = f"{self.job.name}.timer"
         if self.systemctl is None:
-            return (f"wrote {timer} to {self.unit_dir}; systemd is not running here, so enable it "
-                    f"later with: systemctl --user enable --now {timer}")
+            return (
+                f"wrote {timer} to {self.unit_dir}; systemd is not running here, so enable it "
+                f"later with: systemctl --user enable --now {timer}"
+            )
         self._systemctl("daemon-reload")
         self._systemctl("enable", "--now", timer)
-        return (f"installed and started {timer} ({schedule.describe()}); to run while you are "
-                "logged out: loginctl enable-linger")
+        return (
+            f"installed and started {timer} ({schedule.describe()}); to run while you are "
+            "logged out: loginctl enable-linger"
+        )
 
     def remove(self) -> bool:
         paths = [path for path in self._paths() if path.exists()]
@@ -406,8 +427,9 @@ def scheduler_for(job: Job, kind: str | None = None) -> Scheduler:
     kind = kind or default_kind()
     if kind == "systemd":
         unit_dir = xdg_dir("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
-        return SystemdScheduler(job, unit_dir, shutil.which("systemctl") if systemd_running()
-                                else None)
+        return SystemdScheduler(
+            job, unit_dir, shutil.which("systemctl") if systemd_running() else None
+        )
     if kind == "cron":
         return CronScheduler(job, ["crontab"])
     if kind == "schtasks":

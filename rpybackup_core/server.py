@@ -43,9 +43,7 @@ class BackupServer:
                 (config.listen_host, config.listen_port), family=family, backlog=128
             )
         except OSError as exc:
-            raise ListenFailed(
-                f"cannot listen on {config.listen}: {exc.strerror or exc}"
-            ) from exc
+            raise ListenFailed(f"cannot listen on {config.listen}: {exc.strerror or exc}") from exc
         self._listener.settimeout(0.5)
         self._slots = threading.BoundedSemaphore(config.max_connections)
         # One address (an IPv6 /64) may hold a quarter of the slots: a single host's half-open
@@ -89,8 +87,9 @@ class BackupServer:
 
     def _admit(self, raw: socket.socket, peer: str) -> None:
         if not self._slots.acquire(blocking=False):
-            log.warning("refusing %s: all %d connection slots busy", peer,
-                        self.config.max_connections)
+            log.warning(
+                "refusing %s: all %d connection slots busy", peer, self.config.max_connections
+            )
             raw.close()
             return
         source = source_key(peer.rsplit(":", 1)[0])
@@ -100,8 +99,9 @@ class BackupServer:
                 self._per_source[source] += 1
                 self._active.add(raw)
         if crowded:
-            log.warning("refusing %s: %s already holds %d connections", peer, source,
-                        self._per_source_cap)
+            log.warning(
+                "refusing %s: %s already holds %d connections", peer, source, self._per_source_cap
+            )
             raw.close()
             self._slots.release()
             return
@@ -118,8 +118,13 @@ class BackupServer:
             tls = self.context.wrap_socket(raw, server_side=True)
             tls.settimeout(self.config.idle_timeout)
             Session(
-                self.repo, FramedSocket(tls), peer, self.config.pack_size, self.prune_settings,
-                self.limiter, self.recent_log,
+                self.repo,
+                FramedSocket(tls),
+                peer,
+                self.config.pack_size,
+                self.prune_settings,
+                self.limiter,
+                self.recent_log,
             ).run()
         except ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", peer, exc)

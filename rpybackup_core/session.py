@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .crypto import ID_SIZE, SEAL_OVERHEAD, storage_hash
 from .chunker import MAX_SIZE
+from .crypto import ID_SIZE, SEAL_OVERHEAD, storage_hash
 from .errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -36,7 +36,15 @@ from .errors import (
 )
 from .logs import LEVELS, RecentLog
 from .pack import PackEntry, PackWriter
-from .protocol import MAGIC, PROTOCOL_VERSION, Frame, FramedSocket, pack_records, split_ids, unpack_records
+from .protocol import (
+    MAGIC,
+    PROTOCOL_VERSION,
+    Frame,
+    FramedSocket,
+    pack_records,
+    split_ids,
+    unpack_records,
+)
 from .pruner import Pruner, PruneSettings
 from .ratelimit import AttemptLimiter
 from .repository import ClientRecord, Repository
@@ -168,15 +176,22 @@ class Session:
         if header.get("op") != "hello" or header.get("magic") != MAGIC:
             raise ProtocolError("the first frame must be a hello")
         if header.get("protocol") != PROTOCOL_VERSION:
-            self._reply(header, error=InvalidRequest(
-                f"protocol {header.get('protocol')!r} is not supported; server speaks "
-                f"{PROTOCOL_VERSION}"))
+            self._reply(
+                header,
+                error=InvalidRequest(
+                    f"protocol {header.get('protocol')!r} is not supported; server speaks "
+                    f"{PROTOCOL_VERSION}"
+                ),
+            )
             raise ProtocolError("protocol version mismatch")
-        self._reply(header, body={
-            "protocol": PROTOCOL_VERSION,
-            "server": f"rpybackup/{__version__}",
-            "max_payload": self.framed.max_payload,
-        })
+        self._reply(
+            header,
+            body={
+                "protocol": PROTOCOL_VERSION,
+                "server": f"rpybackup/{__version__}",
+                "max_payload": self.framed.max_payload,
+            },
+        )
 
     def _dispatch(self, frame: Frame) -> bool:
         """Handle one request; False closes the connection."""
@@ -196,7 +211,9 @@ class Session:
             return True
         except Exception:
             log.exception("%s %s: %s failed", self.peer, self._who(), op)
-            self._reply(frame.header, error=ServerError("internal server error; see the server log"))
+            self._reply(
+                frame.header, error=ServerError("internal server error; see the server log")
+            )
             return False
         if result is not None:
             body, payload = result
@@ -260,8 +277,12 @@ class Session:
             self.limiter.failure(self.host, f"enrollment refused: {exc}")
             raise
         log.info("%s enrolled as client %s", self.peer, client.name)
-        return {"client": client.name, "token": token, "admin": client.admin,
-                "has_key": client.has_key}, b""
+        return {
+            "client": client.name,
+            "token": token,
+            "admin": client.admin,
+            "has_key": client.has_key,
+        }, b""
 
     def op_auth(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         if self.client is not None:
@@ -454,7 +475,6 @@ class Session:
         self.repo.report_state(self.client.id, state, last_backup, result)
         return {}, b""
 
-
     # ---- admin: retention, prune, status (docs/retention.md) ---------------------------------
     # Replies carry a JSON document as payload: a plan for many snapshots outgrows a header.
 
@@ -479,8 +499,12 @@ class Session:
         raw = frame.header.get("policy")
         policy = None if raw is None else RetentionPolicy.from_json(raw)
         setting = self._pruner().set_retention(_text(frame.header, "client"), policy)
-        log.info("admin %s set the retention of %s to %s", admin.name, setting.client,
-                 setting.policy.describe())
+        log.info(
+            "admin %s set the retention of %s to %s",
+            admin.name,
+            setting.client,
+            setting.policy.describe(),
+        )
         return self._document(setting.to_json())
 
     def op_admin_prune_plan(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
@@ -507,7 +531,6 @@ class Session:
         records = self._pruner().history(name, limit)
         return self._document({"history": [record.to_json() for record in records]})
 
-
     MAX_LOG_LINES = 1000
 
     def op_admin_log(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
@@ -517,8 +540,10 @@ class Session:
         if level not in LEVELS:
             raise InvalidRequest(f"field 'level' must be one of {', '.join(LEVELS)}")
         limit = frame.header.get("limit", 200)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not (
-            1 <= limit <= self.MAX_LOG_LINES
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not (1 <= limit <= self.MAX_LOG_LINES)
         ):
             raise InvalidRequest(f"field 'limit' must be a number from 1 to {self.MAX_LOG_LINES}")
         lines = self.recent_log.lines(level, limit) if self.recent_log else []

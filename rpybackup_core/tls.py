@@ -50,7 +50,9 @@ def create_identity(directory: Path, common_name: str = "rpybackup-server") -> s
     )
     atomic_write_bytes(directory / KEY_FILE, key_pem, mode=0o600)
     atomic_write_bytes(directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return format_fingerprint(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    return format_fingerprint(
+        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    )
 
 
 def format_fingerprint(digest: bytes) -> str:
@@ -74,7 +76,9 @@ def parse_fingerprint(text: str) -> bytes:
 
 def certificate_fingerprint(cert_path: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    return format_fingerprint(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    return format_fingerprint(
+        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    )
 
 
 def server_context(directory: Path) -> ssl.SSLContext:

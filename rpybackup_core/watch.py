@@ -61,8 +61,15 @@ EDITOR_TEMP_PATTERNS = ("*.swp", "*.swx", "*~", ".#*", "#*#", "4913")
 
 # Opening and reading files (which every backup run does) is not a change, so only these.
 CHANGE_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, DirAttribEvent,
-    FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
 ]
 # On Linux watchdog adds a "directory modified" event to every child event (an editor's swap
 # file would trigger snapshots through its directory); elsewhere it can be the only signal.
@@ -76,8 +83,13 @@ BACKOFF_FIRST = 1.0
 MAX_RESULT_TEXT = 500
 
 # Retrying cannot fix these: the watcher ends with the error.
-PERMANENT_ERRORS = (AuthenticationFailed, FingerprintMismatch, ConfigError, UsageError,
-                    PermissionDenied)
+PERMANENT_ERRORS = (
+    AuthenticationFailed,
+    FingerprintMismatch,
+    ConfigError,
+    UsageError,
+    PermissionDenied,
+)
 
 
 @dataclass(frozen=True)
@@ -136,8 +148,9 @@ class ChangeCollector(FileSystemEventHandler):
         current = path
         while current != source:
             text = str(current)
-            if any(fnmatch.fnmatch(current.name, p) or fnmatch.fnmatch(text, p)
-                   for p in self.excludes):
+            if any(
+                fnmatch.fnmatch(current.name, p) or fnmatch.fnmatch(text, p) for p in self.excludes
+            ):
                 return False
             current = current.parent
         return True
@@ -162,8 +175,11 @@ class ChangeCollector(FileSystemEventHandler):
         with self._cond:
             old = self._pending
             if old is not None:
-                pending = Pending(old.count + pending.count, min(old.first, pending.first),
-                                  max(old.last, pending.last))
+                pending = Pending(
+                    old.count + pending.count,
+                    min(old.first, pending.first),
+                    max(old.last, pending.last),
+                )
             self._pending = pending
             self._cond.notify_all()
 
@@ -194,8 +210,9 @@ class ChangeCollector(FileSystemEventHandler):
                 now = self.clock()
                 limit = wake_by
                 if self._pending is not None:
-                    due = max(not_before, min(self._pending.last + quiet,
-                                              self._pending.first + max_delay))
+                    due = max(
+                        not_before, min(self._pending.last + quiet, self._pending.first + max_delay)
+                    )
                     if due <= now:
                         return True
                     limit = min(limit, due)
@@ -267,14 +284,19 @@ class Watcher:
             self._ensure_watches(first=True)
             # Whatever changed while nothing was watching: a full scan right away.
             self.collector.note(when=clock() - self.quiet)
-            log.info("watching %s (quiet %.0fs, max delay %.0fs)",
-                     ", ".join(map(str, self.sources)), self.quiet, self.max_delay)
+            log.info(
+                "watching %s (quiet %.0fs, max delay %.0fs)",
+                ", ".join(map(str, self.sources)),
+                self.quiet,
+                self.max_delay,
+            )
             while not self._stopping.is_set():
                 self._ensure_watches()
                 self._heartbeat()
                 wake_by = min(self._next_heartbeat, clock() + HEALTH_SECONDS)
-                if self.collector.wait_due(self.quiet, self.max_delay, self._retry_at, wake_by,
-                                           self._stopping):
+                if self.collector.wait_due(
+                    self.quiet, self.max_delay, self._retry_at, wake_by, self._stopping
+                ):
                     self._attempt()
         finally:
             self._observer.stop()
@@ -301,7 +323,8 @@ class Watcher:
         is not watched.
         """
         return {
-            (str(source), True) if source.is_dir() and not source.is_symlink()
+            (str(source), True)
+            if source.is_dir() and not source.is_symlink()
             else (str(source.parent), False)
             for source in self.sources
         }
@@ -332,8 +355,12 @@ class Watcher:
                 continue  # nothing there to back up; retried, and scanned once it appears
             except OSError as exc:
                 if key not in self._unwatchable:
-                    log.warning("cannot watch %s (%s); scanning it every %.0fs instead",
-                                path, exc.strerror or exc, self.max_delay)
+                    log.warning(
+                        "cannot watch %s (%s); scanning it every %.0fs instead",
+                        path,
+                        exc.strerror or exc,
+                        self.max_delay,
+                    )
                 unwatchable.add(key)
                 continue
             restored = True
@@ -375,8 +402,13 @@ class Watcher:
         self.last_backup = result.time
         self.last_result = _result_text(error or "ok")
         seconds = self.collector.clock() - started
-        log.info("snapshot %s: %d change(s), %d files, %.1fs", result.snapshot[:8],
-                 pending.count, result.files, seconds)
+        log.info(
+            "snapshot %s: %d change(s), %d files, %.1fs",
+            result.snapshot[:8],
+            pending.count,
+            result.files,
+            seconds,
+        )
         self._report("watching")
         self.on_run(WatchRun(pending.count, result.snapshot, error, seconds))
 
@@ -385,8 +417,12 @@ class Watcher:
         self.collector.put_back(pending)
         now = self.collector.clock()
         self._retry_at = now + self._backoff
-        log.warning("backup failed: %s; keeping %d change(s), retrying in %.0fs",
-                    exc, pending.count, self._backoff)
+        log.warning(
+            "backup failed: %s; keeping %d change(s), retrying in %.0fs",
+            exc,
+            pending.count,
+            self._backoff,
+        )
         self._backoff = min(self._backoff * 2, self.backoff_max)
         self.last_result = _result_text(f"error: {exc}")
         self._report("watching")

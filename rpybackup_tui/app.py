@@ -92,8 +92,10 @@ class ConsoleApp(App[None]):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rpybackup-tui", description="rPyBackup admin console")
-    parser.add_argument("--config", help="client config to use (default: $RPYBACKUP_CONFIG or "
-                        "~/.config/rpybackup/client.toml)")
+    parser.add_argument(
+        "--config",
+        help="client config to use (default: $RPYBACKUP_CONFIG or ~/.config/rpybackup/client.toml)",
+    )
     args = parser.parse_args(argv)
     path = Path(args.config) if args.config else default_client_config()
     try:

@@ -39,7 +39,7 @@ class ServerHarness:
         return f"127.0.0.1:{self.server.address[1]}"
 
     @property
-    def repo(self):  # noqa: ANN201 - the live repository
+    def repo(self):
         assert self.server is not None
         return self.server.repo
 
@@ -106,7 +106,7 @@ def server(tmp_path: Path) -> Iterator[ServerHarness]:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201 - a callable
+def cli(capsys: pytest.CaptureFixture[str]):
     """Run the real CLI entry point in-process and capture what it prints."""
 
     def run(*args: str) -> CliResult:

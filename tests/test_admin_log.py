@@ -53,5 +53,6 @@ def test_the_ring_keeps_the_newest_lines() -> None:
     finally:
         logger.removeHandler(ring)
     assert [line.message for line in ring.lines()] == [
-        "line 2", "write failed (OSError: no space left)"
+        "line 2",
+        "write failed (OSError: no space left)",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,8 +25,15 @@ def one_line_error(err: str) -> str:
 
 def test_wrong_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
     server.add_client("alice")
-    result = cli("--config", str(tmp_path / "c.toml"), "enroll", server.address, "AAAAA-BBBBB-CCCCC",
-                 "--fingerprint", server.fingerprint)
+    result = cli(
+        "--config",
+        str(tmp_path / "c.toml"),
+        "enroll",
+        server.address,
+        "AAAAA-BBBBB-CCCCC",
+        "--fingerprint",
+        server.fingerprint,
+    )
     assert result.code == 1
     assert "not valid" in one_line_error(result.err)
     assert not (tmp_path / "c.toml").exists()
@@ -33,19 +41,40 @@ def test_wrong_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
 
 def test_reused_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
     code = server.add_client("alice")
-    first = cli("--config", str(tmp_path / "a.toml"), "enroll", server.address, code,
-                "--fingerprint", server.fingerprint)
+    first = cli(
+        "--config",
+        str(tmp_path / "a.toml"),
+        "enroll",
+        server.address,
+        code,
+        "--fingerprint",
+        server.fingerprint,
+    )
     assert first.code == 0, first.err
-    second = cli("--config", str(tmp_path / "b.toml"), "enroll", server.address, code,
-                 "--fingerprint", server.fingerprint)
+    second = cli(
+        "--config",
+        str(tmp_path / "b.toml"),
+        "enroll",
+        server.address,
+        code,
+        "--fingerprint",
+        server.fingerprint,
+    )
     assert second.code == 1
     assert "already used" in one_line_error(second.err)
 
 
 def test_expired_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
     code = server.repo.add_client("alice", admin=False, ttl=-1)
-    result = cli("--config", str(tmp_path / "c.toml"), "enroll", server.address, code,
-                 "--fingerprint", server.fingerprint)
+    result = cli(
+        "--config",
+        str(tmp_path / "c.toml"),
+        "enroll",
+        server.address,
+        code,
+        "--fingerprint",
+        server.fingerprint,
+    )
     assert result.code == 1
     assert "expired" in one_line_error(result.err)
 
@@ -53,13 +82,21 @@ def test_expired_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None
 def test_wrong_fingerprint_refuses_to_connect(server, cli, tmp_path: Path) -> None:
     code = server.add_client("alice")
     wrong = ":".join(["AB"] * 32)
-    result = cli("--config", str(tmp_path / "c.toml"), "enroll", server.address, code,
-                 "--fingerprint", wrong)
+    result = cli(
+        "--config", str(tmp_path / "c.toml"), "enroll", server.address, code, "--fingerprint", wrong
+    )
     assert result.code == 1
     assert "does not match" in one_line_error(result.err)
     # The code was never sent, so the real server still accepts it.
-    ok = cli("--config", str(tmp_path / "c.toml"), "enroll", server.address, code,
-             "--fingerprint", server.fingerprint)
+    ok = cli(
+        "--config",
+        str(tmp_path / "c.toml"),
+        "enroll",
+        server.address,
+        code,
+        "--fingerprint",
+        server.fingerprint,
+    )
     assert ok.code == 0, ok.err
 
 
@@ -188,10 +225,8 @@ def test_plaintext_garbage_instead_of_tls_is_dropped(server) -> None:
     host, port = server.address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as raw:
         raw.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
-        try:
-            assert raw.recv(4096) is not None
-        except ConnectionError:
-            pass
+        with contextlib.suppress(ConnectionError):
+            raw.recv(4096)
     assert server.client("alice").snapshots() == []
 
 
@@ -199,8 +234,9 @@ def test_requests_before_authentication_are_denied(server) -> None:
     from rpybackup_core.errors import PermissionDenied
     from rpybackup_core.remote import RemoteRepository
 
-    with RemoteRepository.open(server.address, server.fingerprint) as remote, pytest.raises(
-        PermissionDenied
+    with (
+        RemoteRepository.open(server.address, server.fingerprint) as remote,
+        pytest.raises(PermissionDenied),
     ):
         remote.snapshots()
 
@@ -257,8 +293,16 @@ def test_restore_refuses_to_write_through_a_symlink_in_the_target(
 def test_restore_include_refuses_dot_dot(server, cli, sample_tree: Path, tmp_path: Path) -> None:
     config = server.enroll("alice")
     assert cli("--config", str(config.path), "run", str(sample_tree)).code == 0
-    result = cli("--config", str(config.path), "restore", "latest", "--target",
-                 str(tmp_path / "t"), "--include", "../../etc")
+    result = cli(
+        "--config",
+        str(config.path),
+        "restore",
+        "latest",
+        "--target",
+        str(tmp_path / "t"),
+        "--include",
+        "../../etc",
+    )
     assert result.code == 2
     assert "not a valid path" in one_line_error(result.err)
 
@@ -266,9 +310,9 @@ def test_restore_include_refuses_dot_dot(server, cli, sample_tree: Path, tmp_pat
 def test_disk_full_on_the_server_fails_cleanly_and_keeps_earlier_snapshots(
     tmp_path: Path, cli
 ) -> None:
-    from tests.conftest import ServerHarness
     from rpybackup_core.config import ServerConfig
     from rpybackup_core.tls import create_identity
+    from tests.conftest import ServerHarness
 
     small = tmp_path / "small"
     small.mkdir()
@@ -302,8 +346,12 @@ def test_disk_full_on_the_server_fails_cleanly_and_keeps_earlier_snapshots(
         assert len(snapshots) == 1
 
         target = tmp_path / "restored"
-        assert cli("--config", str(client_config.path), "restore", "latest", "--target",
-                   str(target)).code == 0
+        assert (
+            cli(
+                "--config", str(client_config.path), "restore", "latest", "--target", str(target)
+            ).code
+            == 0
+        )
         assert compare_trees(first, target / first.relative_to("/")) == []
 
         subprocess.run(["mount", "-o", "remount,size=128m", str(small)], check=True)

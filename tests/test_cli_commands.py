@@ -52,8 +52,19 @@ def test_get_into_a_directory_and_from_an_older_snapshot(server, cli, tmp_path: 
     assert newest.code == 0, newest.err
     assert (out_dir / "note.txt").read_text() == "version two\n"
     older = tmp_path / "older.txt"
-    assert cli("--config", str(config.path), "get", str(note), "-o", str(older), "--snapshot",
-               first["snapshot"][:8]).code == 0
+    assert (
+        cli(
+            "--config",
+            str(config.path),
+            "get",
+            str(note),
+            "-o",
+            str(older),
+            "--snapshot",
+            first["snapshot"][:8],
+        ).code
+        == 0
+    )
     assert older.read_text() == "version one\n"
 
 
@@ -99,6 +110,7 @@ def test_ambiguous_and_malformed_snapshot_ids(server, cli, tmp_path: Path) -> No
     assert cli("--config", str(config.path), "put", str(note)).code == 0
     bad = cli("--config", str(config.path), "restore", "xyz!", "--target", str(tmp_path / "t"))
     assert bad.code == 2
-    missing = cli("--config", str(config.path), "restore", "ffffffff", "--target",
-                  str(tmp_path / "t"))
+    missing = cli(
+        "--config", str(config.path), "restore", "ffffffff", "--target", str(tmp_path / "t")
+    )
     assert missing.code == 1 and "no snapshot" in missing.err

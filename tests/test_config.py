@@ -31,7 +31,11 @@ def test_bad_durations(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("host:1", ("host", 1)), ("[::1]:7443", ("::1", 7443)), ("example.org", ("example.org", 7443))],
+    [
+        ("host:1", ("host", 1)),
+        ("[::1]:7443", ("::1", 7443)),
+        ("example.org", ("example.org", 7443)),
+    ],
 )
 def test_addresses(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected

@@ -25,7 +25,9 @@ def test_seal_then_open_round_trips(sealer: Sealer, plaintext: bytes) -> None:
     assert sealer.open(chunk_id, sealer.seal(chunk_id, plaintext)) == plaintext
 
 
-def test_compressible_data_is_stored_smaller_and_random_data_is_not_inflated(sealer: Sealer) -> None:
+def test_compressible_data_is_stored_smaller_and_random_data_is_not_inflated(
+    sealer: Sealer,
+) -> None:
     text = b"the quick brown fox " * 20_000
     noise = os.urandom(400_000)
     assert len(sealer.seal(sealer.chunk_id(text), text)) < len(text) // 10

@@ -59,8 +59,15 @@ class Daemon:
         assert added.returncode == 0, added.stderr
         code = json.loads(added.stdout)["code"]
         client_config = directory / f"{name}.toml"
-        enrolled = run("--config", str(client_config), "enroll", self.address, code,
-                       "--fingerprint", self.fingerprint)
+        enrolled = run(
+            "--config",
+            str(client_config),
+            "enroll",
+            self.address,
+            code,
+            "--fingerprint",
+            self.fingerprint,
+        )
         assert enrolled.returncode == 0, enrolled.stderr
         return client_config
 
@@ -69,13 +76,26 @@ class Daemon:
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     port = free_port()
     config = tmp_path / "server.toml"
-    init = run("--config", str(config), "server", "init", "--data", str(tmp_path / "data"),
-               "--listen", f"127.0.0.1:{port}", "--json")
+    init = run(
+        "--config",
+        str(config),
+        "server",
+        "init",
+        "--data",
+        str(tmp_path / "data"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--json",
+    )
     assert init.returncode == 0, init.stderr
     info = json.loads(init.stdout)
     assert info["listen"] == f"127.0.0.1:{port}"
-    process = subprocess.Popen([*CLI, "--config", str(config), "serve"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*CLI, "--config", str(config), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_port(port)
         yield Daemon(config, tmp_path / "data", port, info["fingerprint"], process)
@@ -103,7 +123,10 @@ def test_only_tls_1_3_is_accepted(daemon: Daemon) -> None:
     def handshake(flag: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["openssl", "s_client", flag, "-connect", daemon.address],
-            input="", capture_output=True, text=True, timeout=60,
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     assert handshake("-tls1_2").returncode != 0
@@ -118,9 +141,19 @@ def test_no_plaintext_or_enrollment_code_in_the_servers_files(
     added = run("--config", str(daemon.config), "client", "add", "alice", "--json")
     code = json.loads(added.stdout)["code"]
     client_config = tmp_path / "alice.toml"
-    assert run("--config", str(client_config), "enroll", daemon.address, code,
-               "--fingerprint", daemon.fingerprint).returncode == 0
-    token = [line for line in client_config.read_text().splitlines() if "token" in line][0]
+    assert (
+        run(
+            "--config",
+            str(client_config),
+            "enroll",
+            daemon.address,
+            code,
+            "--fingerprint",
+            daemon.fingerprint,
+        ).returncode
+        == 0
+    )
+    token = next(line for line in client_config.read_text().splitlines() if "token" in line)
     token = token.split("=", 1)[1].strip().strip('"')
 
     marker = "ZEBRA-PLAINTEXT-MARKER-7731"
@@ -150,12 +183,16 @@ def test_concurrent_clients_against_the_daemon(daemon: Daemon, tmp_path: Path) -
         (source / "shared.txt").write_text("the same in every client\n" * 1000)
         sources.append(source)
     processes = [
-        subprocess.Popen([*CLI, "--config", str(cfg), "run", str(src), "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*CLI, "--config", str(cfg), "run", str(src), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for cfg, src in zip(configs, sources, strict=True)
     ]
     for process in processes:
-        out, err = process.communicate(timeout=300)
+        _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     for cfg, src in zip(configs, sources, strict=True):
         target = tmp_path / f"restore-{cfg.stem}"
@@ -184,7 +221,9 @@ def test_client_streams_a_2gib_file_in_bounded_memory(daemon: Daemon, tmp_path: 
     )
     measured = subprocess.run(
         [sys.executable, "-c", script, *CLI, "--config", str(client_config), "run", str(source)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert measured.returncode == 0, measured.stderr
     peak_kib = int(measured.stdout.strip().splitlines()[-1])
@@ -198,8 +237,9 @@ def test_the_servers_state_is_private_to_its_user(daemon: Daemon) -> None:
 
 
 def test_serve_on_a_taken_port_fails_with_one_line(daemon: Daemon) -> None:
-    second = subprocess.run([*CLI, "--config", str(daemon.config), "serve"],
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [*CLI, "--config", str(daemon.config), "serve"], capture_output=True, text=True, timeout=60
+    )
     assert second.returncode == 1
     assert second.stderr.strip().splitlines()[-1].startswith("rpybackup-core: error: cannot listen")
     assert "Traceback" not in second.stderr

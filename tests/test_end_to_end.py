@@ -25,7 +25,9 @@ def test_put_rlist_get_returns_identical_bytes(server, cli, tmp_path: Path) -> N
     assert dest.read_bytes() == payload.read_bytes()
 
 
-def test_run_then_restore_latest_is_identical(server, cli, sample_tree: Path, tmp_path: Path) -> None:
+def test_run_then_restore_latest_is_identical(
+    server, cli, sample_tree: Path, tmp_path: Path
+) -> None:
     config = server.enroll("alice")
     run = cli("--config", str(config.path), "run", str(sample_tree), "--json")
     assert run.code == 0, run.err
@@ -38,7 +40,9 @@ def test_run_then_restore_latest_is_identical(server, cli, sample_tree: Path, tm
     assert compare_trees(sample_tree, target / sample_tree.relative_to("/")) == []
 
 
-def test_second_run_over_unchanged_data_uploads_almost_nothing(server, cli, sample_tree: Path) -> None:
+def test_second_run_over_unchanged_data_uploads_almost_nothing(
+    server, cli, sample_tree: Path
+) -> None:
     config = server.enroll("alice")
     first = json.loads(cli("--config", str(config.path), "run", str(sample_tree), "--json").out)
     second = json.loads(cli("--config", str(config.path), "run", str(sample_tree), "--json").out)
@@ -55,8 +59,9 @@ def test_clients_are_isolated(server, cli, sample_tree: Path, tmp_path: Path) ->
     run = json.loads(cli("--config", str(alice.path), "run", str(sample_tree), "--json").out)
 
     assert json.loads(cli("--config", str(bob.path), "snapshots", "--json").out) == []
-    denied = cli("--config", str(bob.path), "restore", run["snapshot"], "--target",
-                 str(tmp_path / "steal"))
+    denied = cli(
+        "--config", str(bob.path), "restore", run["snapshot"], "--target", str(tmp_path / "steal")
+    )
     assert denied.code == 1
     assert "no snapshot" in denied.err or "no snapshots" in denied.err
     assert not (tmp_path / "steal" / sample_tree.relative_to("/")).exists()

@@ -11,8 +11,7 @@ import pytest
 import rpybackup_core
 
 CORE_MODULES = sorted(
-    info.name
-    for info in pkgutil.walk_packages(rpybackup_core.__path__, prefix="rpybackup_core.")
+    info.name for info in pkgutil.walk_packages(rpybackup_core.__path__, prefix="rpybackup_core.")
 )
 
 _PROBE = """

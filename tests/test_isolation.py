@@ -30,7 +30,9 @@ def test_a_client_cannot_reach_another_clients_chunks(server, sample_tree: Path)
     alice_id = server.repo.client_by_name("alice").id
     alice_chunks = [
         bytes(row[0])
-        for row in server.repo._query("SELECT chunk_id FROM chunks WHERE client_id = ?", (alice_id,))
+        for row in server.repo._query(
+            "SELECT chunk_id FROM chunks WHERE client_id = ?", (alice_id,)
+        )
     ]
     assert alice_chunks
 
@@ -54,21 +56,29 @@ def test_a_hostile_tree_with_dot_dot_is_refused_at_restore(server, tmp_path: Pat
     sealer = Sealer(MasterKey.from_text(config.key))
     payload = b"escaped!"
     data_id = sealer.chunk_id(payload)
-    evil = Node("..", FILE, 0o644, 0, size=len(payload), content=[data_id],
-                sha256="0" * 64)
+    evil = Node("..", FILE, 0o644, 0, size=len(payload), content=[data_id], sha256="0" * 64)
     inner = encode_tree([evil])
     inner_id = sealer.chunk_id(inner)
     root = encode_tree([Node("x", DIR, 0o755, 0, content=[inner_id])])
     root_id = sealer.chunk_id(root)
     with connect(server, "mallory") as remote:
-        remote.put([(cid, sealer.seal(cid, blob)) for cid, blob in
-                    ((data_id, payload), (inner_id, inner), (root_id, root))])
+        remote.put(
+            [
+                (cid, sealer.seal(cid, blob))
+                for cid, blob in ((data_id, payload), (inner_id, inner), (root_id, root))
+            ]
+        )
         remote.refs([data_id, inner_id, root_id])
-        remote.commit({
-            "time": "2026-01-01T00:00:00Z", "tags": [], "stats": {}, "parent": None,
-            "root": [root_id.hex()],
-            "meta": sealer.seal_document(SNAPSHOT_META, {"hostname": "h", "paths": ["/x"]}),
-        })
+        remote.commit(
+            {
+                "time": "2026-01-01T00:00:00Z",
+                "tags": [],
+                "stats": {},
+                "parent": None,
+                "root": [root_id.hex()],
+                "meta": sealer.seal_document(SNAPSHOT_META, {"hostname": "h", "paths": ["/x"]}),
+            }
+        )
 
     target = tmp_path / "target" / "inner"
     target.mkdir(parents=True)
@@ -87,16 +97,22 @@ def test_a_commit_referencing_chunks_the_server_lacks_is_refused(server) -> None
         with pytest.raises(NotFound):
             remote.refs([missing])
         with pytest.raises(InvalidRequest):
-            remote.commit({
-                "time": "2026-01-01T00:00:00Z", "tags": [], "stats": {}, "parent": None,
-                "root": [missing.hex()],
-                "meta": sealer.seal_document(SNAPSHOT_META, {}),
-            })
+            remote.commit(
+                {
+                    "time": "2026-01-01T00:00:00Z",
+                    "tags": [],
+                    "stats": {},
+                    "parent": None,
+                    "root": [missing.hex()],
+                    "meta": sealer.seal_document(SNAPSHOT_META, {}),
+                }
+            )
         assert remote.snapshots() == []
 
 
-def test_reenrolling_recovers_the_key_with_the_passphrase(server, sample_tree: Path,
-                                                          tmp_path: Path) -> None:
+def test_reenrolling_recovers_the_key_with_the_passphrase(
+    server, sample_tree: Path, tmp_path: Path
+) -> None:
     original = server.enroll("alice")
     server.client("alice").backup([str(sample_tree)])
 
@@ -104,8 +120,9 @@ def test_reenrolling_recovers_the_key_with_the_passphrase(server, sample_tree: P
     with pytest.raises(CryptoError, match="wrong passphrase"):
         enroll(server.address, code, server.fingerprint, tmp_path / "bad.toml", passphrase="nope")
     code = server.repo.add_client("alice", admin=False, ttl=600, reenroll=True)
-    recovered, _ = enroll(server.address, code, server.fingerprint, tmp_path / "new.toml",
-                          passphrase="pw")
+    recovered, _ = enroll(
+        server.address, code, server.fingerprint, tmp_path / "new.toml", passphrase="pw"
+    )
     assert recovered.key == original.key
     assert recovered.token != original.token
 

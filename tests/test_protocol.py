@@ -13,7 +13,7 @@ from rpybackup_core.protocol import FramedSocket, pack_records, split_ids, unpac
 
 
 @pytest.fixture
-def pair():  # noqa: ANN201 - two connected FramedSockets
+def pair():
     left, right = socket.socketpair()
     left.settimeout(10)
     right.settimeout(10)
@@ -55,8 +55,10 @@ def test_truncated_frame_is_a_protocol_error(pair) -> None:
         receiver.recv()
 
 
-@pytest.mark.parametrize("prefix", [struct.pack(">II", 0, 0), struct.pack(">II", 1 << 30, 0),
-                                    struct.pack(">II", 2, 1 << 30)])
+@pytest.mark.parametrize(
+    "prefix",
+    [struct.pack(">II", 0, 0), struct.pack(">II", 1 << 30, 0), struct.pack(">II", 2, 1 << 30)],
+)
 def test_out_of_bounds_lengths_are_refused_before_allocating(pair, prefix: bytes) -> None:
     sender, receiver = pair
     sender.sock.sendall(prefix)

@@ -57,7 +57,10 @@ def fake_tool(bin_dir: Path, name: str, body: str) -> Path:
 
 def fake_crontab(bin_dir: Path, store: Path) -> Path:
     """Behaves like crontab(1) -l / - / -r on one user's table kept in ``store``."""
-    return fake_tool(bin_dir, "crontab", f"""
+    return fake_tool(
+        bin_dir,
+        "crontab",
+        f"""
 store = pathlib.Path({str(store)!r})
 arg = sys.argv[1]
 if arg in ("-l", "-r") and not store.exists():
@@ -69,14 +72,19 @@ elif arg == "-":
     store.write_text(sys.stdin.read())
 elif arg == "-r":
     store.unlink()
-""")
+""",
+    )
 
 
 def fake_systemctl(bin_dir: Path, log: Path) -> Path:
-    return fake_tool(bin_dir, "systemctl", f"""
+    return fake_tool(
+        bin_dir,
+        "systemctl",
+        f"""
 with open({str(log)!r}, "a") as handle:
     handle.write(" ".join(sys.argv[1:]) + "\\n")
-""")
+""",
+    )
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -130,17 +138,31 @@ def test_systemd_timer_every_duration_counts_from_the_last_run(job: Job) -> None
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("schedule", [Schedule(calendar="daily"), Schedule(calendar="07:05"),
-                                      Schedule(calendar="Mon *-*-* 03:00"), Schedule(every=900)])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        Schedule(calendar="daily"),
+        Schedule(calendar="07:05"),
+        Schedule(calendar="Mon *-*-* 03:00"),
+        Schedule(every=900),
+    ],
+)
 def test_systemd_accepts_the_generated_units(job: Job, tmp_path: Path, schedule: Schedule) -> None:
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
     for name, text in systemd_units(job, schedule).items():
         (unit_dir / name).write_text(text)
     verify = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", str(unit_dir / "rpybackup-laptop.timer"),
-         str(unit_dir / "rpybackup-laptop.service")],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            SYSTEMD_ANALYZE,
+            "verify",
+            str(unit_dir / "rpybackup-laptop.timer"),
+            str(unit_dir / "rpybackup-laptop.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert verify.returncode == 0, verify.stderr
     assert "rpybackup-laptop" not in verify.stderr, verify.stderr
@@ -192,24 +214,34 @@ def test_systemd_install_enables_the_timer_where_systemd_runs(job: Job, tmp_path
 # ---- cron -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("schedule", "expected"), [
-    (Schedule(every=60), "* * * * *"),
-    (Schedule(every=15 * 60), "*/15 * * * *"),
-    (Schedule(every=3600), "0 * * * *"),
-    (Schedule(every=6 * 3600), "0 */6 * * *"),
-    (Schedule(every=86400), "0 0 * * *"),
-    (Schedule(every=7 * 86400), "0 0 * * 0"),
-    (Schedule(calendar="daily"), "0 0 * * *"),
-    (Schedule(calendar="monthly"), "0 0 1 * *"),
-    (Schedule(calendar="2:05"), "5 2 * * *"),
-    (Schedule(calendar="30 4 * * 1-5"), "30 4 * * 1-5"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        (Schedule(every=60), "* * * * *"),
+        (Schedule(every=15 * 60), "*/15 * * * *"),
+        (Schedule(every=3600), "0 * * * *"),
+        (Schedule(every=6 * 3600), "0 */6 * * *"),
+        (Schedule(every=86400), "0 0 * * *"),
+        (Schedule(every=7 * 86400), "0 0 * * 0"),
+        (Schedule(calendar="daily"), "0 0 * * *"),
+        (Schedule(calendar="monthly"), "0 0 1 * *"),
+        (Schedule(calendar="2:05"), "5 2 * * *"),
+        (Schedule(calendar="30 4 * * 1-5"), "30 4 * * 1-5"),
+    ],
+)
 def test_cron_times(schedule: Schedule, expected: str) -> None:
     assert cron_time(schedule) == expected
 
 
-@pytest.mark.parametrize("schedule", [Schedule(every=7 * 60), Schedule(every=90 * 60),
-                                      Schedule(every=61), Schedule(calendar="Mon *-*-* 03:00")])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        Schedule(every=7 * 60),
+        Schedule(every=90 * 60),
+        Schedule(every=61),
+        Schedule(calendar="Mon *-*-* 03:00"),
+    ],
+)
 def test_cron_refuses_what_it_cannot_express(schedule: Schedule) -> None:
     with pytest.raises(ScheduleError):
         cron_time(schedule)
@@ -260,15 +292,33 @@ def test_cron_install_then_remove_without_a_crontab_leaves_none(job: Job, tmp_pa
 
 
 def test_schtasks_commands(job: Job) -> None:
-    base = ["schtasks", "/Create", "/F", "/TN", "rpybackup-laptop", "/TR",
-            subprocess.list2cmdline(job.command)]
+    base = [
+        "schtasks",
+        "/Create",
+        "/F",
+        "/TN",
+        "rpybackup-laptop",
+        "/TR",
+        subprocess.list2cmdline(job.command),
+    ]
     assert schtasks_create(job, Schedule(every=30 * 60)) == [*base, "/SC", "MINUTE", "/MO", "30"]
     assert schtasks_create(job, Schedule(every=2 * 3600)) == [*base, "/SC", "HOURLY", "/MO", "2"]
     assert schtasks_create(job, Schedule(every=86400)) == [*base, "/SC", "DAILY", "/MO", "1"]
     assert schtasks_create(job, Schedule(calendar="7:05")) == [
-        *base, "/SC", "DAILY", "/ST", "07:05"]
+        *base,
+        "/SC",
+        "DAILY",
+        "/ST",
+        "07:05",
+    ]
     assert schtasks_create(job, Schedule(calendar="weekly"))[-6:] == [
-        "/SC", "WEEKLY", "/D", "SUN", "/ST", "00:00"]
+        "/SC",
+        "WEEKLY",
+        "/D",
+        "SUN",
+        "/ST",
+        "00:00",
+    ]
     with pytest.raises(ScheduleError):
         schtasks_create(job, Schedule(calendar="Mon *-*-* 03:00"))
     with pytest.raises(ScheduleError):
@@ -294,8 +344,9 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_schedule_show_prints_a_real_systemd_timer(isolated: Path, tmp_path: Path, cli) -> None:
     config = make_config(tmp_path)
-    result = cli("--config", str(config.path), "schedule", "show", "--via", "systemd",
-                 "--every", "1h")
+    result = cli(
+        "--config", str(config.path), "schedule", "show", "--via", "systemd", "--every", "1h"
+    )
     assert result.code == 0, result.err
     assert "not installed" in result.out
     assert "[Timer]" in result.out and "OnUnitActiveSec=3600s" in result.out
@@ -347,8 +398,13 @@ def test_the_shipped_watch_unit_is_valid(job: Job, tmp_path: Path) -> None:
     unit = tmp_path / "rpybackup-watch.service"
     # Verification needs the executable to exist; the shipped path is an example location.
     unit.write_text(shipped.replace("/usr/local/bin/rpybackup-core", job.command[0]))
-    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    verify = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stderr
 
 
@@ -359,8 +415,9 @@ def test_schedule_show_works_without_a_crontab_program(
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
     config = make_config(tmp_path)
-    result = cli("--config", str(config.path), "schedule", "show", "--via", "cron",
-                 "--calendar", "weekly")
+    result = cli(
+        "--config", str(config.path), "schedule", "show", "--via", "cron", "--calendar", "weekly"
+    )
     assert result.code == 0, result.err
     assert "cannot run crontab" in result.err
     assert "0 0 * * 0 " in result.out and "# rpybackup-core schedule:" in result.out

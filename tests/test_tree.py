@@ -39,14 +39,45 @@ def test_unsafe_names_are_rejected(name: str) -> None:
         b"[]",
         json.dumps({"version": 99, "entries": []}).encode(),
         json.dumps({"version": 1, "entries": [{"name": "x", "type": "fifo"}]}).encode(),
-        json.dumps({"version": 1, "entries": [
-            {"name": "x", "type": "file", "mode": 1, "mtime_ns": 1, "size": "big",
-             "sha256": "0" * 64}]}).encode(),
-        json.dumps({"version": 1, "entries": [
-            {"name": "x", "type": "file", "mode": 1, "mtime_ns": 1, "size": 1,
-             "sha256": "0" * 64, "content": ["zz"]}]}).encode(),
-        json.dumps({"version": 1, "entries": [
-            {"name": "x", "type": "symlink", "mode": 1, "mtime_ns": 1, "target": ""}]}).encode(),
+        json.dumps(
+            {
+                "version": 1,
+                "entries": [
+                    {
+                        "name": "x",
+                        "type": "file",
+                        "mode": 1,
+                        "mtime_ns": 1,
+                        "size": "big",
+                        "sha256": "0" * 64,
+                    }
+                ],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "version": 1,
+                "entries": [
+                    {
+                        "name": "x",
+                        "type": "file",
+                        "mode": 1,
+                        "mtime_ns": 1,
+                        "size": 1,
+                        "sha256": "0" * 64,
+                        "content": ["zz"],
+                    }
+                ],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "version": 1,
+                "entries": [
+                    {"name": "x", "type": "symlink", "mode": 1, "mtime_ns": 1, "target": ""}
+                ],
+            }
+        ).encode(),
     ],
     ids=["garbage", "list", "version", "type", "size", "chunk-id", "empty-target"],
 )

@@ -170,9 +170,13 @@ def test_an_edit_yields_a_snapshot_holding_it_and_restore_latest_shows_it(
         edited_at = time.monotonic()
         edit = "second draft, longer\n"
         (source / "notes.txt").write_text(edit)
-        wait_for("a snapshot with the edit",
-                 lambda: client.snapshots()[-1].id != first.snapshot
-                 and files_in_latest(client)[f"{source}/notes.txt"] == len(edit))
+        wait_for(
+            "a snapshot with the edit",
+            lambda: (
+                client.snapshots()[-1].id != first.snapshot
+                and files_in_latest(client)[f"{source}/notes.txt"] == len(edit)
+            ),
+        )
         took = time.monotonic() - edited_at
         assert took < QUIET + 5, f"the edit took {took:.1f}s to reach a snapshot"
         assert client.snapshots()[-1].tags == ["watch"]
@@ -200,8 +204,10 @@ def test_200_files_written_in_2_seconds_give_1_to_5_snapshots_and_the_last_holds
         for i in range(200):
             (burst / f"f{i:03}.txt").write_text(f"file {i}\n")
             time.sleep(0.01)  # pacing the workload over ~2 s, not synchronising
-        wait_for("a snapshot holding all 200 files",
-                 lambda: sum(p.startswith(f"{burst}/") for p in files_in_latest(client)) == 200)
+        wait_for(
+            "a snapshot holding all 200 files",
+            lambda: sum(p.startswith(f"{burst}/") for p in files_in_latest(client)) == 200,
+        )
     made = len(client.snapshots()) - before
     assert 1 <= made <= 5, f"{made} snapshots for one burst"
     assert sum(p.startswith(f"{burst}/") for p in files_in_latest(client)) == 200
@@ -223,16 +229,19 @@ def test_a_server_outage_keeps_watch_up_and_everything_reaches_a_snapshot_after(
             assert running.thread.is_alive()
         (source / "after.txt").write_text("the server is back\n")
         names = {"during-1.txt", "during-2.txt", "after.txt", "notes.txt"}
-        wait_for("a snapshot with every change of the outage",
-                 lambda: {Path(p).name for p in files_in_latest(client)} >= names)
+        wait_for(
+            "a snapshot with every change of the outage",
+            lambda: {Path(p).name for p in files_in_latest(client)} >= names,
+        )
         assert running.thread.is_alive()
 
 
 def test_excluded_files_editor_temp_files_and_the_own_cache_do_not_trigger_snapshots(
     server, source: Path
 ) -> None:
-    client = watched_client(server, source, excludes=["*.tmp", "build"],
-                            cache_dir=str(source / ".rpybackup-cache"))
+    client = watched_client(
+        server, source, excludes=["*.tmp", "build"], cache_dir=str(source / ".rpybackup-cache")
+    )
     with watching(client) as running:
         running.next_good_run()
         collector = running.watcher.collector
@@ -272,11 +281,15 @@ def test_a_watched_directory_that_is_removed_and_recreated_is_watched_again(
         source.mkdir()
         v2 = "print('v2, recreated')\n"
         (source / "main.py").write_text(v2)
-        wait_for("a snapshot of the recreated directory",
-                 lambda: files_in_latest(client).get(f"{source}/main.py") == len(v2))
+        wait_for(
+            "a snapshot of the recreated directory",
+            lambda: files_in_latest(client).get(f"{source}/main.py") == len(v2),
+        )
         (source / "later.py").write_text("seen through the new watch\n")
-        wait_for("a change inside the recreated directory",
-                 lambda: f"{source}/later.py" in files_in_latest(client))
+        wait_for(
+            "a change inside the recreated directory",
+            lambda: f"{source}/later.py" in files_in_latest(client),
+        )
 
 
 def test_a_warning_from_the_observer_about_lost_events_brings_a_full_scan(
@@ -288,16 +301,16 @@ def test_a_warning_from_the_observer_about_lost_events_brings_a_full_scan(
         # What watchdog logs when the kernel's inotify queue overflowed; a real overflow cannot
         # be forced reliably, so the test speaks its log line.
         logging.getLogger("watchdog.observers.inotify_c").warning(
-            "Inotify queue overflowed; filesystem events were lost")
+            "Inotify queue overflowed; filesystem events were lost"
+        )
         rescan = running.next_good_run()
         assert rescan.snapshot != first.snapshot
-    assert not any(isinstance(h, LostEventsAlarm)
-                   for h in logging.getLogger("watchdog.observers").handlers)
+    assert not any(
+        isinstance(h, LostEventsAlarm) for h in logging.getLogger("watchdog.observers").handlers
+    )
 
 
-def test_a_single_file_source_is_watched_through_its_directory(
-    server, tmp_path: Path
-) -> None:
+def test_a_single_file_source_is_watched_through_its_directory(server, tmp_path: Path) -> None:
     folder = tmp_path / "etc"
     folder.mkdir()
     conf = folder / "app.conf"
@@ -306,13 +319,17 @@ def test_a_single_file_source_is_watched_through_its_directory(
     with watching(client) as running:
         running.next_good_run()
         (folder / "unrelated.txt").write_text("not a source\n")
-        wait_for("the unrelated change", lambda: running.watcher.collector.last_ignored
-                 == folder / "unrelated.txt")
+        wait_for(
+            "the unrelated change",
+            lambda: running.watcher.collector.last_ignored == folder / "unrelated.txt",
+        )
         assert running.watcher.collector.take() is None
         assert running.runs.empty()
         conf.write_text("a=22\n")
-        wait_for("a snapshot with the edited file",
-                 lambda: files_in_latest(client).get(str(conf)) == len("a=22\n"))
+        wait_for(
+            "a snapshot with the edited file",
+            lambda: files_in_latest(client).get(str(conf)) == len("a=22\n"),
+        )
     assert set(files_in_latest(client)) == {str(conf)}
 
 
@@ -338,8 +355,9 @@ def test_the_server_refuses_malformed_state_reports(server) -> None:
         {"state": "idle", "last_result": "ok", "last_backup": "9999-01-01T00:00:00Z"},
         {"state": "idle", "last_result": "ok", "last_backup": ["2026-01-01"]},
     ]
-    with RemoteRepository.connect(config.server, config.fingerprint, config.name,
-                                  config.token) as remote:
+    with RemoteRepository.connect(
+        config.server, config.fingerprint, config.name, config.token
+    ) as remote:
         for report in bad_reports:
             with pytest.raises(InvalidRequest):
                 remote.request("report", **report)
@@ -353,8 +371,10 @@ def test_the_server_refuses_malformed_state_reports(server) -> None:
 
 def test_reports_need_authentication(server) -> None:
     server.enroll("laptop")
-    with RemoteRepository.open(server.address, server.fingerprint) as remote, \
-            pytest.raises(PermissionDenied):
+    with (
+        RemoteRepository.open(server.address, server.fingerprint) as remote,
+        pytest.raises(PermissionDenied),
+    ):
         remote.request("report", state="idle", last_result="ok")
     assert server.repo.client_states() == {}
 
@@ -368,9 +388,22 @@ def test_sigterm_ends_the_watch_command_cleanly_after_the_snapshot_in_flight(
     client = watched_client(server, source)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "rpybackup_core.cli.main", "--config", str(client.config.path),
-         "--log-level", "info", "watch", "--quiet-seconds", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "rpybackup_core.cli.main",
+            "--config",
+            str(client.config.path),
+            "--log-level",
+            "info",
+            "watch",
+            "--quiet-seconds",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     log_lines: list[str] = []
     assert process.stderr is not None

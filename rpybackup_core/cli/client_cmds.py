@@ -99,13 +99,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         passphrase=read_passphrase(args),
     )
     if args.json:
-        print_json({"config": str(config.path), "client": config.name,
-                    "recovery_passphrase": generated})
+        print_json(
+            {"config": str(config.path), "client": config.name, "recovery_passphrase": generated}
+        )
         return 0
     stdout.print(f"enrolled as {config.name}; config written to {config.path}")
     if generated:
-        stdout.print("recovery passphrase (write it down; it restores your key if this "
-                     f"machine is lost): {generated}")
+        stdout.print(
+            "recovery passphrase (write it down; it restores your key if this "
+            f"machine is lost): {generated}"
+        )
     return 0
 
 
@@ -217,22 +220,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     try:
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             st = entry.stat(follow_symlinks=False)
-            kind = "dir" if stat.S_ISDIR(st.st_mode) else (
-                "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+            kind = (
+                "dir"
+                if stat.S_ISDIR(st.st_mode)
+                else ("symlink" if stat.S_ISLNK(st.st_mode) else "file")
+            )
             state = ""
             if kind == "file" and cache is not None:
                 state = "backed up" if cache.lookup(entry.path, st) else "new or changed"
-            entries.append({"name": entry.name, "type": kind, "size": st.st_size,
-                            "mtime": datetime.datetime.fromtimestamp(
-                                st.st_mtime, datetime.UTC).isoformat(timespec="seconds"),
-                            "state": state})
+            entries.append(
+                {
+                    "name": entry.name,
+                    "type": kind,
+                    "size": st.st_size,
+                    "mtime": datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC).isoformat(
+                        timespec="seconds"
+                    ),
+                    "state": state,
+                }
+            )
     finally:
         if cache is not None:
             cache.close()
     if args.json:
         print_json({"dir": str(directory), "entries": entries})
         return 0
-    table(["NAME", "TYPE", "SIZE", "MODIFIED", "STATE"],
-          [[e["name"], e["type"], human_bytes(e["size"]), e["mtime"], e["state"]]
-           for e in entries])
+    table(
+        ["NAME", "TYPE", "SIZE", "MODIFIED", "STATE"],
+        [[e["name"], e["type"], human_bytes(e["size"]), e["mtime"], e["state"]] for e in entries],
+    )
     return 0

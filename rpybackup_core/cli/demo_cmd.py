@@ -35,19 +35,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.keep and not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        print_json({
-            "workdir": str(workdir),
-            "snapshots": [snap.to_json() for snap in report.snapshots],
-            "first": report.first.to_json(),
-            "second": report.second.to_json(),
-            "restored": report.restored.to_json(),
-            "identical": not report.differences,
-        })
+        print_json(
+            {
+                "workdir": str(workdir),
+                "snapshots": [snap.to_json() for snap in report.snapshots],
+                "first": report.first.to_json(),
+                "second": report.second.to_json(),
+                "restored": report.restored.to_json(),
+                "identical": not report.differences,
+            }
+        )
     if report.differences:
         raise IntegrityError("restored tree differs: " + "; ".join(report.differences[:5]))
     if not args.json:
-        stdout.print("restore verified: the restored tree is identical to the source "
-                     "(content, modes, mtimes, symlinks)")
+        stdout.print(
+            "restore verified: the restored tree is identical to the source "
+            "(content, modes, mtimes, symlinks)"
+        )
         if args.keep or args.dir:
             stdout.print(f"work directory kept at {workdir}")
     return 0

@@ -11,6 +11,7 @@ from ..errors import RPyBackupError
 from ..logs import setup_logging
 from . import admin_cmds, client_cmds, demo_cmd, server_cmds, watch_cmds
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rpybackup-core",

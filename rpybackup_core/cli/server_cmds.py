@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--data", required=True, help="directory for the repository and TLS files")
     init.add_argument("--listen", default="127.0.0.1:7443", help="HOST:PORT to listen on")
     init.add_argument(
-        "--storage", default="local", help="where packs go: local (under --data) or s3://BUCKET[/PREFIX]"
+        "--storage",
+        default="local",
+        help="where packs go: local (under --data) or s3://BUCKET[/PREFIX]",
     )
     init.add_argument(
         "--s3-endpoint", default="", help="URL of a non-AWS S3 store (Ceph RGW, SeaweedFS)"
@@ -44,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add = client_sub.add_parser("add", help="register a client and print its enrollment code")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="may see and manage every client")
-    add.add_argument("--reenroll", action="store_true", help="issue a new code for an existing client")
+    add.add_argument(
+        "--reenroll", action="store_true", help="issue a new code for an existing client"
+    )
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=cmd_client_add)
     listing = client_sub.add_parser("list", help="list clients")
@@ -77,8 +81,12 @@ def cmd_server_init(args: argparse.Namespace) -> int:
     host, port = parse_address(args.listen)
     data = Path(args.data).expanduser().resolve()
     config = ServerConfig(
-        path=path, data_dir=data, listen_host=host, listen_port=port,
-        storage_url=args.storage, s3_endpoint=args.s3_endpoint,
+        path=path,
+        data_dir=data,
+        listen_host=host,
+        listen_port=port,
+        storage_url=args.storage,
+        s3_endpoint=args.s3_endpoint,
     )
     config.validate()
     # Private before anything lands in it: the repository database holds credential hashes.
@@ -91,8 +99,13 @@ def cmd_server_init(args: argparse.Namespace) -> int:
     listen = format_address(host, port)
     if args.json:
         print_json(
-            {"config": str(path), "fingerprint": fingerprint, "listen": listen,
-             "storage": config.storage_url, "s3_endpoint": config.s3_endpoint}
+            {
+                "config": str(path),
+                "fingerprint": fingerprint,
+                "listen": listen,
+                "storage": config.storage_url,
+                "s3_endpoint": config.s3_endpoint,
+            }
         )
     else:
         stdout.print(f"server config written to {path}")

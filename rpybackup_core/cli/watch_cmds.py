@@ -18,23 +18,34 @@ from .output import stderr, stdout
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="stay running; back up after changes settle")
     p.add_argument("paths", nargs="*", help="what to watch (default: the configured sources)")
-    p.add_argument("--quiet-seconds", type=float,
-                   help="back up after this many seconds without a change (default: config)")
-    p.add_argument("--max-delay", metavar="DURATION",
-                   help="back up at the latest this long after the first change, even while "
-                   "changes keep coming (default: config, 10m)")
+    p.add_argument(
+        "--quiet-seconds",
+        type=float,
+        help="back up after this many seconds without a change (default: config)",
+    )
+    p.add_argument(
+        "--max-delay",
+        metavar="DURATION",
+        help="back up at the latest this long after the first change, even while "
+        "changes keep coming (default: config, 10m)",
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("schedule", help="run backups from systemd, cron or the Task Scheduler")
     p.add_argument("action", choices=["install", "remove", "show"])
     when = p.add_mutually_exclusive_group()
     when.add_argument("--every", metavar="DURATION", help="e.g. 30m, 6h, 1d")
-    when.add_argument("--calendar", metavar="SPEC",
-                      help="hourly, daily (default), weekly, monthly, HH:MM, or the scheduler's "
-                      "own syntax (systemd OnCalendar, 5-field cron)")
-    p.add_argument("--via", choices=["systemd", "cron", "schtasks"],
-                   help="the scheduler (default: systemd where it runs, Task Scheduler on "
-                   "Windows, else cron)")
+    when.add_argument(
+        "--calendar",
+        metavar="SPEC",
+        help="hourly, daily (default), weekly, monthly, HH:MM, or the scheduler's "
+        "own syntax (systemd OnCalendar, 5-field cron)",
+    )
+    p.add_argument(
+        "--via",
+        choices=["systemd", "cron", "schtasks"],
+        help="the scheduler (default: systemd where it runs, Task Scheduler on Windows, else cron)",
+    )
     p.set_defaults(func=cmd_schedule)
 
 
@@ -47,11 +58,12 @@ def _print_run(run: WatchRun) -> None:
     if run.snapshot is None:
         return
     if run.error:
-        stderr.print(f"snapshot {run.snapshot[:8]} saved with problems: {run.error}",
-                     markup=False)
+        stderr.print(f"snapshot {run.snapshot[:8]} saved with problems: {run.error}", markup=False)
     else:
-        stdout.print(f"snapshot {run.snapshot[:8]} saved ({run.changes} change(s), "
-                     f"{run.seconds:.1f}s)", markup=False)
+        stdout.print(
+            f"snapshot {run.snapshot[:8]} saved ({run.changes} change(s), {run.seconds:.1f}s)",
+            markup=False,
+        )
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -63,8 +75,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
             raise UsageError(f"--max-delay: {exc}") from exc
     if args.quiet_seconds is not None and args.quiet_seconds <= 0:
         raise UsageError("--quiet-seconds must be positive")
-    watcher = Watcher(BackupClient(_load(args)), args.paths or None, args.quiet_seconds,
-                      max_delay, on_run=_print_run)
+    watcher = Watcher(
+        BackupClient(_load(args)),
+        args.paths or None,
+        args.quiet_seconds,
+        max_delay,
+        on_run=_print_run,
+    )
 
     def stop(signum: int, _frame: object) -> None:
         stderr.print(f"{signal.Signals(signum).name}: stopping after the run in flight")
@@ -97,14 +114,17 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             stdout.print(f"installed ({scheduler.kind}):", markup=False)
             stdout.print(installed, markup=False, end="")
         else:
-            stdout.print(f"not installed; 'schedule install' would set up ({scheduler.kind}):",
-                         markup=False)
+            stdout.print(
+                f"not installed; 'schedule install' would set up ({scheduler.kind}):", markup=False
+            )
             stdout.print(scheduler.render(schedule), markup=False, end="")
         return 0
     if args.action == "install":
         if not config.sources:
-            raise ScheduleError(f"{config.path}: backup.sources is empty; a scheduled run would "
-                                "have nothing to back up")
+            raise ScheduleError(
+                f"{config.path}: backup.sources is empty; a scheduled run would "
+                "have nothing to back up"
+            )
         stdout.print(scheduler.install(schedule), markup=False)
         return 0
     if not scheduler.remove():

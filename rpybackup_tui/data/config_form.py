@@ -103,8 +103,10 @@ def check_field(name: str, text: str) -> str:
 def check_form(form: ConfigForm) -> dict[str, str]:
     """Every field's message, only for the fields that are invalid."""
     messages = {name: check_field(name, getattr(form, name)) for name in FIELDS}
-    if not messages["quiet"] and not messages["max_delay"] and (
-        parse_duration(form.max_delay) < parse_duration(form.quiet)
+    if (
+        not messages["quiet"]
+        and not messages["max_delay"]
+        and (parse_duration(form.max_delay) < parse_duration(form.quiet))
     ):
         messages["max_delay"] = "the maximum delay cannot be shorter than the quiet period"
     return {name: message for name, message in messages.items() if message}

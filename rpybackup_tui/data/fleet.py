@@ -84,16 +84,23 @@ def client_state(status: ClientStatus, now: datetime.datetime) -> str:
     return ONLINE if recent else IDLE
 
 
-_RULES = (("keep_last", "last"), ("keep_hourly", "h"), ("keep_daily", "d"),
-          ("keep_weekly", "w"), ("keep_monthly", "mo"), ("keep_yearly", "y"))
+_RULES = (
+    ("keep_last", "last"),
+    ("keep_hourly", "h"),
+    ("keep_daily", "d"),
+    ("keep_weekly", "w"),
+    ("keep_monthly", "mo"),
+    ("keep_yearly", "y"),
+)
 
 
 def short_policy(policy: RetentionPolicy) -> str:
     """``last 10 · 7d 4w 12mo`` for a table cell; the long form is on the pruning screen."""
     if policy.is_empty:
         return "keep all"
-    counts = [f"{getattr(policy, name)}{unit}" for name, unit in _RULES[1:]
-              if getattr(policy, name)]
+    counts = [
+        f"{getattr(policy, name)}{unit}" for name, unit in _RULES[1:] if getattr(policy, name)
+    ]
     parts = [f"last {policy.keep_last}"] if policy.keep_last else []
     if counts:
         parts.append(" ".join(counts))

@@ -42,5 +42,5 @@ def display_path(path: str | os.PathLike[str]) -> str:
     text = str(path)
     home = os.path.expanduser("~")
     if home != "/" and (text == home or text.startswith(home + os.sep)):
-        return "~" + text[len(home):]
+        return "~" + text[len(home) :]
     return text

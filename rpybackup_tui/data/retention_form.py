@@ -47,5 +47,6 @@ def policy_from(values: dict[str, str]) -> RetentionPolicy:
         if message:
             raise ConfigError(f"{name}: {message}")
     counts = {name: int(values[name].strip() or "0") for name in COUNTS}
-    return RetentionPolicy(**counts, keep_within=parse_duration(values["keep_within"].strip()
-                                                                 or "0"))
+    return RetentionPolicy(
+        **counts, keep_within=parse_duration(values["keep_within"].strip() or "0")
+    )

@@ -42,17 +42,21 @@ class RetentionDialog(ModalScreen[RetentionChoice | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(f"Retention of {self.client}", classes="dialog-title")
-            yield Static("last N keeps the N newest snapshots; hourly … yearly N keep the "
-                         "newest of each of the last N periods; within keeps every snapshot "
-                         "younger than that (e.g. 7d); 0 turns a rule off.",
-                         classes="dialog-body")
+            yield Static(
+                "last N keeps the N newest snapshots; hourly … yearly N keep the "
+                "newest of each of the last N periods; within keeps every snapshot "
+                "younger than that (e.g. 7d); 0 turns a rule off.",
+                classes="dialog-body",
+            )
             for name in RULES:
                 with Horizontal(classes="rule"):
                     yield Label(_LABELS[name])
                     yield Input(self.values[name], id=name, compact=True)
                     yield Static("", id=f"{name}-error", classes="rule-error", markup=False)
-            yield Static("ctrl+s apply · ctrl+t follow the server default · escape cancel",
-                         classes="dialog-hint")
+            yield Static(
+                "ctrl+s apply · ctrl+t follow the server default · escape cancel",
+                classes="dialog-hint",
+            )
 
     @on(Input.Changed)
     def changed(self, event: Input.Changed) -> None:

@@ -95,8 +95,7 @@ class BrowserScreen(AreaScreen):
                 yield Tree[Entry]("pick a snapshot (enter)", Entry(), id="files")
                 yield Static("", id="details", markup=False)
         yield ProgressPanel(id="restore-progress")
-        yield Static("loading snapshots…", id="browser-status", classes="status-line",
-                     markup=False)
+        yield Static("loading snapshots…", id="browser-status", classes="status-line", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#snapshots", DataTable).add_columns("Time (UTC)", "Files", "Size", "Tags")
@@ -138,8 +137,11 @@ class BrowserScreen(AreaScreen):
             table.move_cursor(row=ids.index(keep))
         if self.current is None:
             count = len(self.snapshots)
-            self.set_status(f"{count} snapshot(s) · enter opens one" if count else
-                            "no snapshots yet · start one on the runs screen (4)")
+            self.set_status(
+                f"{count} snapshot(s) · enter opens one"
+                if count
+                else "no snapshots yet · start one on the runs screen (4)"
+            )
 
     @on(DataTable.RowSelected, "#snapshots")
     def open_snapshot(self, event: DataTable.RowSelected) -> None:
@@ -149,8 +151,10 @@ class BrowserScreen(AreaScreen):
         tree.reset(Text(f"snapshot of {short_time(snap.time)}", style="bold"), Entry())
         tree.root.expand()
         tree.focus()
-        self.set_status("space opens a folder · r restores the highlighted item · "
-                        "a the whole snapshot · tab switches panes")
+        self.set_status(
+            "space opens a folder · r restores the highlighted item · "
+            "a the whole snapshot · tab switches panes"
+        )
 
     # ---- the tree ---------------------------------------------------------------------------
 
@@ -187,8 +191,9 @@ class BrowserScreen(AreaScreen):
                 parent.add_leaf(label_for(listed), Entry(listed, loaded=True))
         rest = entries[PAGE:]
         if rest:
-            parent.add_leaf(Text(f"… {len(rest):,} more (enter)", style="dim"),
-                            Entry(loaded=True, rest=rest))
+            parent.add_leaf(
+                Text(f"… {len(rest):,} more (enter)", style="dim"), Entry(loaded=True, rest=rest)
+            )
 
     @on(Tree.NodeSelected, "#files")
     def selected(self, event: Tree.NodeSelected[Entry]) -> None:
@@ -255,12 +260,15 @@ class BrowserScreen(AreaScreen):
     def restored(self, message: RestoreFinished) -> None:
         self.query_one(ProgressPanel).stop()
         result = message.result
-        summary = (f"restored {message.what} to {display_path(message.target)}: "
-                   f"{result.files} files, "
-                   f"{human_bytes(result.bytes)}")
+        summary = (
+            f"restored {message.what} to {display_path(message.target)}: "
+            f"{result.files} files, "
+            f"{human_bytes(result.bytes)}"
+        )
         if result.errors:
-            self.set_status(f"{summary}; {len(result.errors)} failed: {result.errors[0]}",
-                            error=True)
+            self.set_status(
+                f"{summary}; {len(result.errors)} failed: {result.errors[0]}", error=True
+            )
             self.notify(result.errors[0], title="Restore incomplete", severity="error")
         else:
             self.set_status(f"{summary}, every file verified")
@@ -285,7 +293,8 @@ class BrowserScreen(AreaScreen):
             self.set_status(f"restore failed: {message}", error=True)
         elif group == "tree":
             self.forget_loading(self.query_one("#files", Tree).root)
-            self.set_status(f"could not open the folder: {message} · expand it to retry",
-                            error=True)
+            self.set_status(
+                f"could not open the folder: {message} · expand it to retry", error=True
+            )
         else:
             self.set_status(f"could not list snapshots: {message} · u to retry", error=True)

@@ -24,12 +24,17 @@ WIDTHS = {"Client": 10, "Result": 12}
 
 def describe_row(row: FleetRow) -> str:
     """Everything about one client on one or two lines, never truncated like a table cell."""
-    backup = (f"last backup {short_time(row.last_backup)}: {row.last_result}"
-              if row.last_backup else "no backup yet")
+    backup = (
+        f"last backup {short_time(row.last_backup)}: {row.last_result}"
+        if row.last_backup
+        else "no backup yet"
+    )
     stored = f" · {human_bytes(row.stored_bytes)} stored" if row.stored_bytes is not None else ""
     default = " (the server default)" if row.retention_is_default else ""
-    return (f"{row.name} · {row.state} · {backup} · {row.snapshots} snapshot(s){stored} · "
-            f"retention {row.retention}{default}")
+    return (
+        f"{row.name} · {row.state} · {backup} · {row.snapshots} snapshot(s){stored} · "
+        f"retention {row.retention}{default}"
+    )
 
 
 class FleetScreen(AreaScreen):

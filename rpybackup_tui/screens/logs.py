@@ -100,8 +100,12 @@ class LogsScreen(AreaScreen):
 
     def level_styles(self) -> dict[str, str]:
         theme = self.app.current_theme
-        return {"DEBUG": "dim", "INFO": "", "WARNING": theme.warning or "",
-                "ERROR": f"bold {theme.error}"}
+        return {
+            "DEBUG": "dim",
+            "INFO": "",
+            "WARNING": theme.warning or "",
+            "ERROR": f"bold {theme.error}",
+        }
 
     def action_level(self, level: str) -> None:
         assert level in LEVELS

@@ -97,7 +97,8 @@ class PruneScreen(AreaScreen):
         current = self.client
         names = [row.name for row in fleet.rows]
         self.policies = {
-            row.name: f"{row.retention} (server default)" if row.retention_is_default
+            row.name: f"{row.retention} (server default)"
+            if row.retention_is_default
             else row.retention
             for row in fleet.rows
         }
@@ -129,9 +130,11 @@ class PruneScreen(AreaScreen):
         if not gone:
             self.notify(f"the policy keeps every snapshot of {preview.client}")
             return
-        body = (f"Remove {gone} of {gone + len(preview.plan.keep)} snapshot(s) of "
-                f"{preview.client} and free about {human_bytes(preview.chunk_bytes_freed)}? "
-                "This cannot be undone.")
+        body = (
+            f"Remove {gone} of {gone + len(preview.plan.keep)} snapshot(s) of "
+            f"{preview.client} and free about {human_bytes(preview.chunk_bytes_freed)}? "
+            "This cannot be undone."
+        )
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -155,8 +158,11 @@ class PruneScreen(AreaScreen):
                 self.show_plan(result)
             return
         self.preview = None
-        self.notify(f"{result.client}: removed {len(result.plan.remove)} snapshot(s), "
-                    f"freed {human_bytes(result.bytes_freed)}", title="Prune done")
+        self.notify(
+            f"{result.client}: removed {len(result.plan.remove)} snapshot(s), "
+            f"freed {human_bytes(result.bytes_freed)}",
+            title="Prune done",
+        )
         self.load_clients()
 
     def show_plan(self, result: PruneResult) -> None:
@@ -178,8 +184,9 @@ class PruneScreen(AreaScreen):
         gone = len(result.plan.remove)
         self.set_status(
             f"dry run: {gone} to remove, {len(result.plan.keep)} to keep, about "
-            f"{human_bytes(result.chunk_bytes_freed)} freed · p prunes" if gone else
-            "dry run: the policy keeps every snapshot"
+            f"{human_bytes(result.chunk_bytes_freed)} freed · p prunes"
+            if gone
+            else "dry run: the policy keeps every snapshot"
         )
 
     # ---- policy -----------------------------------------------------------------------------
@@ -206,8 +213,9 @@ class PruneScreen(AreaScreen):
     def retention_changed(self, message: RetentionChanged) -> None:
         setting = message.setting
         source = "the server default" if setting.is_default else "its own policy"
-        self.notify(f"{setting.client} now follows {source}: {setting.policy.describe()}",
-                    title="Retention")
+        self.notify(
+            f"{setting.client} now follows {source}: {setting.policy.describe()}", title="Retention"
+        )
         self.load_clients()
         self.action_preview()
 

@@ -28,17 +28,21 @@ def describe_run(run: RunRecord) -> str:
     """A run started here, in full: the table cell only has room for the start of it."""
     what = f"snapshot {run.snapshot[:8]}" if run.snapshot else "no snapshot"
     message = f" · {run.message}" if run.message else ""
-    return (f"{short_time(run.started)} · {run.outcome} · {what} · {run.files:,} files, "
-            f"{human_bytes(run.bytes)} read, {human_bytes(run.uploaded_bytes)} uploaded"
-            f"{message}")
+    return (
+        f"{short_time(run.started)} · {run.outcome} · {what} · {run.files:,} files, "
+        f"{human_bytes(run.bytes)} read, {human_bytes(run.uploaded_bytes)} uploaded"
+        f"{message}"
+    )
 
 
 def describe_snapshot(snap: SnapshotInfo) -> str:
     stats = snap.stats
     tags = f" · tags {', '.join(snap.tags)}" if snap.tags else ""
-    return (f"{short_time(snap.time)} · {snapshot_result(snap)} · "
-            f"{int(stats.get('files', 0)):,} files, {int(stats.get('dirs', 0)):,} folders, "
-            f"{human_bytes(int(stats.get('bytes', 0)))}{tags}")
+    return (
+        f"{short_time(snap.time)} · {snapshot_result(snap)} · "
+        f"{int(stats.get('files', 0)):,} files, {int(stats.get('dirs', 0)):,} folders, "
+        f"{human_bytes(int(stats.get('bytes', 0)))}{tags}"
+    )
 
 
 class RunsScreen(AreaScreen):
@@ -128,8 +132,9 @@ class RunsScreen(AreaScreen):
             f"{run.files:,}",
             human_bytes(run.bytes),
             human_bytes(run.uploaded_bytes),
-            Text(run.message or (f"snapshot {run.snapshot[:8]}" if run.snapshot else ""),
-                 style=style),
+            Text(
+                run.message or (f"snapshot {run.snapshot[:8]}" if run.snapshot else ""), style=style
+            ),
         ]
 
     def snapshot_cells(self, snap: SnapshotInfo) -> list[str | Text]:
@@ -153,8 +158,9 @@ class RunsScreen(AreaScreen):
         self.running = True
         self.started = now_iso()
         self.cancel_event.clear()
-        expected = (int(self.server_runs[-1].stats.get("bytes", 0)) or None
-                    if self.server_runs else None)
+        expected = (
+            int(self.server_runs[-1].stats.get("bytes", 0)) or None if self.server_runs else None
+        )
         self.query_one(ProgressPanel).start(expected)
         self.show_state()
         self.backup(expected)
@@ -181,8 +187,10 @@ class RunsScreen(AreaScreen):
         run = message.run
         self.record(run)
         if run.outcome == OK:
-            self.notify(f"snapshot {run.snapshot[:8]}: {run.files:,} files, "
-                        f"{human_bytes(run.bytes)}", title="Backup done")
+            self.notify(
+                f"snapshot {run.snapshot[:8]}: {run.files:,} files, {human_bytes(run.bytes)}",
+                title="Backup done",
+            )
         elif run.outcome == CANCELLED:
             self.notify(run.message, title="Backup cancelled", severity="warning")
         else:

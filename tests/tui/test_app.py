@@ -13,8 +13,9 @@ from .conftest import drive, outage, text_of, wait_for
 
 def test_every_area_is_one_key_away_and_ctrl_q_quits(server, alice) -> None:
     async def scenario(app: ConsoleApp, pilot) -> None:
-        for key, mode in zip("234561", ("config", "browse", "runs", "prune", "logs", "fleet"),
-                             strict=True):
+        for key, mode in zip(
+            "234561", ("config", "browse", "runs", "prune", "logs", "fleet"), strict=True
+        ):
             await pilot.press(key)
             assert app.current_mode == mode
         await pilot.press("ctrl+q")
@@ -28,15 +29,17 @@ def test_the_first_frame_does_not_wait_for_the_server(server, alice) -> None:
 
     async def scenario(app: ConsoleApp, pilot) -> None:
         assert app.current_mode == "fleet"
-        await wait_for(pilot, lambda: "no answer" in text_of(app, "#fleet-status"),
-                       "the outage message")
+        await wait_for(
+            pilot, lambda: "no answer" in text_of(app, "#fleet-status"), "the outage message"
+        )
 
     with outage(server):
         drive(alice, scenario)
 
 
-def test_a_missing_config_is_a_one_line_error(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_config_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["--config", str(tmp_path / "nowhere.toml")])
     err = capsys.readouterr().err
     assert code == 1

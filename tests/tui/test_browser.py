@@ -64,8 +64,9 @@ def test_snapshots_then_a_lazy_tree_then_details(server, alice, sample_tree: Pat
     drive(alice, scenario)
 
 
-def test_restore_a_file_a_folder_and_the_whole_snapshot(server, alice, sample_tree: Path,
-                                                 tmp_path: Path) -> None:
+def test_restore_a_file_a_folder_and_the_whole_snapshot(
+    server, alice, sample_tree: Path, tmp_path: Path
+) -> None:
     one, folder, whole = tmp_path / "one", tmp_path / "folder", tmp_path / "whole"
 
     async def restore_to(app: ConsoleApp, pilot, key: str, target: Path) -> None:
@@ -73,8 +74,9 @@ def test_restore_a_file_a_folder_and_the_whole_snapshot(server, alice, sample_tr
         await wait_for(pilot, lambda: app.screen.query("#target"), "the restore dialog")
         app.screen.query_one("#target", Input).value = str(target)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "restored" in text_of(app, "#browser-status"),
-                       "the restore result")
+        await wait_for(
+            pilot, lambda: "restored" in text_of(app, "#browser-status"), "the restore result"
+        )
         assert "verified" in text_of(app, "#browser-status")
 
     async def scenario(app: ConsoleApp, pilot) -> None:
@@ -126,8 +128,11 @@ def test_the_browser_survives_a_server_restart(server, alice, sample_tree: Path)
         docs = child(top, "docs")
         with outage(server):
             docs.expand()
-            await wait_for(pilot, lambda: "could not open" in text_of(app, "#browser-status"),
-                           "the failure message")
+            await wait_for(
+                pilot,
+                lambda: "could not open" in text_of(app, "#browser-status"),
+                "the failure message",
+            )
             assert not docs.is_expanded and not loaded(docs)
         docs.expand()
         await wait_for(pilot, lambda: loaded(docs), "the folder after the restart")

@@ -24,14 +24,27 @@ from rpybackup_tui.messages import ProgressUpdate, progress_poster
 NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 
 
-def status(last_seen_minutes_ago: float | None, result: str | None = "ok",
-           activity: str | None = None) -> ClientStatus:
-    seen = (None if last_seen_minutes_ago is None else
-            (NOW - datetime.timedelta(minutes=last_seen_minutes_ago)).isoformat())
+def status(
+    last_seen_minutes_ago: float | None, result: str | None = "ok", activity: str | None = None
+) -> ClientStatus:
+    seen = (
+        None
+        if last_seen_minutes_ago is None
+        else (NOW - datetime.timedelta(minutes=last_seen_minutes_ago)).isoformat()
+    )
     return ClientStatus(
-        name="c", admin=False, state="enrolled", enrolled=None, last_seen=seen, snapshots=1,
-        last_backup=None, last_result=result, stored_bytes=0, chunk_bytes=0,
-        retention=RetentionSetting("c", RetentionPolicy(), True), last_prune=None,
+        name="c",
+        admin=False,
+        state="enrolled",
+        enrolled=None,
+        last_seen=seen,
+        snapshots=1,
+        last_backup=None,
+        last_result=result,
+        stored_bytes=0,
+        chunk_bytes=0,
+        retention=RetentionSetting("c", RetentionPolicy(), True),
+        last_prune=None,
         activity=activity,
     )
 
@@ -64,7 +77,10 @@ def test_short_policy() -> None:
 
 def test_human_bytes_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert [human_bytes(n) for n in (0, 1023, 1024, 5 * 1024**3)] == [
-        "0 B", "1023 B", "1.0 KiB", "5.0 GiB"
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "5.0 GiB",
     ]
     monkeypatch.setenv("HOME", str(tmp_path))
     assert display_path(tmp_path / "a" / "b.toml") == "~/a/b.toml"
@@ -72,8 +88,13 @@ def test_human_bytes_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def form(tmp_path: Path, **fields: str) -> ConfigForm:
-    values = {"server": "backup.example:7443", "sources": str(tmp_path), "excludes": "",
-              "quiet": "10s", "max_delay": "10m"} | fields
+    values = {
+        "server": "backup.example:7443",
+        "sources": str(tmp_path),
+        "excludes": "",
+        "quiet": "10s",
+        "max_delay": "10m",
+    } | fields
     return ConfigForm(**values)
 
 
@@ -99,11 +120,14 @@ def test_each_bad_field_gets_its_own_message(tmp_path: Path, field, value, messa
 
 
 def test_apply_form_keeps_the_identity_and_refuses_bad_input(tmp_path: Path) -> None:
-    config = ClientConfig(path=tmp_path / "c.toml", server="old:1", fingerprint="f", name="n",
-                          token="t", key="k")
+    config = ClientConfig(
+        path=tmp_path / "c.toml", server="old:1", fingerprint="f", name="n", token="t", key="k"
+    )
     updated = apply_form(config, form(tmp_path, excludes="*.tmp\n\n *.bak \n", quiet="1m"))
     assert (updated.server, updated.excludes, updated.quiet_seconds) == (
-        "backup.example:7443", ["*.tmp", "*.bak"], 60
+        "backup.example:7443",
+        ["*.tmp", "*.bak"],
+        60,
     )
     assert (updated.name, updated.token, updated.key) == ("n", "t", "k")
     with pytest.raises(ConfigError, match="quiet"):

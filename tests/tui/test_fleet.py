@@ -19,7 +19,11 @@ def test_plain_identity_sees_itself_with_its_last_backup(server, alice) -> None:
         table = app.screen.query_one("#fleet", DataTable)
         await wait_for(pilot, lambda: table.row_count == 1, "the fleet table")
         assert [cell(table, "alice", c) for c in range(5)] == [
-            "alice", "online", "2026-01-02 12:00", "ok", "1"
+            "alice",
+            "online",
+            "2026-01-02 12:00",
+            "ok",
+            "1",
         ]
         assert "this client only" in text_of(app, "#fleet-status")
 
@@ -71,12 +75,12 @@ def test_a_stopped_server_is_a_message_and_the_console_recovers(server, alice) -
         await wait_for(pilot, lambda: table.row_count == 1, "the fleet table")
         with outage(server):
             await pilot.press("r")
-            await wait_for(pilot, lambda: "no answer" in text_of(app, "#fleet-status"),
-                           "the outage message")
+            await wait_for(
+                pilot, lambda: "no answer" in text_of(app, "#fleet-status"), "the outage message"
+            )
             assert "cannot reach the server" in text_of(app, "#fleet-status")
             assert table.row_count == 1, "the last known state stays on screen"
         await pilot.press("r")
-        await wait_for(pilot, lambda: "connected" in text_of(app, "#fleet-status"),
-                       "reconnection")
+        await wait_for(pilot, lambda: "connected" in text_of(app, "#fleet-status"), "reconnection")
 
     drive(alice, scenario)

@@ -43,8 +43,9 @@ def test_a_failed_server_call_is_in_the_log(server, alice) -> None:
         await wait_for(pilot, lambda: "connected" in text_of(app, "#fleet-status"), "first poll")
         with outage(server):
             await pilot.press("r")
-            await wait_for(pilot, lambda: "no answer" in text_of(app, "#fleet-status"),
-                           "the failure")
+            await wait_for(
+                pilot, lambda: "no answer" in text_of(app, "#fleet-status"), "the failure"
+            )
         await pilot.press("6", "w")
         assert "cannot reach the server" in shown(app)
 
@@ -61,11 +62,15 @@ def test_an_admin_reads_the_servers_log_and_it_survives_a_restart(server, admin)
         assert "Server log" in text_of(app, "#logs-title")
         with outage(server):
             await pilot.press("w")
-            await wait_for(pilot, lambda: "retrying" in text_of(app, "#logs-title"),
-                           "the outage in the title")
+            await wait_for(
+                pilot, lambda: "retrying" in text_of(app, "#logs-title"), "the outage in the title"
+            )
         server_log.warning("back after the restart")
-        await wait_for(pilot, lambda: "back after the restart" in shown(app),
-                       "a line from the restarted server, polled")
+        await wait_for(
+            pilot,
+            lambda: "back after the restart" in shown(app),
+            "a line from the restarted server, polled",
+        )
         await pilot.press("s")
         assert "Console log" in text_of(app, "#logs-title")
 

@@ -51,8 +51,9 @@ def test_dry_run_explains_then_prune_after_confirmation(server, admin) -> None:
         await wait_for(pilot, lambda: history.row_count == 1, "the prune in the history")
         row = history.get_row_at(0)
         assert row[1:5] == ["bob", "console", "4", "2"]
-        await wait_for(pilot, lambda: "keeps every snapshot" in text_of(app, "#prune-status"),
-                       "the fresh plan")
+        await wait_for(
+            pilot, lambda: "keeps every snapshot" in text_of(app, "#prune-status"), "the fresh plan"
+        )
 
     drive(admin, scenario)
     assert len(server.client("bob").snapshots()) == 2
@@ -61,8 +62,9 @@ def test_dry_run_explains_then_prune_after_confirmation(server, admin) -> None:
 def test_plain_identity_is_told_pruning_needs_an_admin(server, alice) -> None:
     async def scenario(app: ConsoleApp, pilot) -> None:
         await pilot.press("5")
-        await wait_for(pilot, lambda: "admin identity" in text_of(app, "#prune-status"),
-                       "the explanation")
+        await wait_for(
+            pilot, lambda: "admin identity" in text_of(app, "#prune-status"), "the explanation"
+        )
         await pilot.press("p")
         assert len(server.client("alice").snapshots()) == 1
 
@@ -74,11 +76,15 @@ def test_pruning_survives_a_server_restart(server, admin) -> None:
         await preview_bob(app, pilot)
         with outage(server):
             await pilot.press("d")
-            await wait_for(pilot, lambda: "cannot reach" in text_of(app, "#prune-status"),
-                           "the outage message")
+            await wait_for(
+                pilot, lambda: "cannot reach" in text_of(app, "#prune-status"), "the outage message"
+            )
         await pilot.press("d")
-        await wait_for(pilot, lambda: "dry run" in text_of(app, "#prune-status"),
-                       "the dry run after the restart")
+        await wait_for(
+            pilot,
+            lambda: "dry run" in text_of(app, "#prune-status"),
+            "the dry run after the restart",
+        )
 
     drive(admin, scenario)
 
@@ -106,8 +112,11 @@ def test_edit_a_clients_policy_then_back_to_the_server_default(server, admin) ->
         setting = admin_api.retention("bob")
         assert setting.policy == RetentionPolicy(keep_last=1, keep_within=3 * 86400)
         assert not setting.is_default
-        await wait_for(pilot, lambda: "dry run: 2 to remove" in text_of(app, "#prune-status"),
-                       "the plan under the new policy")
+        await wait_for(
+            pilot,
+            lambda: "dry run: 2 to remove" in text_of(app, "#prune-status"),
+            "the plan under the new policy",
+        )
 
         await pilot.press("e")
         await wait_for(pilot, lambda: app.screen.query("#keep_last"), "the policy editor")
