@@ -60,6 +60,9 @@ GET_FRAME_BYTES = 4 * 1024 * 1024
 # An open pack is sealed at this many chunks whatever its size: tiny chunks must not let one
 # connection pile up index entries in memory (tests/robustness/test_memory.py).
 MAX_PACK_ENTRIES = 32768
+# Seconds a connection may stay silent before it has authenticated (then the server's idle
+# timeout applies): a silent stranger must not hold a connection slot for long.
+AUTH_TIMEOUT = 30.0
 MAX_REFS_PER_SNAPSHOT = 20_000_000
 MAX_TAGS = 64
 MAX_TEXT = 4096
@@ -134,6 +137,7 @@ class Session:
         prune_settings: PruneSettings | None = None,
         limiter: AttemptLimiter | None = None,
         recent_log: RecentLog | None = None,
+        auth_timeout: float = AUTH_TIMEOUT,
     ) -> None:
         self.repo = repo
         self.recent_log = recent_log
@@ -141,6 +145,8 @@ class Session:
         self.peer = peer
         self.host = peer.rsplit(":", 1)[0]
         self.limiter = limiter or AttemptLimiter()
+        self.auth_timeout = auth_timeout
+        self.idle_timeout = framed.sock.gettimeout()
         self.pack_size = pack_size
         self.prune_settings = prune_settings or PruneSettings(pack_size=pack_size)
         # Chunks this session was told exist, or uploaded, are pinned under this key against
@@ -155,6 +161,10 @@ class Session:
     # ---- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
+        idle = self.idle_timeout
+        self.framed.sock.settimeout(
+            self.auth_timeout if idle is None else min(idle, self.auth_timeout)
+        )
         try:
             self._hello()
             while True:
@@ -296,6 +306,7 @@ class Session:
             self.limiter.failure(self.host, f"authentication as {name!r} refused")
             raise
         self.repo.touch(self.client.id)
+        self.framed.sock.settimeout(self.idle_timeout)
         log.info("%s authenticated as %s", self.peer, name)
         return {"client": self.client.name, "admin": self.client.admin}, b""
 

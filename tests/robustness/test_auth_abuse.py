@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
 
+from rpybackup_core.errors import ConnectionClosed, ProtocolError
 from rpybackup_core.protocol import MAGIC, PROTOCOL_VERSION, FramedSocket
 from rpybackup_core.ratelimit import MAX_FAILURES, AttemptLimiter, source_key
 from tests.conftest import ServerHarness
+
+from .wire import Wire
 
 
 class RawClient:
@@ -115,3 +119,21 @@ def test_the_window_ends_and_the_table_stays_bounded() -> None:
 def test_an_ipv6_host_counts_as_its_64() -> None:
     assert source_key("2001:db8::1") == source_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert source_key("::ffff:192.0.2.7") == "192.0.2.7"
+
+
+def test_a_silent_stranger_is_dropped_but_a_silent_client_is_not(server: ServerHarness) -> None:
+    """Before it authenticates, a connection may not hold its slot for the whole idle timeout."""
+    alice = server.enroll("alice")
+    started = time.monotonic()
+    stranger = Wire(server.repo, auth_timeout=0.5)
+    with pytest.raises((ConnectionClosed, ProtocolError, OSError)):
+        stranger.framed.recv()
+    assert time.monotonic() - started < 15
+    stranger.close()
+
+    member = Wire(server.repo, auth_timeout=0.5)
+    member.auth("alice", alice.token)
+    time.sleep(1.0)  # silence longer than the strangers' leash is the point here
+    replies = member.request({"op": "ping"})
+    assert replies and replies[0][0].get("ok")
+    member.close()

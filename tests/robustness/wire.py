@@ -16,7 +16,7 @@ from rpybackup_core.errors import ProtocolError, RPyBackupError
 from rpybackup_core.protocol import MAGIC, PROTOCOL_VERSION, FramedSocket
 from rpybackup_core.ratelimit import AttemptLimiter
 from rpybackup_core.repository import Repository
-from rpybackup_core.session import Session
+from rpybackup_core.session import AUTH_TIMEOUT, Session
 
 Reply = tuple[dict[str, Any], bytes]
 IO_TIMEOUT = 30.0
@@ -48,12 +48,18 @@ class Wire:
         pack_size: int = 1024 * 1024,
         hello: bool = True,
         peer: str = "127.0.0.1:40000",
+        auth_timeout: float = AUTH_TIMEOUT,
     ) -> None:
         server_end, self._sock = socket.socketpair()
         server_end.settimeout(IO_TIMEOUT)
         self._sock.settimeout(IO_TIMEOUT)
         self.session = Session(
-            repo, FramedSocket(server_end), peer, pack_size, limiter=limiter or AttemptLimiter()
+            repo,
+            FramedSocket(server_end),
+            peer,
+            pack_size,
+            limiter=limiter or AttemptLimiter(),
+            auth_timeout=auth_timeout,
         )
         self.framed = FramedSocket(self._sock)
         self.crashes: list[BaseException] = []
