@@ -7,9 +7,7 @@ BackupClient), so the API is safe to use from worker threads. Nothing here print
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from .config import ClientConfig
@@ -25,15 +23,9 @@ class AdminClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[RemoteRepository]:
-        remote = RemoteRepository.connect(
-            self.config.server, self.config.fingerprint, self.config.name, self.config.token
-        )
-        try:
-            yield remote
-        finally:
-            remote.close()
+    def connection(self) -> RemoteRepository:
+        """An authenticated connection; use it in a ``with`` block so it is closed."""
+        return RemoteRepository.from_config(self.config)
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         with self.connection() as remote:

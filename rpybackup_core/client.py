@@ -6,10 +6,8 @@ threads (one call per thread at a time).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,15 +85,9 @@ class BackupClient:
     def _snapshots(self, remote: RemoteRepository) -> list[SnapshotInfo]:
         return [SnapshotInfo.from_wire(doc, self._sealer) for doc in remote.snapshots()]
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[RemoteRepository]:
-        remote = RemoteRepository.connect(
-            self.config.server, self.config.fingerprint, self.config.name, self.config.token
-        )
-        try:
-            yield remote
-        finally:
-            remote.close()
+    def connection(self) -> RemoteRepository:
+        """An authenticated connection; use it in a ``with`` block so it is closed."""
+        return RemoteRepository.from_config(self.config)
 
     # ---- backups ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from .config import parse_address
+from .config import ClientConfig, parse_address
 from .crypto import storage_hash
 from .errors import (
     ConnectionClosed,
@@ -85,6 +85,10 @@ class RemoteRepository:
         remote.client = name
         remote.admin = bool(reply.get("admin"))
         return remote
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> RemoteRepository:
+        return cls.connect(config.server, config.fingerprint, config.name, config.token)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
