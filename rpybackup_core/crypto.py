@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,9 +158,15 @@ _KDF_MEMORY_KIB = 64 * 1024
 _KDF_LANES = 4
 
 
+# cryptography's Argon2id (50.x, lanes > 1) deadlocks when two threads derive at once: one at a
+# time per process (it runs only at enrollment and recovery).
+_KDF_LOCK = threading.Lock()
+
+
 def _derive(passphrase: str, salt: bytes, iterations: int, memory_kib: int, lanes: int) -> bytes:
     kdf = Argon2id(salt=salt, length=32, iterations=iterations, lanes=lanes, memory_cost=memory_kib)
-    return kdf.derive(passphrase.encode("utf-8"))
+    with _KDF_LOCK:
+        return kdf.derive(passphrase.encode("utf-8"))
 
 
 def wrap_key(key: MasterKey, passphrase: str) -> str:

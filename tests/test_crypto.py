@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -90,3 +91,18 @@ def test_wrapped_key_opens_only_with_its_passphrase() -> None:
         unwrap_key(wrapped, "battery staple")
     with pytest.raises(CryptoError, match="malformed"):
         unwrap_key("{}", "correct horse")
+
+
+def test_key_wrapping_from_several_threads_at_once_finishes() -> None:
+    key = MasterKey.generate()
+    results: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(wrap_key(key, "pw")), daemon=True)
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4, "Argon2id derivations deadlocked"
+    assert all(unwrap_key(wrapped, "pw") == key for wrapped in results)
