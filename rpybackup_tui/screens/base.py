@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual import on
@@ -33,8 +34,9 @@ class AreaScreen(Screen[None]):
         yield from self.compose_body()
         yield Footer()
 
+    @abstractmethod
     def compose_body(self) -> ComposeResult:
-        raise NotImplementedError
+        """The area's own widgets, between the area bar and the footer."""
 
     @on(Worker.StateChanged)
     def worker_state_changed(self, event: Worker.StateChanged) -> None:
