@@ -13,11 +13,11 @@ from typing import Any
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _OwnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _OwnHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of each record (it may be replaced), and
     marks the handlers this module installed, so a second setup replaces only those."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

@@ -7,7 +7,9 @@ import datetime
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
+from ..archiver import BackupResult
 from ..client import BackupClient, enroll
 from ..config import ClientConfig
 from ..errors import BackupIncomplete, RestoreError, RPyBackupError, UsageError
@@ -119,7 +121,7 @@ def _backup(args: argparse.Namespace, paths: list[str], tags: list[str], when: s
         try:
             result = client.backup(paths or None, parse_when(when), tags, progress)
         except BackupIncomplete as exc:
-            if exc.result is None:
+            if not isinstance(exc.result, BackupResult):
                 raise
             result = exc.result
             code = exc.exit_code
@@ -216,7 +218,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         cache = FilesCache(ClientConfig.load(Path(args.client_config)).cache_path)
     except RPyBackupError:  # listing works without an enrolled client
         cache = None
-    entries = []
+    entries: list[dict[str, Any]] = []
     try:
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             st = entry.stat(follow_symlinks=False)
