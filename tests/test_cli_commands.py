@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from rpybackup_core.cli.main import MODULE_OF, main
 from rpybackup_core.files_cache import is_racy
 
 
@@ -114,3 +119,37 @@ def test_ambiguous_and_malformed_snapshot_ids(server, cli, tmp_path: Path) -> No
         "--config", str(config.path), "restore", "ffffffff", "--target", str(tmp_path / "t")
     )
     assert missing.code == 1 and "no snapshot" in missing.err
+
+
+def test_a_client_command_loads_only_its_own_command_module() -> None:
+
+    probe = (
+        "import sys\n"
+        "from rpybackup_core.cli.main import main\n"
+        "try:\n"
+        "    main(['run', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('rpybackup_core')))\n"
+    )
+    loaded = (
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+        )
+        .stdout.split("\n")[-2]
+        .split()
+    )
+    assert "rpybackup_core.cli.client_cmds" in loaded
+    for heavy in ("rpybackup_core.server", "rpybackup_core.pruner", "rpybackup_core.watch"):
+        assert heavy not in loaded
+
+
+def test_help_and_a_mistyped_command_list_every_command(capsys) -> None:
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    with pytest.raises(SystemExit) as exited:
+        main(["runn"])
+    assert exited.value.code == 2
+    choices = capsys.readouterr().err
+    assert all(f"'{command}'" in choices for command in MODULE_OF)
