@@ -13,7 +13,7 @@ from typing import Any
 
 from .crypto import storage_hash
 from .errors import IntegrityError, NotFound, StorageError
-from .pack import END_MAGIC, ENTRY, MAGIC, TAIL, PackEntry
+from .pack import PackEntry, read_entries
 from .pruner import LOCK_FILE, exclusive
 from .repository import PACKS, ClientRecord, PackUsage, Repository
 from .storage import Backend
@@ -82,21 +82,7 @@ class CheckReport:
 
 def read_trailer(backend: Backend, name: str, size: int) -> list[PackEntry]:
     """A pack's entries, read from its header and trailer only; IntegrityError if malformed."""
-    if size < len(MAGIC) + TAIL.size:
-        raise IntegrityError("pack is shorter than an empty pack")
-    if backend.get_range(PACKS, name, 0, len(MAGIC)) != MAGIC:
-        raise IntegrityError("pack header is damaged")
-    trailer_len, end = TAIL.unpack(backend.get_range(PACKS, name, size - TAIL.size, TAIL.size))
-    start = size - TAIL.size - trailer_len
-    if end != END_MAGIC or trailer_len % ENTRY.size or start < len(MAGIC):
-        raise IntegrityError("pack trailer is damaged")
-    trailer = backend.get_range(PACKS, name, start, trailer_len)
-    entries = [
-        PackEntry(*ENTRY.unpack_from(trailer, pos)) for pos in range(0, trailer_len, ENTRY.size)
-    ]
-    if any(e.offset < len(MAGIC) or e.offset + e.length > start for e in entries):
-        raise IntegrityError("pack trailer points outside the pack")
-    return entries
+    return read_entries(lambda offset, length: backend.get_range(PACKS, name, offset, length), size)
 
 
 def _windows(entries: list[PackEntry]) -> list[list[PackEntry]]:

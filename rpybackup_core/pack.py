@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,20 +87,29 @@ class PackWriter:
             self.path.unlink()
 
 
-def parse_trailer(data: bytes) -> list[PackEntry]:
-    """The entries of a whole pack's bytes, checked for internal consistency."""
-    if len(data) < len(MAGIC) + TAIL.size or not data.startswith(MAGIC):
-        raise IntegrityError("pack has no valid header")
-    trailer_len, end = TAIL.unpack_from(data, len(data) - TAIL.size)
-    if end != END_MAGIC or trailer_len % ENTRY.size:
-        raise IntegrityError("pack has no valid trailer")
-    start = len(data) - TAIL.size - trailer_len
-    if start < len(MAGIC):
-        raise IntegrityError("pack trailer is longer than the pack")
-    entries = []
-    for pos in range(start, start + trailer_len, ENTRY.size):
-        chunk_id, offset, length, digest = ENTRY.unpack_from(data, pos)
-        if offset < len(MAGIC) or offset + length > start:
-            raise IntegrityError("pack trailer points outside the pack")
-        entries.append(PackEntry(chunk_id, offset, length, digest))
+def read_entries(read: Callable[[int, int], bytes], size: int) -> list[PackEntry]:
+    """A pack's entries from its header and trailer alone, checked for consistency.
+
+    ``read(offset, length)`` fetches bytes of the pack, so a checker reads three small ranges
+    of a pack in object storage instead of the whole pack.
+    """
+    if size < len(MAGIC) + TAIL.size:
+        raise IntegrityError("pack is shorter than an empty pack")
+    if read(0, len(MAGIC)) != MAGIC:
+        raise IntegrityError("pack header is damaged")
+    trailer_len, end = TAIL.unpack(read(size - TAIL.size, TAIL.size))
+    start = size - TAIL.size - trailer_len
+    if end != END_MAGIC or trailer_len % ENTRY.size or start < len(MAGIC):
+        raise IntegrityError("pack trailer is damaged")
+    trailer = read(start, trailer_len)
+    entries = [
+        PackEntry(*ENTRY.unpack_from(trailer, pos)) for pos in range(0, trailer_len, ENTRY.size)
+    ]
+    if any(e.offset < len(MAGIC) or e.offset + e.length > start for e in entries):
+        raise IntegrityError("pack trailer points outside the pack")
     return entries
+
+
+def parse_trailer(data: bytes) -> list[PackEntry]:
+    """The entries of a whole pack held in memory."""
+    return read_entries(lambda offset, length: data[offset : offset + length], len(data))
