@@ -700,13 +700,31 @@ class Repository:
                 self._db.execute("PRAGMA synchronous=FULL")
 
     def lookup_pinned(self, client_id: int, ids: list[bytes], session: str) -> dict[bytes, int]:
-        """lookup(), and pin what was found for the session, atomically with respect to GC."""
-        if not self.lookup(client_id, ids):
+        """lookup(), and pin what was found for the session, atomically with respect to GC.
+
+        The lookup by chunk id runs before the write transaction; inside it, the rows found are
+        confirmed by row id (a cheap primary-key probe, not a second lookup by chunk id), so a
+        chunk a prune deleted in between is neither pinned nor reported as stored.
+        """
+        found = self.lookup(client_id, ids)
+        if not found:
             return {}
+        by_rowid = {rowid: chunk_id for chunk_id, rowid in found.items()}
+        ordered = sorted(by_rowid)
+        confirmed: dict[bytes, int] = {}
         with self._unsynced(), self._transaction() as db:
-            found = self.lookup(client_id, ids)
-            self._pin(db, session, found.values())
-        return found
+            for start in range(0, len(ordered), _SQL_BATCH):
+                batch = ordered[start : start + _SQL_BATCH]
+                marks = ",".join("?" * len(batch))
+                for rowid, chunk_id in db.execute(
+                    f"SELECT id, chunk_id FROM chunks WHERE +client_id = ? AND id IN ({marks})",
+                    [client_id, *batch],
+                ):
+                    # Row ids can be reused after a delete: the chunk id must match too.
+                    if by_rowid[rowid] == bytes(chunk_id):
+                        confirmed[bytes(chunk_id)] = rowid
+            self._pin(db, session, confirmed.values())
+        return confirmed
 
     def release_pins(self, session: str) -> None:
         with self._unsynced(), self._transaction() as db:
