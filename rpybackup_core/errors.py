@@ -70,10 +70,6 @@ class InvalidRequest(RPyBackupError):
     code = "invalid"
 
 
-class ServerBusy(RPyBackupError):
-    code = "busy"
-
-
 class ListenFailed(RPyBackupError):
     """The daemon cannot open its listening socket (port taken, address not local)."""
 

@@ -15,7 +15,6 @@ class Progress:
     files_done: int = 0
     bytes_done: int = 0
     uploaded_bytes: int = 0
-    files_total: int | None = None
     bytes_total: int | None = None
     current: str = ""
     errors: list[str] = field(default_factory=list)

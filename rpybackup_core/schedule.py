@@ -22,7 +22,6 @@ from .config import ClientConfig, parse_duration, xdg_dir
 from .durable import atomic_write_bytes
 from .errors import ConfigError, ScheduleError, UsageError
 
-NAMED = ("hourly", "daily", "weekly", "monthly")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,-]+$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
