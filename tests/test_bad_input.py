@@ -23,17 +23,22 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_wrong_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
-    server.add_client("alice")
-    result = cli(
+def enroll_cli(cli, server, config: Path, code: str, fingerprint: str | None = None):
+    """`rpybackup-core --config CONFIG enroll ADDRESS CODE --fingerprint FP` against ``server``."""
+    return cli(
         "--config",
-        str(tmp_path / "c.toml"),
+        str(config),
         "enroll",
         server.address,
-        "AAAAA-BBBBB-CCCCC",
+        code,
         "--fingerprint",
-        server.fingerprint,
+        fingerprint or server.fingerprint,
     )
+
+
+def test_wrong_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
+    server.add_client("alice")
+    result = enroll_cli(cli, server, tmp_path / "c.toml", "AAAAA-BBBBB-CCCCC")
     assert result.code == 1
     assert "not valid" in one_line_error(result.err)
     assert not (tmp_path / "c.toml").exists()
@@ -41,62 +46,27 @@ def test_wrong_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
 
 def test_reused_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
     code = server.add_client("alice")
-    first = cli(
-        "--config",
-        str(tmp_path / "a.toml"),
-        "enroll",
-        server.address,
-        code,
-        "--fingerprint",
-        server.fingerprint,
-    )
+    first = enroll_cli(cli, server, tmp_path / "a.toml", code)
     assert first.code == 0, first.err
-    second = cli(
-        "--config",
-        str(tmp_path / "b.toml"),
-        "enroll",
-        server.address,
-        code,
-        "--fingerprint",
-        server.fingerprint,
-    )
+    second = enroll_cli(cli, server, tmp_path / "b.toml", code)
     assert second.code == 1
     assert "already used" in one_line_error(second.err)
 
 
 def test_expired_enrollment_code_is_refused(server, cli, tmp_path: Path) -> None:
     code = server.repo.add_client("alice", admin=False, ttl=-1)
-    result = cli(
-        "--config",
-        str(tmp_path / "c.toml"),
-        "enroll",
-        server.address,
-        code,
-        "--fingerprint",
-        server.fingerprint,
-    )
+    result = enroll_cli(cli, server, tmp_path / "c.toml", code)
     assert result.code == 1
     assert "expired" in one_line_error(result.err)
 
 
 def test_wrong_fingerprint_refuses_to_connect(server, cli, tmp_path: Path) -> None:
     code = server.add_client("alice")
-    wrong = ":".join(["AB"] * 32)
-    result = cli(
-        "--config", str(tmp_path / "c.toml"), "enroll", server.address, code, "--fingerprint", wrong
-    )
+    result = enroll_cli(cli, server, tmp_path / "c.toml", code, fingerprint=":".join(["AB"] * 32))
     assert result.code == 1
     assert "does not match" in one_line_error(result.err)
     # The code was never sent, so the real server still accepts it.
-    ok = cli(
-        "--config",
-        str(tmp_path / "c.toml"),
-        "enroll",
-        server.address,
-        code,
-        "--fingerprint",
-        server.fingerprint,
-    )
+    ok = enroll_cli(cli, server, tmp_path / "c.toml", code)
     assert ok.code == 0, ok.err
 
 
