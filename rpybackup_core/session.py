@@ -35,7 +35,7 @@ from .errors import (
     StorageError,
 )
 from .logs import LEVELS, RecentLog
-from .pack import PackEntry, PackWriter
+from .packer import MAX_QUEUED_RECORDS, Packer
 from .protocol import (
     MAGIC,
     PROTOCOL_VERSION,
@@ -60,6 +60,10 @@ GET_FRAME_BYTES = 4 * 1024 * 1024
 # An open pack is sealed at this many chunks whatever its size: tiny chunks must not let one
 # connection pile up index entries in memory (tests/robustness/test_memory.py).
 MAX_PACK_ENTRIES = 32768
+# Records handed to the pack writer in one job: small jobs keep the queue's bound meaningful.
+SUBMIT_RECORDS = 1024
+# Chunks accepted but not yet indexed: a committing pack, the open one and what is queued.
+MAX_PENDING = 2 * MAX_PACK_ENTRIES + MAX_QUEUED_RECORDS
 # Seconds a connection may stay silent before it has authenticated (then the server's idle
 # timeout applies): a silent stranger must not hold a connection slot for long.
 AUTH_TIMEOUT = 30.0
@@ -153,8 +157,9 @@ class Session:
         # GC until the session ends (see docs/retention.md).
         self.pin_key = secrets.token_hex(8)
         self.client: ClientRecord | None = None
-        self.pack: PackWriter | None = None
-        self.pending: dict[bytes, PackEntry] = {}
+        self.packer: Packer | None = None
+        # Chunks accepted from puts and not yet indexed (queued, in the open pack, committing).
+        self.pending: set[bytes] = set()
         self.refs: set[int] = set()
         self.pending_refs: set[bytes] = set()
 
@@ -177,6 +182,8 @@ class Session:
             try:
                 self._seal_open_pack()
             finally:
+                if self.packer is not None:
+                    self.packer.close()
                 if self.client is not None:
                     self.repo.release_pins(self.pin_key)
 
@@ -256,20 +263,25 @@ class Session:
     # ---- pack handling ----------------------------------------------------------------------
 
     def _seal_open_pack(self) -> None:
-        """Make the open pack durable and indexed (chunks of a broken-off run are kept)."""
-        if self.pack is None:
-            return
-        pack, self.pack = self.pack, None
-        if not pack.entries or self.client is None:
-            pack.abort()
-            self.pending.clear()
-            return
+        """Make every accepted chunk durable and indexed (chunks of a broken-off run are kept)."""
+        if self.packer is not None:
+            self._indexed(self._packing(lambda packer: packer.drain(seal=True)))
+
+    def _packing(self, step: Callable[[Packer], list[dict[bytes, int]]]) -> list[dict[bytes, int]]:
+        """Run a packer step; after a write failure every chunk not yet indexed is lost."""
+        assert self.packer is not None
         try:
-            rowids = self.repo.commit_pack(self.client.id, pack, self.pin_key)
-        finally:
+            return step(self.packer)
+        except StorageError:
+            # pending_refs keeps the lost ids, so a commit that relies on them is refused.
             self.pending.clear()
-        for chunk_id in list(self.pending_refs):
-            if chunk_id in rowids:
+            raise
+
+    def _indexed(self, committed: list[dict[bytes, int]]) -> None:
+        """Packs the writer committed: their chunks now have row ids."""
+        for rowids in committed:
+            self.pending.difference_update(rowids)
+            for chunk_id in self.pending_refs.intersection(rowids):
                 self.refs.add(rowids[chunk_id])
                 self.pending_refs.discard(chunk_id)
 
@@ -323,35 +335,34 @@ class Session:
 
     def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
-        records = unpack_records(frame.payload)
+        # The frame buffer is reused by the next request; the pack writer works from a copy.
+        records = unpack_records(memoryview(frame.payload.tobytes()))
         for chunk_id, digest, sealed in records:
             if len(sealed) > MAX_SEALED:
                 raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
             if storage_hash(sealed) != digest:
                 raise IntegrityError(f"chunk {chunk_id.hex()[:16]} arrived damaged")
+        if self.packer is None:
+            self.packer = Packer(
+                self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
+            )
         stored = 0
-        try:
-            for chunk_id, digest, sealed in records:
-                if chunk_id in self.pending:
-                    continue
-                if self.pack is None:
-                    self.pack = self.repo.new_pack()
-                self.pending[chunk_id] = self.pack.append(chunk_id, digest, sealed)
-                stored += 1
-                if self.pack.size >= self.pack_size or len(self.pending) >= MAX_PACK_ENTRIES:
-                    self._seal_open_pack()
-        except StorageError:
-            self._drop_open_pack()
-            raise
+        batch: list[tuple[bytes, bytes, memoryview]] = []
+        for record in records:
+            if record[0] in self.pending:
+                continue
+            self.pending.add(record[0])
+            batch.append(record)
+            stored += 1
+            if len(batch) >= SUBMIT_RECORDS:
+                self._submit(batch)
+                batch = []
+        if batch:
+            self._submit(batch)
         return {"stored": stored}, b""
 
-    def _drop_open_pack(self) -> None:
-        """After a write failure the open pack cannot be trusted: discard it and its chunks."""
-        if self.pack is not None:
-            self.pack.abort()
-            self.pack = None
-        # pending_refs keeps the lost ids, so a commit that relies on them is refused.
-        self.pending.clear()
+    def _submit(self, batch: list[tuple[bytes, bytes, memoryview]]) -> None:
+        self._indexed(self._packing(lambda packer: packer.submit(batch)))
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
@@ -414,7 +425,7 @@ class Session:
         """Stream the asked blobs back in frames that stay under the payload bound."""
         assert self.client is not None
         ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
-        if any(chunk_id in self.pending for chunk_id in ids):
+        if not self.pending.isdisjoint(ids):
             self._seal_open_pack()
         locations = self.repo.locate(self.client.id, ids)
         missing = [chunk_id for chunk_id in ids if chunk_id not in locations]

@@ -16,7 +16,7 @@ import pytest
 from rpybackup_core.crypto import storage_hash
 from rpybackup_core.protocol import MAX_PAYLOAD, PREFIX, RECORD
 from rpybackup_core.repository import Repository
-from rpybackup_core.session import MAX_IDS_PER_REQUEST, MAX_PACK_ENTRIES
+from rpybackup_core.session import MAX_IDS_PER_REQUEST, MAX_PENDING
 
 from .wire import Wire
 
@@ -76,7 +76,7 @@ def test_a_flood_of_tiny_chunks_never_piles_up_in_memory(repo: tuple[Repository,
 
     peak = _peak_while(flood)
     wire.close()
-    assert most_pending <= MAX_PACK_ENTRIES
+    assert most_pending <= MAX_PENDING
     assert peak <= 2 * len(frames[0]) + SLACK, f"{peak / MIB:.0f} MiB for one connection"
 
 
