@@ -102,19 +102,35 @@ class Packer:
             return []
         committed = []
         try:
-            for chunk_id, digest, sealed in records:
+            start = 0
+            while start < len(records):
                 if self._pack is None:
                     self._pack = self._repo.new_pack()
-                self._pack.append(chunk_id, digest, sealed)
-                if (
-                    self._pack.size >= self._pack_size
-                    or len(self._pack.entries) >= self._max_entries
-                ):
+                end = self._fitting(records, start)
+                self._pack.append_many(records[start:end])
+                start = end
+                if self._full():
                     committed.append(self._commit())
         except StorageError:
             self._fail()
             raise
         return committed
+
+    def _fitting(self, records: Sequence[Record], start: int) -> int:
+        """Where the run of records from ``start`` that the open pack takes ends: up to and
+        including the one that fills it."""
+        assert self._pack is not None
+        size = self._pack.size
+        room = self._max_entries - len(self._pack.entries)
+        end = start
+        while end < len(records) and end - start < room and size < self._pack_size:
+            size += len(records[end][2])
+            end += 1
+        return end
+
+    def _full(self) -> bool:
+        assert self._pack is not None
+        return self._pack.size >= self._pack_size or len(self._pack.entries) >= self._max_entries
 
     def _seal(self) -> list[dict[bytes, int]]:
         if self._broken or self._pack is None:
