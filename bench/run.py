@@ -367,11 +367,21 @@ def scratch_filesystem(work: Path, gib: int) -> Iterator[None]:
         ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
         check=True,
     )
-    subprocess.run(["mount", "-o", "loop", str(image), str(work)], check=True)
+    # Direct I/O on the loop device: without it every block is cached twice (the loop
+    # filesystem's and the image file's page cache) and fsync ran at ~210 MB/s against ~1 GB/s
+    # on the disk underneath, which is not the disk either tool would meet.
+    device = subprocess.run(
+        ["losetup", "--find", "--show", "--direct-io=on", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(["mount", device, str(work)], check=True)
     try:
         yield
     finally:
         subprocess.run(["umount", str(work)], check=False)
+        subprocess.run(["losetup", "--detach", device], check=False)
         image.unlink()
         work.rmdir()
 
