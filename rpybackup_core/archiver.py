@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .chunker import MIN_SIZE, Chunker
-from .crypto import MasterKey, Sealer
+from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, UsageError
 from .files_cache import FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
@@ -66,18 +65,18 @@ class BackupResult:
 
 
 class _OrderedHash:
-    """The SHA-256 of a large file, computed on its own thread in file order.
+    """The digest of a large file, computed on its own thread in file order.
 
-    hashlib releases the GIL, so the main thread chunks and derives ids meanwhile; a single
+    The hash releases the GIL, so the main thread chunks and derives ids meanwhile; a single
     worker keeps the updates in order, and a short queue bounds the memory held.
     """
 
     _DEPTH = 4
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._digest = hashlib.sha256()
+        self._digest = file_hash()
         self._pool = pool
-        self._pending: deque[Future[None]] = deque()
+        self._pending: deque[Future[object]] = deque()
 
     def update(self, data: bytes) -> None:
         while len(self._pending) >= self._DEPTH:
@@ -312,7 +311,7 @@ class Archiver:
                 node = self._read_file(path, st)
             else:
                 node = Node.from_stat(os.path.basename(path), FILE, st)
-                node.size, node.sha256, node.content = hit.size, hit.sha256, list(hit.ids)
+                node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
                 for chunk_id in hit.ids:
                     self.uploader.reference(chunk_id)
                 self.progress.files_done += 1
@@ -331,7 +330,7 @@ class Archiver:
             self._error(path, exc)
             return None
         self.progress.current = path
-        digest: _OrderedHash | hashlib._Hash = hashlib.sha256()
+        digest: _OrderedHash | FileHash = file_hash()
         ids: list[bytes] = []
         size = 0
         try:
@@ -357,11 +356,11 @@ class Archiver:
         if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             log.warning("%s changed while it was read; stored what was read", path)
         node = Node.from_stat(os.path.basename(path), FILE, before)
-        node.size, node.sha256, node.content = size, digest.hexdigest(), ids
+        node.size, node.digest, node.content = size, f"{FILE_DIGEST}:{digest.hexdigest()}", ids
         self.progress.files_done += 1
         if self.cache is not None and (after.st_mtime_ns, after.st_size) == (
             before.st_mtime_ns,
             before.st_size,
         ):
-            self.cache.stage(path, after, node.sha256, ids)
+            self.cache.stage(path, after, node.digest, ids)
         return node

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 import zstandard
@@ -38,6 +39,29 @@ _MIN_SAVING = 0.03
 # A chunk whose first 64 KiB do not compress at level 1 is almost surely incompressible
 # (media, archives, random data); the probe costs far less than compressing all of it.
 _PROBE_SIZE = 64 * 1024
+
+
+# The whole-file digest new snapshots record, and every one restore can verify. BLAKE3 runs at
+# ~7.5 GB/s here against SHA-256's ~2 GB/s (SHA-NI): a quarter of the CPU on both backup and
+# restore for the same end-to-end check. Trees written before it carry sha256.
+FILE_DIGEST = "blake3"
+FILE_DIGESTS = ("blake3", "sha256")
+
+
+class FileHash(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def file_hash(digest: str = FILE_DIGEST) -> FileHash:
+    """A running hash for a file digest (``"blake3"`` or ``"blake3:<hex>"``, or sha256)."""
+    algorithm = digest.partition(":")[0]
+    if algorithm == "blake3":
+        return blake3.blake3()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise CryptoError(f"unknown file digest {algorithm!r}")
 
 
 def storage_hash(sealed: bytes | bytearray | memoryview) -> bytes:

@@ -20,11 +20,12 @@ _KEEP_GENERATIONS = 3
 _SQL_BATCH = 500
 _RACY_FINE_NS = 100_000_000
 _RACY_COARSE_NS = 2_000_000_000
+_STALE_FILES = ("files.sqlite", "files.sqlite-wal", "files.sqlite-shm")
 
 
 @dataclass(frozen=True)
 class CachedFile:
-    sha256: str
+    digest: str
     size: int
     ids: list[bytes]
 
@@ -43,13 +44,17 @@ def is_racy(st: os.stat_result) -> bool:
 class FilesCache:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(directory / "files.sqlite", isolation_level=None)
+        # The first cache kept bare SHA-256 digests; its entries cannot fill a node now.
+        for stale in _STALE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / stale).unlink()
+        self._db = sqlite3.connect(directory / "files-v2.sqlite", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (
                 path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
-                inode INTEGER, sha256 TEXT, ids BLOB, generation INTEGER);
+                inode INTEGER, digest TEXT, ids BLOB, generation INTEGER);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
             """
         )
@@ -64,12 +69,12 @@ class FilesCache:
 
     def lookup(self, path: str, st: os.stat_result) -> CachedFile | None:
         row = self._db.execute(
-            "SELECT size, mtime_ns, ctime_ns, inode, sha256, ids FROM files WHERE path = ?",
+            "SELECT size, mtime_ns, ctime_ns, inode, digest, ids FROM files WHERE path = ?",
             (path,),
         ).fetchone()
         if row is None:
             return None
-        size, mtime_ns, ctime_ns, inode, sha256, ids = row
+        size, mtime_ns, ctime_ns, inode, digest, ids = row
         if (size, mtime_ns, ctime_ns, inode) != (
             st.st_size,
             st.st_mtime_ns,
@@ -78,7 +83,7 @@ class FilesCache:
         ):
             return None
         raw = bytes(ids)
-        return CachedFile(sha256, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
+        return CachedFile(digest, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
 
     def lookup_many(self, files: list[tuple[str, os.stat_result]]) -> dict[str, CachedFile]:
         """``lookup`` for many files (a directory's) with one query per few hundred paths."""
@@ -86,8 +91,8 @@ class FilesCache:
         for start in range(0, len(files), _SQL_BATCH):
             stats = dict(files[start : start + _SQL_BATCH])
             marks = ",".join("?" * len(stats))
-            for path, size, mtime_ns, ctime_ns, inode, sha256, ids in self._db.execute(
-                "SELECT path, size, mtime_ns, ctime_ns, inode, sha256, ids FROM files "
+            for path, size, mtime_ns, ctime_ns, inode, digest, ids in self._db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, digest, ids FROM files "
                 f"WHERE path IN ({marks})",
                 list(stats),
             ):
@@ -100,14 +105,14 @@ class FilesCache:
                 ):
                     raw = bytes(ids)
                     chunks = [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]
-                    found[path] = CachedFile(sha256, size, chunks)
+                    found[path] = CachedFile(digest, size, chunks)
         return found
 
     def keep(self, path: str) -> None:
         """An entry ``lookup`` matched stays as it is; at commit only its generation moves on."""
         self._kept.append(path)
 
-    def stage(self, path: str, st: os.stat_result, sha256: str, ids: list[bytes]) -> None:
+    def stage(self, path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
         """Remember a file for the next run, unless it changed too recently to trust.
 
         A file rewritten at the same size within one timestamp tick of being read would match
@@ -122,7 +127,7 @@ class FilesCache:
                 st.st_mtime_ns,
                 st.st_ctime_ns,
                 st.st_ino,
-                sha256,
+                digest,
                 b"".join(ids),
                 self.generation,
             )

@@ -3,7 +3,7 @@
 Everything is written relative to directory file descriptors opened with O_NOFOLLOW, so a
 symlink in the target (or one the snapshot itself restores) can never redirect a write outside
 the target. Names were validated when the tree was decoded. A file is written under a temporary
-name and renamed into place only after its SHA-256 matches; a damaged file is reported and
+name and renamed into place only after its digest matches; a damaged file is reported and
 skipped, and the rest of the restore goes on. In a directory the restore created itself (empty,
 nothing to protect) a file is written under its own name and removed if it does not verify, so
 only an interrupted restore can leave a partial file there.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import secrets
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .crypto import MasterKey, Sealer
+from .crypto import MasterKey, Sealer, file_hash
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
 from .memory import share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
@@ -153,7 +152,7 @@ class _TempFile:
         self.temp = name if self.in_place else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
         with self.dir_lock:
             self.out = os.open(self.temp, _TEMP_FLAGS, 0o600, dir_fd=self.fd)
-        self.digest = hashlib.sha256()
+        self.digest = file_hash(node.digest)
         self.written = 0
         self.error: OSError | RPyBackupError | None = None
 
@@ -170,8 +169,9 @@ class _TempFile:
         try:
             if self.error is not None:
                 raise self.error
-            if self.digest.hexdigest() != node.sha256 or self.written != node.size:
-                raise IntegrityError(f"{self.shown}: content does not match its SHA-256")
+            algorithm = node.digest.partition(":")[0]
+            if f"{algorithm}:{self.digest.hexdigest()}" != node.digest or self.written != node.size:
+                raise IntegrityError(f"{self.shown}: content does not match its {algorithm} digest")
             if _IS_ROOT:
                 with contextlib.suppress(OSError):
                     os.fchown(self.out, node.uid, node.gid)
@@ -226,7 +226,7 @@ class Restorer:
     """Fetches on the calling thread and writes on a small pool.
 
     The main thread walks trees and receives sealed chunks; pool threads decrypt, verify and
-    write files (AES-GCM, zstd, SHA-256 and file I/O release the GIL), so the next batch is
+    write files (AES-GCM, zstd, the file digest and file I/O release the GIL), so the next batch is
     on the wire while the last one is written. No directory waits for the jobs of another:
     each is finished (times, mode) when its own last job ends.
     """

@@ -13,7 +13,7 @@ import json
 import stat
 from dataclasses import dataclass, field
 
-from .crypto import ID_SIZE
+from .crypto import FILE_DIGESTS, ID_SIZE
 from .errors import IntegrityError
 
 FILE = "file"
@@ -32,7 +32,8 @@ class Node:
     uid: int = 0
     gid: int = 0
     size: int = 0
-    sha256: str = ""
+    # "<algorithm>:<hex>" of the whole file's plaintext (see crypto.FILE_DIGEST).
+    digest: str = ""
     content: list[bytes] = field(default_factory=list)
     target: str = ""
 
@@ -58,7 +59,8 @@ class Node:
         }
         if self.kind == FILE:
             doc["size"] = self.size
-            doc["sha256"] = self.sha256
+            algorithm, _, value = self.digest.partition(":")
+            doc[algorithm] = value
         if self.kind in (FILE, DIR):
             doc["content"] = [chunk_id.hex() for chunk_id in self.content]
         if self.kind == SYMLINK:
@@ -106,6 +108,22 @@ def _ids(value: object) -> list[bytes]:
     return ids
 
 
+def _digest(doc: dict[str, object], name: str) -> str:
+    """A file's digest under whichever algorithm its tree used (older trees: sha256)."""
+    for algorithm in FILE_DIGESTS:
+        value = doc.get(algorithm)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) != 64:
+            break
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            break
+        return f"{algorithm}:{value}"
+    raise IntegrityError(f"file {name!r} has no valid digest")
+
+
 def _decode_node(doc: object) -> Node:
     if not isinstance(doc, dict):
         raise IntegrityError("tree entry is not an object")
@@ -122,10 +140,7 @@ def _decode_node(doc: object) -> Node:
     )
     if kind == FILE:
         node.size = _int(doc, "size")
-        sha = doc.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise IntegrityError(f"file {node.name!r} has no valid sha256")
-        node.sha256 = sha
+        node.digest = _digest(doc, node.name)
     if kind in (FILE, DIR):
         node.content = _ids(doc.get("content", []))
     if kind == SYMLINK:

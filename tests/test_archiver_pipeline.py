@@ -170,7 +170,7 @@ def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) ->
         time.sleep(0.02)
     st = os.stat(path)
     cache = FilesCache(tmp_path / "cache")
-    cache.stage(str(path), st, "ab" * 32, [b"i" * 32])
+    cache.stage(str(path), st, "blake3:" + "ab" * 32, [b"i" * 32])
     cache.commit()
 
     for _ in range(5):

@@ -145,7 +145,7 @@ def test_file_changing_during_the_read_still_gives_a_consistent_snapshot(
     assert result.code == 0, result.err
     target = tmp_path / "restored"
     restored = cli("--config", str(config.path), "restore", "latest", "--target", str(target))
-    # Restore checks the stored SHA-256: what was read is what comes back, whole.
+    # Restore checks the stored file digest: what was read is what comes back, whole.
     assert restored.code == 0, restored.err
     assert (target / growing.relative_to("/")).stat().st_size >= 8 * 1024 * 1024
 

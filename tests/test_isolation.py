@@ -56,7 +56,9 @@ def test_a_hostile_tree_with_dot_dot_is_refused_at_restore(server, tmp_path: Pat
     sealer = Sealer(MasterKey.from_text(config.key))
     payload = b"escaped!"
     data_id = sealer.chunk_id(payload)
-    evil = Node("..", FILE, 0o644, 0, size=len(payload), content=[data_id], sha256="0" * 64)
+    evil = Node(
+        "..", FILE, 0o644, 0, size=len(payload), content=[data_id], digest="blake3:" + "0" * 64
+    )
     inner = encode_tree([evil])
     inner_id = sealer.chunk_id(inner)
     root = encode_tree([Node("x", DIR, 0o755, 0, content=[inner_id])])

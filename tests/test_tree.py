@@ -12,10 +12,10 @@ from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tr
 
 def sample_nodes() -> list[Node]:
     return [
-        Node("b.txt", FILE, 0o644, 123, 1000, 1000, 5, "a" * 64, [b"\x01" * 32]),
+        Node("b.txt", FILE, 0o644, 123, 1000, 1000, 5, "blake3:" + "a" * 64, [b"\x01" * 32]),
         Node("a-dir", DIR, 0o755, 456, content=[b"\x02" * 32]),
         Node("link", SYMLINK, 0o777, 789, target="../elsewhere"),
-        Node("caf\udce9-latin1", FILE, 0o600, 1, size=0, sha256="e" * 64),
+        Node("caf\udce9-latin1", FILE, 0o600, 1, size=0, digest="sha256:" + "e" * 64),
     ]
 
 
@@ -27,7 +27,7 @@ def test_encode_decode_round_trip_sorted_by_name() -> None:
 
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "nul\x00", "/abs"])
 def test_unsafe_names_are_rejected(name: str) -> None:
-    data = encode_tree([Node(name, FILE, 0o644, 0, size=0, sha256="0" * 64)])
+    data = encode_tree([Node(name, FILE, 0o644, 0, size=0, digest="blake3:" + "0" * 64)])
     with pytest.raises(IntegrityError):
         decode_tree(data)
 
@@ -86,8 +86,25 @@ def test_malformed_trees_are_rejected(document: bytes) -> None:
         decode_tree(document)
 
 
+def test_a_tree_written_before_blake3_digests_still_decodes() -> None:
+    entry = {"name": "old", "type": "file", "mode": 0o644, "mtime_ns": 1, "size": 0}
+    document = {"version": 1, "entries": [{**entry, "sha256": "ab" * 32}]}
+    (node,) = decode_tree(json.dumps(document).encode())
+    assert node.digest == "sha256:" + "ab" * 32
+    assert json.loads(encode_tree([node]))["entries"][0]["sha256"] == "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "digest", [{}, {"blake3": "0" * 63}, {"blake3": "zz" * 32}, {"md5": "0" * 64}]
+)
+def test_a_file_without_a_valid_digest_is_rejected(digest: dict[str, str]) -> None:
+    entry = {"name": "x", "type": "file", "mode": 0o644, "mtime_ns": 1, "size": 0, **digest}
+    with pytest.raises(IntegrityError, match="digest"):
+        decode_tree(json.dumps({"version": 1, "entries": [entry]}).encode())
+
+
 def test_duplicate_names_are_rejected() -> None:
-    node = Node("same", FILE, 0o644, 0, size=0, sha256="0" * 64)
+    node = Node("same", FILE, 0o644, 0, size=0, digest="blake3:" + "0" * 64)
     doc = json.loads(encode_tree([node]))
     doc["entries"] = doc["entries"] * 2
     with pytest.raises(IntegrityError, match="twice"):

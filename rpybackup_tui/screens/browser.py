@@ -52,7 +52,7 @@ def describe_entry(listed: ListedEntry) -> str:
     mode = stat.filemode(_type_bits(node.kind) | node.mode)
     lines = [listed.path, f"{node.kind} · {mode} · {when:%Y-%m-%d %H:%M} UTC"]
     if node.kind == FILE:
-        lines.append(f"{human_bytes(node.size)} ({node.size:,} bytes) · sha256 {node.sha256[:16]}…")
+        lines.append(f"{human_bytes(node.size)} ({node.size:,} bytes) · {node.digest[:23]}…")
     if node.kind == SYMLINK:
         lines.append(f"→ {node.target}")
     return "\n".join(lines)

@@ -59,7 +59,7 @@ def test_snapshots_then_a_lazy_tree_then_details(server, alice, sample_tree: Pat
         await pilot.pause()
         details = text_of(app, "#details")
         assert f"{sample_tree}/photo.raw" in details
-        assert "6.0 MiB" in details and "sha256" in details
+        assert "6.0 MiB" in details and "blake3:" in details
 
     drive(alice, scenario)
 
