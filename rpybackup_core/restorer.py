@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
+# Get requests on the wire while the oldest reply is read and handed to the write pool.
+_FETCHES_IN_FLIGHT = 3
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -73,17 +76,25 @@ def split_snapshot_path(path: str) -> list[str]:
 class TreeReader:
     """Loads and decodes trees by their content ids, keeping the most recent ones."""
 
-    def __init__(self, remote: RemoteRepository, sealer: Sealer, keep: int = 256) -> None:
+    def __init__(
+        self,
+        remote: RemoteRepository,
+        sealer: Sealer,
+        keep: int = 256,
+        before_request: Callable[[], None] = lambda: None,
+    ) -> None:
         self.remote = remote
         self.sealer = sealer
         self._cache: OrderedDict[tuple[bytes, ...], list[Node]] = OrderedDict()
         self._keep = keep
+        self._before_request = before_request
 
     def load(self, ids: list[bytes]) -> list[Node]:
         key = tuple(ids)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        self._before_request()
         data = b"".join(self.sealer.open(cid, blob) for cid, blob in self.remote.get(list(ids)))
         nodes = decode_tree(data)
         self._cache[key] = nodes
@@ -117,6 +128,29 @@ class TreeReader:
 
 def restore_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class _Fetch:
+    """Chunks asked for and not read yet, and what to do with them (or with the error).
+
+    A fetch without a request only marks a point in the sequence: ``ready`` gets nothing.
+    """
+
+    where: _OpenDir
+    request_id: int | None
+    ids: list[bytes]
+    ready: Callable[[dict[bytes, bytes]], None]
+    failed: Callable[[OSError | RPyBackupError], None]
+
+
+@dataclass
+class _LargeFile:
+    """A large file being fetched batch by batch: its last write job and its first error."""
+
+    temp: _TempFile
+    previous: Future[list[_Outcome]] | None = None
+    error: OSError | RPyBackupError | None = None
 
 
 @dataclass
@@ -240,7 +274,7 @@ class Restorer:
     ) -> None:
         self.remote = remote
         self.sealer = Sealer(key)
-        self.trees = TreeReader(remote, self.sealer)
+        self.trees = TreeReader(remote, self.sealer, before_request=self._settle_fetches)
         self.report = progress
         self.progress = Progress("restore")
         self.result = RestoreResult()
@@ -249,6 +283,7 @@ class Restorer:
         self._workers = workers or restore_workers()
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: deque[tuple[Future[list[_Outcome]], _OpenDir]] = deque()
+        self._fetches: deque[_Fetch] = deque()
         self._open: list[_OpenDir] = []
 
     # ---- entry points -----------------------------------------------------------------------
@@ -295,8 +330,10 @@ class Restorer:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
+            self._settle_fetches()
             self._drain()
         finally:
+            self._fetches.clear()
             # Every job must end before a directory descriptor it uses is closed.
             self._settle()
             self._pool.shutdown(wait=True)
@@ -315,12 +352,49 @@ class Restorer:
         self, where: _OpenDir, job: Callable[..., list[_Outcome]], *args: Any
     ) -> Future[list[_Outcome]]:
         assert self._pool is not None
-        while len(self._jobs) > self._workers:
+        while len(self._jobs) > 2 * self._workers:
             self._collect()
         future = self._pool.submit(job, *args)
         self._jobs.append((future, where))
         where.pending += 1
         return future
+
+    def _fetch(
+        self,
+        where: _OpenDir,
+        ids: list[bytes],
+        ready: Callable[[dict[bytes, bytes]], None],
+        failed: Callable[[OSError | RPyBackupError], None],
+    ) -> None:
+        """Ask for chunks now; they are handed to ``ready`` after every earlier fetch, while
+        the server already sends the next ones (a few requests stay in flight)."""
+        request_id = self.remote.ask_get(list(dict.fromkeys(ids))) if ids else None
+        self._fetches.append(_Fetch(where, request_id, ids, ready, failed))
+        where.pending += 1
+        while len(self._fetches) > _FETCHES_IN_FLIGHT:
+            self._receive_fetch()
+
+    def _receive_fetch(self) -> None:
+        fetch = self._fetches.popleft()
+        try:
+            if fetch.request_id is None:
+                fetch.ready({})
+                return
+            try:
+                sealed = dict(
+                    self.remote.get_answer(fetch.request_id, list(dict.fromkeys(fetch.ids)))
+                )
+            except (OSError, RPyBackupError) as exc:
+                fetch.failed(exc)
+                return
+            fetch.ready(sealed)
+        finally:
+            fetch.where.pending -= 1
+            self._finish_if_done(fetch.where)
+
+    def _settle_fetches(self) -> None:
+        while self._fetches:
+            self._receive_fetch()
 
     def _collect(self) -> None:
         future, where = self._jobs.popleft()
@@ -471,24 +545,39 @@ class Restorer:
         if node.size > _FETCH_BYTES:
             self._write_large(where, name, node, shown, follow_existing)
             return
-        try:
-            sealed = dict(self.remote.get(list(dict.fromkeys(node.content))))
-        except (OSError, RPyBackupError) as exc:
-            self._fail(shown, exc)
-            return
-        self._submit(where, self._group_job, where, [(name, node, shown)], sealed, follow_existing)
+        entries = [(name, node, shown)]
+        self._fetch(
+            where,
+            node.content,
+            lambda sealed: self._submit_group(where, entries, sealed, follow_existing),
+            lambda exc: self._fail(shown, exc),
+        )
+
+    def _submit_group(
+        self,
+        where: _OpenDir,
+        entries: list[tuple[str, Node, str]],
+        sealed: dict[bytes, bytes],
+        follow_existing: bool,
+    ) -> None:
+        self._submit(where, self._group_job, where, entries, sealed, follow_existing)
 
     def _write_group(self, where: _OpenDir, group: list[Node], prefix: str) -> None:
-        ids = list(dict.fromkeys(cid for node in group for cid in node.content))
-        try:
-            sealed = dict(self.remote.get(ids)) if ids else {}
-        except IntegrityError:
-            # One chunk damaged on the server: file by file, so every other file still restores.
-            for node in group:
-                self._restore_file(where, node.name, node, f"{prefix}/{node.name}")
-            return
         entries = [(node.name, node, f"{prefix}/{node.name}") for node in group]
-        self._submit(where, self._group_job, where, entries, sealed, False)
+
+        def one_by_one(exc: OSError | RPyBackupError) -> None:
+            if not isinstance(exc, IntegrityError):
+                raise exc
+            # One chunk damaged on the server: file by file, so every other file still restores.
+            for name, node, shown in entries:
+                self._restore_file(where, name, node, shown)
+
+        self._fetch(
+            where,
+            [cid for node in group for cid in node.content],
+            lambda sealed: self._submit_group(where, entries, sealed, False),
+            one_by_one,
+        )
 
     def _group_job(
         self,
@@ -503,7 +592,7 @@ class Restorer:
         opened: dict[bytes, bytes | memoryview | IntegrityError] = {}
         for chunk_id, blob in sealed.items():
             try:
-                opened[chunk_id] = sealer.open(chunk_id, blob)
+                opened[chunk_id] = sealer.open(chunk_id, blob, verify_id=False)
             except IntegrityError as exc:
                 opened[chunk_id] = exc
         outcomes = []
@@ -535,15 +624,37 @@ class Restorer:
         except OSError as exc:
             self._fail(shown, exc)
             return
-        previous: Future[list[_Outcome]] | None = None
-        error: OSError | RPyBackupError | None = None
-        try:
-            for batch in self._batches(node):
-                sealed = dict(self.remote.get(list(dict.fromkeys(batch))))
-                previous = self._submit(where, self._part_job, temp, batch, sealed, previous)
-        except (OSError, RPyBackupError) as exc:
-            error = exc
-        self._submit(where, self._finish_job, temp, previous, error, follow_existing)
+        large = _LargeFile(temp)
+
+        def failed(exc: OSError | RPyBackupError) -> None:
+            large.error = large.error or exc
+
+        for batch in self._batches(node):
+            self._fetch(
+                where,
+                batch,
+                functools.partial(self._write_part, where, large, batch),
+                failed,
+            )
+        self._fetch(
+            where,
+            [],
+            lambda _: self._submit_finish(where, large, follow_existing),
+            failed,
+        )
+
+    def _write_part(
+        self, where: _OpenDir, large: _LargeFile, batch: list[bytes], sealed: dict[bytes, bytes]
+    ) -> None:
+        if large.error is None:
+            large.previous = self._submit(
+                where, self._part_job, large.temp, batch, sealed, large.previous
+            )
+
+    def _submit_finish(self, where: _OpenDir, large: _LargeFile, follow_existing: bool) -> None:
+        self._submit(
+            where, self._finish_job, large.temp, large.previous, large.error, follow_existing
+        )
 
     def _batches(self, node: Node) -> Iterator[list[bytes]]:
         batch: list[bytes] = []
@@ -569,7 +680,7 @@ class Restorer:
         failure: IntegrityError | None = None
         try:
             for chunk_id, blob in sealed.items():
-                opened[chunk_id] = sealer.open(chunk_id, blob)
+                opened[chunk_id] = sealer.open(chunk_id, blob, verify_id=False)
         except IntegrityError as exc:
             failure = exc
         if previous is not None:
