@@ -352,7 +352,7 @@ class Restorer:
         self, where: _OpenDir, job: Callable[..., list[_Outcome]], *args: Any
     ) -> Future[list[_Outcome]]:
         assert self._pool is not None
-        while len(self._jobs) > 2 * self._workers:
+        while len(self._jobs) > self._workers + 1:
             self._collect()
         future = self._pool.submit(job, *args)
         self._jobs.append((future, where))
