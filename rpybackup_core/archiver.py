@@ -16,14 +16,12 @@ import os
 import re
 import socket
 import stat
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chunker import MIN_SIZE, Chunker
-from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
+from .chunker import Chunker
+from .crypto import FILE_DIGEST, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, UsageError
 from .files_cache import FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
@@ -64,31 +62,6 @@ class BackupResult:
         }
 
 
-class _OrderedHash:
-    """The digest of a large file, computed on its own thread in file order.
-
-    The hash releases the GIL, so the main thread chunks and derives ids meanwhile; a single
-    worker keeps the updates in order, and a short queue bounds the memory held.
-    """
-
-    _DEPTH = 4
-
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._digest = file_hash()
-        self._pool = pool
-        self._pending: deque[Future[object]] = deque()
-
-    def update(self, data: bytes) -> None:
-        while len(self._pending) >= self._DEPTH:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._digest.update, data))
-
-    def hexdigest(self) -> str:
-        while self._pending:
-            self._pending.popleft().result()
-        return self._digest.hexdigest()
-
-
 def normalize_sources(paths: list[str]) -> list[Path]:
     """Absolute, de-duplicated sources; a source inside another source is dropped."""
     if not paths:
@@ -124,7 +97,6 @@ class Archiver:
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
-        self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="file-hash")
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -148,7 +120,6 @@ class Archiver:
             self.uploader.finish()
         finally:
             self.uploader.close()
-            self._hash_pool.shutdown(wait=True)
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
         stats = {
             "files": self.progress.files_done,
@@ -330,15 +301,13 @@ class Archiver:
             self._error(path, exc)
             return None
         self.progress.current = path
-        digest: _OrderedHash | FileHash = file_hash()
+        digest = file_hash()
         ids: list[bytes] = []
         size = 0
         try:
             before = os.fstat(fd)
-            if before.st_size > MIN_SIZE:
-                digest = _OrderedHash(self._hash_pool)
             for view in self.chunker.file(fd, before.st_size):
-                # A stream's views are reused; the hash thread and the batch keep this copy.
+                # A stream's views are reused; the upload keeps this copy.
                 piece = bytes(view)
                 digest.update(piece)
                 chunk_id = self.sealer.chunk_id(piece)

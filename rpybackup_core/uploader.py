@@ -1,6 +1,12 @@
 """The upload pipeline of a backup run: deduplicate, ask, seal on worker threads, send.
 
-    add() -> batch --ask_has--> asked --answer--> seal jobs (threads) --> put
+    archiver --items--> upload thread: add() -> batch --ask_has--> asked --answer-->
+        seal jobs (threads) --> put
+
+The archiver's thread only reads, chunks and identifies: it hands chunks and references over
+in messages of about a MiB, and the upload thread owns the connection for the whole run (TLS
+encryption and every wait for the server happen there, in parallel with the reading). One
+thread on each socket: OpenSSL does not allow a read and a write on one connection at once.
 
 Nothing here waits for the server while there is other work to do: a batch's has-question is
 answered while the next batch is read, and its seal jobs run on a small thread pool (zstd,
@@ -14,16 +20,28 @@ was not given.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .crypto import MasterKey, Sealer
 from .memory import share_malloc_arena
 from .progress import Progress
 from .protocol import pack_sealed
 from .remote import RemoteRepository
+
+_T = TypeVar("_T")
+_Message = (
+    list[tuple[bytes, bytes | None]] | tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
+)
+# Items go to the upload thread in messages of about this much data; a few may wait in line.
+_MESSAGE_BYTES = 1024 * 1024
+_MESSAGE_ITEMS = 1024
+_INBOX_MESSAGES = 4
 
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 1024
@@ -48,7 +66,102 @@ def seal_workers() -> int:
 
 
 class ChunkUploader:
-    """Not thread-safe: one run, driven from one thread; sealing happens on its own pool."""
+    """The archiver's end of the upload: not thread-safe, call it from one thread.
+
+    Chunks and references are queued in order and sent to the upload thread in messages;
+    ``missing`` and ``finish`` wait for it. A failure on the upload thread is raised by the
+    next call here.
+    """
+
+    def __init__(
+        self,
+        remote: RemoteRepository,
+        key: MasterKey,
+        progress: Progress,
+        workers: int | None = None,
+    ) -> None:
+        self._pipeline = UploadPipeline(remote, key, progress, workers)
+        self._inbox: queue.Queue[_Message | None] = queue.Queue(maxsize=_INBOX_MESSAGES)
+        self._items: list[tuple[bytes, bytes | None]] = []
+        self._items_bytes = 0
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="upload", daemon=True)
+        self._thread.start()
+
+    @property
+    def uploaded_chunks(self) -> int:
+        return self._pipeline.uploaded_chunks
+
+    def add(self, chunk_id: bytes, data: bytes | memoryview) -> None:
+        """Store a chunk unless the server has it; references it for the snapshot as well."""
+        self._items.append((chunk_id, data if isinstance(data, bytes) else bytes(data)))
+        self._items_bytes += len(data)
+        if self._items_bytes >= _MESSAGE_BYTES or len(self._items) >= _MESSAGE_ITEMS:
+            self._post_items()
+
+    def reference(self, chunk_id: bytes) -> None:
+        self._items.append((chunk_id, None))
+        if len(self._items) >= _MESSAGE_ITEMS:
+            self._post_items()
+
+    def missing(self, ids: list[bytes]) -> set[bytes]:
+        """See ``UploadPipeline.missing``; waits for everything queued before it."""
+        return self._call(self._pipeline.missing, ids)
+
+    def finish(self) -> None:
+        """Send everything queued and every reference, and wait for the server."""
+        self._call(self._pipeline.finish)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._inbox.put(None)
+            self._thread.join()
+        self._pipeline.close()
+
+    def _post_items(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._items:
+            self._inbox.put(self._items)
+            self._items, self._items_bytes = [], 0
+
+    def _call(self, action: Callable[..., _T], *args: Any) -> _T:
+        self._post_items()
+        done: Future[_T] = Future()
+        self._inbox.put((action, args, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        """The upload thread: messages in order until told to stop; after a failure it keeps
+        taking (and dropping) messages, so the archiver never blocks on a full inbox."""
+        while (message := self._inbox.get()) is not None:
+            if isinstance(message, list):
+                if self._failure is None:
+                    try:
+                        self._take(message)
+                    except BaseException as exc:
+                        self._failure = exc
+                continue
+            action, args, done = message
+            if self._failure is not None:
+                done.set_exception(self._failure)
+                continue
+            try:
+                done.set_result(action(*args))
+            except BaseException as exc:
+                self._failure = exc
+                done.set_exception(exc)
+
+    def _take(self, items: list[tuple[bytes, bytes | None]]) -> None:
+        for chunk_id, data in items:
+            if data is None:
+                self._pipeline.reference(chunk_id)
+            else:
+                self._pipeline.add(chunk_id, data)
+
+
+class UploadPipeline:
+    """Not thread-safe: driven from the upload thread; sealing happens on its own pool."""
 
     def __init__(
         self,
