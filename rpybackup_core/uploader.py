@@ -38,10 +38,11 @@ _T = TypeVar("_T")
 _Message = (
     list[tuple[bytes, bytes | None]] | tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
 )
-# Items go to the upload thread in messages of about this much data; a few may wait in line.
+# Items go to the upload thread in messages of about this much data; one waits in line while
+# the thread works on another (more only adds memory: peak RSS 98 MiB with four, 87 with one).
 _MESSAGE_BYTES = 1024 * 1024
 _MESSAGE_ITEMS = 1024
-_INBOX_MESSAGES = 4
+_INBOX_MESSAGES = 1
 
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 1024
