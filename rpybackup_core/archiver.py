@@ -16,6 +16,9 @@ import os
 import re
 import socket
 import stat
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,9 @@ from .tree import DIR, FILE, SYMLINK, Node, encode_tree
 from .uploader import ChunkUploader
 
 log = logging.getLogger(__name__)
+
+# Directories whose unchanged files wait for the server's answer while the walk goes on.
+_DEFERRED_DIRECTORIES = 64
 
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
@@ -97,6 +103,9 @@ class Archiver:
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
+        self._deferred: deque[tuple[Future[set[bytes]] | None, Callable[[set[bytes]], None]]] = (
+            deque()
+        )
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -180,11 +189,11 @@ class Archiver:
         return self._layout_nodes(Path("/"), layout)
 
     def _layout_nodes(self, base: Path, layout: dict[str, Any]) -> list[Node]:
-        nodes = []
+        nodes: list[Node] = []
         for name, value in sorted(layout.items()):
             if isinstance(value, Path):
                 if name == "":
-                    nodes.extend(self._directory_entries(str(value)))
+                    self._walk_directory(str(value), nodes.extend)
                     continue
                 node = self._entry(str(value))
             else:
@@ -199,6 +208,7 @@ class Archiver:
                 self.dirs += 1
             if node is not None:
                 nodes.append(node)
+        self._run_deferred(wait=True)
         return nodes
 
     # ---- walking ----------------------------------------------------------------------------
@@ -223,7 +233,7 @@ class Archiver:
         name = os.path.basename(path)
         if stat.S_ISDIR(st.st_mode):
             node = Node.from_stat(name, DIR, st)
-            node.content = self._store_tree(self._directory_entries(path))
+            self._walk_directory(path, lambda children: self._store_directory(node, children))
             self.dirs += 1
             return node
         if stat.S_ISLNK(st.st_mode):
@@ -239,13 +249,19 @@ class Archiver:
         log.info("skipped %s: not a regular file, directory or symlink", path)
         return None
 
-    def _directory_entries(self, path: str) -> list[Node]:
+    def _store_directory(self, node: Node, children: list[Node]) -> None:
+        node.content = self._store_tree(children)
+
+    def _walk_directory(self, path: str, done: Callable[[list[Node]], None]) -> None:
+        """Walk a directory; ``done`` gets its nodes once the server has answered for its
+        unchanged files (meanwhile the walk goes on, see ``_defer``)."""
         try:
             with os.scandir(path) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             self._error(path, exc)
-            return []
+            self._defer(None, lambda _: done([]))
+            return
         listed: list[tuple[str, os.stat_result]] = []
         for entry in entries:
             child = entry.path
@@ -268,23 +284,46 @@ class Archiver:
             node = self._entry(child, st)
             if node is not None:
                 nodes.append(node)
-        nodes.extend(self._cached_files(cached))
-        return nodes
+        answer = (
+            self.uploader.ask_missing([cid for _, _, hit in cached for cid in hit.ids])
+            if cached
+            else None
+        )
+        self._defer(answer, lambda missing: done(nodes + self._cached_files(cached, missing)))
 
-    def _cached_files(self, cached: list[tuple[str, os.stat_result, Any]]) -> list[Node]:
+    def _defer(
+        self, answer: Future[set[bytes]] | None, action: Callable[[set[bytes]], None]
+    ) -> None:
+        """Run ``action`` with the server's answer once it and everything deferred before it
+        are done. In walk order a directory comes after all of its subdirectories, so every
+        subtree is stored before its parent's tree; a few answers stay outstanding while the
+        walk goes on, so one `has` round trip per directory is no longer a wait."""
+        self._deferred.append((answer, action))
+        self._run_deferred(wait=len(self._deferred) > _DEFERRED_DIRECTORIES)
+
+    def _run_deferred(self, wait: bool) -> None:
+        """Run what is ready at the head of the line; with ``wait``, until the line is empty."""
+        while self._deferred:
+            answer, action = self._deferred[0]
+            if answer is not None and not answer.done() and not wait:
+                return
+            self._deferred.popleft()
+            action(answer.result() if answer is not None else set())
+
+    def _cached_files(
+        self, cached: list[tuple[str, os.stat_result, Any]], missing: set[bytes]
+    ) -> list[Node]:
         """Unchanged files: reuse their chunk ids unless the server lost one of them."""
         if not cached:
             return []
-        missing = self.uploader.missing([cid for _, _, hit in cached for cid in hit.ids])
         nodes = []
         for path, st, hit in cached:
             if missing.intersection(hit.ids):
                 node = self._read_file(path, st)
             else:
                 node = Node.from_stat(os.path.basename(path), FILE, st)
+                # ``missing`` already counted every id it did not return as referenced.
                 node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
-                for chunk_id in hit.ids:
-                    self.uploader.reference(chunk_id)
                 self.progress.files_done += 1
                 self.progress.bytes_done += hit.size
                 if self.cache is not None:

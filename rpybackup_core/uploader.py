@@ -70,8 +70,8 @@ class ChunkUploader:
     """The archiver's end of the upload: not thread-safe, call it from one thread.
 
     Chunks and references are queued in order and sent to the upload thread in messages;
-    ``missing`` and ``finish`` wait for it. A failure on the upload thread is raised by the
-    next call here.
+    ``finish`` waits for it, ``ask_missing`` answers later. A failure on the upload thread is
+    raised by the next call here.
     """
 
     def __init__(
@@ -105,13 +105,13 @@ class ChunkUploader:
         if len(self._items) >= _MESSAGE_ITEMS:
             self._post_items()
 
-    def missing(self, ids: list[bytes]) -> set[bytes]:
-        """See ``UploadPipeline.missing``; waits for everything queued before it."""
-        return self._call(self._pipeline.missing, ids)
+    def ask_missing(self, ids: list[bytes]) -> Future[set[bytes]]:
+        """``UploadPipeline.missing`` after everything queued before it, without waiting."""
+        return self._ask(self._pipeline.missing, ids)
 
     def finish(self) -> None:
         """Send everything queued and every reference, and wait for the server."""
-        self._call(self._pipeline.finish)
+        self._ask(self._pipeline.finish).result()
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -126,11 +126,11 @@ class ChunkUploader:
             self._inbox.put(self._items)
             self._items, self._items_bytes = [], 0
 
-    def _call(self, action: Callable[..., _T], *args: Any) -> _T:
+    def _ask(self, action: Callable[..., _T], *args: Any) -> Future[_T]:
         self._post_items()
         done: Future[_T] = Future()
         self._inbox.put((action, args, done))
-        return done.result()
+        return done
 
     def _serve(self) -> None:
         """The upload thread: messages in order until told to stop; after a failure it keeps
@@ -212,10 +212,11 @@ class UploadPipeline:
         self.reference(chunk_id)
 
     def missing(self, ids: list[bytes]) -> set[bytes]:
-        """Which of these ids (believed stored) the server lacks; the rest count as stored.
+        """Which of these ids (believed stored) the server lacks; the rest count as stored
+        and as referenced by the snapshot.
 
-        The ids found are referenced by the snapshot in the same request, so unchanged files
-        cost the server one lookup, not two.
+        The ids found are referenced in the same request, so unchanged files cost the server
+        one lookup, not two, and the archiver sends no references for them.
         """
         unknown = [i for i in dict.fromkeys(ids) if i not in self.on_server]
         missing: set[bytes] = set()

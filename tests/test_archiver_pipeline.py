@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rpybackup_core import uploader
+from rpybackup_core.archiver import Archiver
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
@@ -183,3 +184,40 @@ def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) ->
     hit = reopened.lookup_many([(str(path), st), (str(tmp_path / "other"), st)])
     reopened.close()
     assert list(hit) == [str(path)] and hit[str(path)].ids == [b"i" * 32]
+
+
+def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More directories than the walk keeps waiting for the server, nested and side by side:
+    every tree of the second run is stored after its subtrees and restores identical."""
+    source = tmp_path / "src"
+    for top in range(30):
+        for sub in range(3):
+            folder = source / f"t{top:02d}" / f"s{sub}"
+            folder.mkdir(parents=True)
+            (folder / "a.txt").write_text(f"{top}/{sub}\n" * (top + 1))
+            (source / f"t{top:02d}" / f"f{sub}").write_bytes(bytes([top, sub]) * 300)
+    deadline = time.monotonic() + 10
+    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    (source / "t29" / "s2" / "a.txt").write_text("changed after the first run\n")
+    read: list[str] = []
+    original = Archiver._read_file
+
+    def counting(self: Archiver, path: str, st: os.stat_result) -> object:
+        read.append(path)
+        return original(self, path, st)
+
+    monkeypatch.setattr(Archiver, "_read_file", counting)
+    second = client.backup([str(source)])
+    assert read == [str(source / "t29" / "s2" / "a.txt")], "every other file came from the cache"
+    # The changed file and one tree per directory above it.
+    assert second.uploaded_chunks <= 1 + len((source / "t29" / "s2").parts)
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
