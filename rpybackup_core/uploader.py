@@ -3,14 +3,15 @@
     archiver --items--> upload thread: add() -> batch --ask_has--> asked --answer-->
         seal jobs (threads) --> put
 
-The archiver's thread only reads, chunks and identifies: it hands chunks and references over
-in messages of about a MiB, and the upload thread owns the connection for the whole run (TLS
-encryption and every wait for the server happen there, in parallel with the reading). One
-thread on each socket: OpenSSL does not allow a read and a write on one connection at once.
+The archiver's thread only reads, chunks and identifies: it hands chunks over in messages of
+about a MiB (and asks, out of line, which ids of unchanged files the server lacks), and the
+upload thread owns the connection for the whole run (TLS encryption and every wait for the
+server happen there, in parallel with the reading). One thread on each socket: OpenSSL does
+not allow a read and a write on one connection at once.
 
 Nothing here waits for the server while there is other work to do: a batch's has-question is
 answered while the next batch is read, and its seal jobs run on a small thread pool (zstd,
-AES-GCM and BLAKE3 release the GIL) while the main thread reads on. The server answers in
+AES-GCM and BLAKE3 release the GIL) while the upload thread goes on. The server answers in
 request order, so one connection carries all of it. Every id is asked about at most once per
 run; an id is counted as stored from the moment it joins a batch, and references are sent only
 after every put before them has been sent, so the server never sees a reference to a chunk it
@@ -35,9 +36,7 @@ from .protocol import pack_sealed
 from .remote import RemoteRepository
 
 _T = TypeVar("_T")
-_Message = (
-    list[tuple[bytes, bytes | None]] | tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
-)
+_Message = list[tuple[bytes, bytes]] | tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
 # Items go to the upload thread in messages of about this much data; one waits in line while
 # the thread works on another (more only adds memory: peak RSS 98 MiB with four, 87 with one).
 _MESSAGE_BYTES = 1024 * 1024
@@ -69,7 +68,7 @@ def seal_workers() -> int:
 class ChunkUploader:
     """The archiver's end of the upload: not thread-safe, call it from one thread.
 
-    Chunks and references are queued in order and sent to the upload thread in messages;
+    Chunks are queued in order and sent to the upload thread in messages;
     ``finish`` waits for it, ``ask_missing`` answers later. A failure on the upload thread is
     raised by the next call here.
     """
@@ -83,7 +82,7 @@ class ChunkUploader:
     ) -> None:
         self._pipeline = UploadPipeline(remote, key, progress, workers)
         self._inbox: queue.Queue[_Message | None] = queue.Queue(maxsize=_INBOX_MESSAGES)
-        self._items: list[tuple[bytes, bytes | None]] = []
+        self._items: list[tuple[bytes, bytes]] = []
         self._items_bytes = 0
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="upload", daemon=True)
@@ -98,11 +97,6 @@ class ChunkUploader:
         self._items.append((chunk_id, data if isinstance(data, bytes) else bytes(data)))
         self._items_bytes += len(data)
         if self._items_bytes >= _MESSAGE_BYTES or len(self._items) >= _MESSAGE_ITEMS:
-            self._post_items()
-
-    def reference(self, chunk_id: bytes) -> None:
-        self._items.append((chunk_id, None))
-        if len(self._items) >= _MESSAGE_ITEMS:
             self._post_items()
 
     def ask_missing(self, ids: list[bytes]) -> Future[set[bytes]]:
@@ -153,12 +147,9 @@ class ChunkUploader:
                 self._failure = exc
                 done.set_exception(exc)
 
-    def _take(self, items: list[tuple[bytes, bytes | None]]) -> None:
+    def _take(self, items: list[tuple[bytes, bytes]]) -> None:
         for chunk_id, data in items:
-            if data is None:
-                self._pipeline.reference(chunk_id)
-            else:
-                self._pipeline.add(chunk_id, data)
+            self._pipeline.add(chunk_id, data)
 
 
 class UploadPipeline:
