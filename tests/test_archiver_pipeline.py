@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import time
 from pathlib import Path
 
@@ -221,3 +222,35 @@ def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
     _, result = client.restore("latest", target)
     assert result.errors == []
     assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_every_file_mode_comes_back_whatever_the_umask(server, tmp_path: Path) -> None:
+    """Files are born with their final mode where nothing strips it; the rest get fchmod."""
+    modes = {
+        "plain": 0o644,
+        "group-write": 0o664,
+        "private": 0o600,
+        "read-only": 0o444,
+        "none": 0o000,
+        "setuid": 0o4755,
+        "sticky-dir-like": 0o1777,
+        "all": 0o777,
+    }
+    source = tmp_path / "src"
+    source.mkdir()
+    for name, mode in modes.items():
+        path = source / name
+        path.write_bytes(name.encode() * 100)
+        path.chmod(mode)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    old_umask = os.umask(0o027)
+    try:
+        _, result = client.restore("latest", tmp_path / "restored")
+    finally:
+        os.umask(old_umask)
+    assert result.errors == []
+    restored = tmp_path / "restored" / source.relative_to("/")
+    assert {name: stat.S_IMODE((restored / name).stat().st_mode) for name in modes} == modes
+    assert compare_trees(source, restored) == []
