@@ -390,6 +390,8 @@ def test_sigterm_ends_the_watch_command_cleanly_after_the_snapshot_in_flight(
     process = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",
             "-m",
             "rpybackup_core.cli.main",
             "--config",
@@ -419,7 +421,14 @@ def test_sigterm_ends_the_watch_command_cleanly_after_the_snapshot_in_flight(
         (source / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
         wait_for("a run to start", lambda: runs_started() > started)
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=DEADLINE)
+        try:
+            process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            # faulthandler answers SIGABRT with every thread's stack, into the log read here.
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=DEADLINE)
+            reader.join(timeout=DEADLINE)
+            pytest.fail("the watch did not stop after SIGTERM:\n" + "".join(log_lines))
     finally:
         if process.poll() is None:
             process.kill()
