@@ -39,6 +39,8 @@ _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
 # Get requests on the wire while the oldest reply is read and handed to the write pool.
 _FETCHES_IN_FLIGHT = 3
+# Subdirectory trees asked for ahead when a directory is entered; the tree cache keeps 256.
+_TREES_AHEAD = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -90,7 +92,7 @@ class TreeReader:
         remote: RemoteRepository,
         sealer: Sealer,
         keep: int = 256,
-        before_request: Callable[[], None] = lambda: None,
+        before_request: Callable[[list[bytes]], None] = lambda ids: None,
     ) -> None:
         self.remote = remote
         self.sealer = sealer
@@ -99,14 +101,26 @@ class TreeReader:
         self._before_request = before_request
 
     def load(self, ids: list[bytes]) -> list[Node]:
+        nodes = self.cached(ids)
+        if nodes is None:
+            self._before_request(ids)
+            # What was on the wire before may have brought it (a restore fetches trees ahead).
+            nodes = self.cached(ids)
+        if nodes is None:
+            nodes = self.add(ids, dict(self.remote.get(list(ids))))
+        return nodes
+
+    def cached(self, ids: list[bytes]) -> list[Node] | None:
         key = tuple(ids)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        self._before_request()
-        data = b"".join(self.sealer.open(cid, blob) for cid, blob in self.remote.get(list(ids)))
-        nodes = decode_tree(data)
-        self._cache[key] = nodes
+        return None
+
+    def add(self, ids: list[bytes], sealed: dict[bytes, bytes]) -> list[Node]:
+        """Open and decode a tree from its sealed chunks, and keep it."""
+        nodes = decode_tree(b"".join(self.sealer.open(cid, sealed[cid]) for cid in ids))
+        self._cache[tuple(ids)] = nodes
         if len(self._cache) > self._keep:
             self._cache.popitem(last=False)
         return nodes
@@ -294,7 +308,7 @@ class Restorer:
     ) -> None:
         self.remote = remote
         self.sealer = Sealer(key)
-        self.trees = TreeReader(remote, self.sealer, before_request=self._settle_fetches)
+        self.trees = TreeReader(remote, self.sealer, before_request=self._await_tree)
         self.report = progress
         self.progress = Progress("restore")
         self.result = RestoreResult()
@@ -413,6 +427,12 @@ class Restorer:
             fetch.where.pending -= 1
             self._finish_if_done(fetch.where)
 
+    def _await_tree(self, ids: list[bytes]) -> None:
+        """Before a tree is asked for on its own: read what is in flight up to the tree, if it
+        was fetched ahead; otherwise all of it (a plain get must not overtake replies)."""
+        while self._fetches and self.trees.cached(ids) is None:
+            self._receive_fetch()
+
     def _settle_fetches(self) -> None:
         while self._fetches:
             self._receive_fetch()
@@ -495,17 +515,35 @@ class Restorer:
             os.close(where.fd)
 
     def _restore_nodes(self, where: _OpenDir, nodes: list[Node], prefix: str) -> None:
+        # The subdirectories' trees travel with the file chunks, so going into a directory
+        # does not stop the stream for a round trip of its own (a source tree has thousands).
+        subdirs = [node for node in nodes if node.kind == DIR]
+        for node in subdirs[:_TREES_AHEAD]:
+            self._prefetch_tree(where, node.content)
+        ahead = iter(subdirs[_TREES_AHEAD:])
         files = [node for node in nodes if node.kind == FILE]
         self._restore_files(where, files, prefix)
         for node in nodes:
             shown = f"{prefix}/{node.name}"
             try:
                 if node.kind == DIR:
+                    following = next(ahead, None)
+                    if following is not None:
+                        self._prefetch_tree(where, following.content)
                     self._restore_dir(where, node, shown)
                 elif node.kind == SYMLINK:
                     self._restore_symlink(where.fd, node, shown)
             except (OSError, RPyBackupError) as exc:
                 self._fail(shown, exc)
+
+    def _prefetch_tree(self, where: _OpenDir, ids: list[bytes]) -> None:
+        if self.trees.cached(ids) is None:
+            # A tree that fails here is asked for again when it is needed, and fails there.
+            self._fetch(where, ids, functools.partial(self._keep_tree, ids), lambda exc: None)
+
+    def _keep_tree(self, ids: list[bytes], sealed: dict[bytes, bytes]) -> None:
+        with contextlib.suppress(IntegrityError):
+            self.trees.add(ids, sealed)
 
     def _restore_dir(self, where: _OpenDir, node: Node, shown: str) -> None:
         child = self._open_dir(where, node, shown)

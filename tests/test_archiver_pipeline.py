@@ -254,3 +254,22 @@ def test_every_file_mode_comes_back_whatever_the_umask(server, tmp_path: Path) -
     restored = tmp_path / "restored" / source.relative_to("/")
     assert {name: stat.S_IMODE((restored / name).stat().st_mode) for name in modes} == modes
     assert compare_trees(source, restored) == []
+
+
+def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(
+    server, tmp_path: Path
+) -> None:
+    """More subdirectories than are fetched ahead at once, each with a nested one: every tree
+    arrives in time or is asked for on its own, and the restore is identical."""
+    source = tmp_path / "src"
+    for index in range(45):
+        deep = source / f"d{index:02d}" / "inner" / "deeper"
+        deep.mkdir(parents=True)
+        (deep / "leaf.txt").write_text(f"leaf {index}\n")
+        (source / f"d{index:02d}" / "top.txt").write_text(f"top {index}\n" * index)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    _, result = client.restore("latest", tmp_path / "restored")
+    assert result.errors == []
+    assert compare_trees(source, tmp_path / "restored" / source.relative_to("/")) == []
