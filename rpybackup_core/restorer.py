@@ -160,11 +160,20 @@ class _Fetch:
     A fetch without a request only marks a point in the sequence: ``ready`` gets nothing.
     """
 
-    where: _OpenDir
+    wheres: list[_OpenDir]
     request_id: int | None
     ids: list[bytes]
     ready: Callable[[dict[bytes, bytes]], None]
     failed: Callable[[OSError | RPyBackupError], None]
+
+
+@dataclass
+class _SmallFiles:
+    """Small files waiting to be asked for in one request: per directory, (name, node, shown)."""
+
+    segments: list[tuple[_OpenDir, list[tuple[str, Node, str]]]] = field(default_factory=list)
+    ids: list[bytes] = field(default_factory=list)
+    size: int = 0
 
 
 @dataclass
@@ -318,6 +327,7 @@ class Restorer:
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: deque[tuple[Future[list[_Outcome]], _OpenDir]] = deque()
         self._fetches: deque[_Fetch] = deque()
+        self._batch = _SmallFiles()
         self._umask = _process_umask()
         self._open: list[_OpenDir] = []
 
@@ -365,10 +375,12 @@ class Restorer:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
+            self._fetch_batch()
             self._settle_fetches()
             self._drain()
         finally:
             self._fetches.clear()
+            self._batch = _SmallFiles()
             # Every job must end before a directory descriptor it uses is closed.
             self._settle()
             self._pool.shutdown(wait=True)
@@ -396,16 +408,19 @@ class Restorer:
 
     def _fetch(
         self,
-        where: _OpenDir,
+        wheres: list[_OpenDir],
         ids: list[bytes],
         ready: Callable[[dict[bytes, bytes]], None],
         failed: Callable[[OSError | RPyBackupError], None],
     ) -> None:
         """Ask for chunks now; they are handed to ``ready`` after every earlier fetch, while
-        the server already sends the next ones (a few requests stay in flight)."""
+        the server already sends the next ones (a few requests stay in flight). The
+        directories the chunks are for stay open until then."""
         request_id = self.remote.ask_get(list(dict.fromkeys(ids))) if ids else None
-        self._fetches.append(_Fetch(where, request_id, ids, ready, failed))
-        where.pending += 1
+        wheres = list(dict.fromkeys(wheres))
+        self._fetches.append(_Fetch(wheres, request_id, ids, ready, failed))
+        for where in wheres:
+            where.pending += 1
         while len(self._fetches) > _FETCHES_IN_FLIGHT:
             self._receive_fetch()
 
@@ -424,8 +439,9 @@ class Restorer:
                 return
             fetch.ready(sealed)
         finally:
-            fetch.where.pending -= 1
-            self._finish_if_done(fetch.where)
+            for where in fetch.wheres:
+                where.pending -= 1
+                self._finish_if_done(where)
 
     def _await_tree(self, ids: list[bytes]) -> None:
         """Before a tree is asked for on its own: read what is in flight up to the tree, if it
@@ -539,7 +555,7 @@ class Restorer:
     def _prefetch_tree(self, where: _OpenDir, ids: list[bytes]) -> None:
         if self.trees.cached(ids) is None:
             # A tree that fails here is asked for again when it is needed, and fails there.
-            self._fetch(where, ids, functools.partial(self._keep_tree, ids), lambda exc: None)
+            self._fetch([where], ids, functools.partial(self._keep_tree, ids), lambda exc: None)
 
     def _keep_tree(self, ids: list[bytes], sealed: dict[bytes, bytes]) -> None:
         with contextlib.suppress(IntegrityError):
@@ -582,22 +598,37 @@ class Restorer:
     # ---- files ------------------------------------------------------------------------------
 
     def _restore_files(self, where: _OpenDir, files: list[Node], prefix: str) -> None:
-        """Small files are fetched in shared batches; large files batch by batch."""
-        group: list[Node] = []
-        group_bytes = 0
-        group_ids = 0
+        """Small files are fetched in shared batches (across directories, so a tree of many
+        small directories is not one request per directory); large files batch by batch."""
         for node in files:
+            shown = f"{prefix}/{node.name}"
             if node.size > _FETCH_BYTES:
-                self._restore_file(where, node.name, node, f"{prefix}/{node.name}")
+                self._restore_file(where, node.name, node, shown)
                 continue
-            group.append(node)
-            group_bytes += node.size
-            group_ids += len(node.content)
-            if group_bytes >= _FETCH_BYTES or group_ids >= _FETCH_IDS:
-                self._write_group(where, group, prefix)
-                group, group_bytes, group_ids = [], 0, 0
-        if group:
-            self._write_group(where, group, prefix)
+            batch = self._batch
+            if not batch.segments or batch.segments[-1][0] is not where:
+                # The batch keeps the directory open until its fetch does.
+                batch.segments.append((where, []))
+                where.pending += 1
+            batch.segments[-1][1].append((node.name, node, shown))
+            batch.ids.extend(node.content)
+            batch.size += node.size
+            if batch.size >= _FETCH_BYTES or len(batch.ids) >= _FETCH_IDS:
+                self._fetch_batch()
+
+    def _fetch_batch(self) -> None:
+        batch, self._batch = self._batch, _SmallFiles()
+        if not batch.segments:
+            return
+        wheres = [where for where, _ in batch.segments]
+        self._fetch(
+            wheres,
+            batch.ids,
+            functools.partial(self._write_batch, batch),
+            functools.partial(self._write_one_by_one, batch),
+        )
+        for where in wheres:
+            where.pending -= 1
 
     def _restore_file(
         self,
@@ -612,7 +643,7 @@ class Restorer:
             return
         entries = [(name, node, shown)]
         self._fetch(
-            where,
+            [where],
             node.content,
             lambda sealed: self._submit_group(where, entries, sealed, follow_existing),
             lambda exc: self._fail(shown, exc),
@@ -627,22 +658,19 @@ class Restorer:
     ) -> None:
         self._submit(where, self._group_job, where, entries, sealed, follow_existing)
 
-    def _write_group(self, where: _OpenDir, group: list[Node], prefix: str) -> None:
-        entries = [(node.name, node, f"{prefix}/{node.name}") for node in group]
+    def _write_batch(self, batch: _SmallFiles, sealed: dict[bytes, bytes]) -> None:
+        for where, entries in batch.segments:
+            # Each directory's job opens only its own chunks.
+            own = {cid: sealed[cid] for _, node, _ in entries for cid in node.content}
+            self._submit_group(where, entries, own, False)
 
-        def one_by_one(exc: OSError | RPyBackupError) -> None:
-            if not isinstance(exc, IntegrityError):
-                raise exc
-            # One chunk damaged on the server: file by file, so every other file still restores.
+    def _write_one_by_one(self, batch: _SmallFiles, exc: OSError | RPyBackupError) -> None:
+        if not isinstance(exc, IntegrityError):
+            raise exc
+        # One chunk damaged on the server: file by file, so every other file still restores.
+        for where, entries in batch.segments:
             for name, node, shown in entries:
                 self._restore_file(where, name, node, shown)
-
-        self._fetch(
-            where,
-            [cid for node in group for cid in node.content],
-            lambda sealed: self._submit_group(where, entries, sealed, False),
-            one_by_one,
-        )
 
     def _group_job(
         self,
@@ -696,13 +724,13 @@ class Restorer:
 
         for batch in self._batches(node):
             self._fetch(
-                where,
+                [where],
                 batch,
                 functools.partial(self._write_part, where, large, batch),
                 failed,
             )
         self._fetch(
-            where,
+            [where],
             [],
             lambda _: self._submit_finish(where, large, follow_existing),
             failed,
