@@ -73,28 +73,30 @@ class _Inbox:
         self._limit = limit
         self._messages: deque[tuple[_Message | None, int]] = deque()
         self._bytes = 0
-        self._changed = threading.Condition()
+        lock = threading.Lock()
+        self._not_empty = threading.Condition(lock)
+        self._not_full = threading.Condition(lock)
 
     def put(self, message: _Message | None, size: int = 0) -> None:
-        with self._changed:
+        with self._not_full:
             while size and self._bytes >= self._limit:
-                self._changed.wait()
+                self._not_full.wait()
             self._messages.append((message, size))
             self._bytes += size
-            self._changed.notify_all()
+            self._not_empty.notify()
 
     def get(self) -> _Message | None:
-        with self._changed:
+        with self._not_empty:
             while not self._messages:
-                self._changed.wait()
+                self._not_empty.wait()
             message, size = self._messages.popleft()
             self._bytes -= size
-            self._changed.notify_all()
+            if size:
+                self._not_full.notify()
             return message
 
     def empty(self) -> bool:
-        with self._changed:
-            return not self._messages
+        return not self._messages
 
 
 BATCH_BYTES = 2 * 1024 * 1024
