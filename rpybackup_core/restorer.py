@@ -162,6 +162,7 @@ class _Fetch:
 
     wheres: list[_OpenDir]
     request_id: int | None
+    # Distinct, in the order asked: what the reply must hold.
     ids: list[bytes]
     ready: Callable[[dict[bytes, bytes]], None]
     failed: Callable[[OSError | RPyBackupError], None]
@@ -416,9 +417,10 @@ class Restorer:
         """Ask for chunks now; they are handed to ``ready`` after every earlier fetch, while
         the server already sends the next ones (a few requests stay in flight). The
         directories the chunks are for stay open until then."""
-        request_id = self.remote.ask_get(list(dict.fromkeys(ids))) if ids else None
+        unique = list(dict.fromkeys(ids))
+        request_id = self.remote.ask_get(unique) if unique else None
         wheres = list(dict.fromkeys(wheres))
-        self._fetches.append(_Fetch(wheres, request_id, ids, ready, failed))
+        self._fetches.append(_Fetch(wheres, request_id, unique, ready, failed))
         for where in wheres:
             where.pending += 1
         while len(self._fetches) > _FETCHES_IN_FLIGHT:
@@ -431,9 +433,7 @@ class Restorer:
                 fetch.ready({})
                 return
             try:
-                sealed = dict(
-                    self.remote.get_answer(fetch.request_id, list(dict.fromkeys(fetch.ids)))
-                )
+                sealed = dict(self.remote.get_answer(fetch.request_id, fetch.ids))
             except (OSError, RPyBackupError) as exc:
                 fetch.failed(exc)
                 return
