@@ -137,13 +137,14 @@ class RemoteRepository:
 
     # ---- chunk operations -------------------------------------------------------------------
 
-    def has(self, ids: list[bytes], reference: bool = False) -> list[bool]:
-        """Which ids the server holds; with ``reference``, those count as referenced by the
-        snapshot this session commits (no refs request needed for them)."""
-        return self.has_answer(self.ask_has(ids, reference), len(ids))
+    def has(self, ids: list[bytes]) -> list[bool]:
+        """Which ids the server holds."""
+        return self.has_answer(self.ask_has(ids), len(ids))
 
     def ask_has(self, ids: list[bytes], reference: bool = False) -> int:
-        """Ask which of these ids the server holds, without waiting; see ``has_answer``."""
+        """Ask which of these ids the server holds, without waiting; see ``has_answer``. With
+        ``reference``, those found count as referenced by the snapshot this session commits
+        (no refs request needed for them)."""
         fields = {"reference": True} if reference else {}
         request_id = self._send("has", b"".join(ids), **fields)
         self._outstanding.append((request_id, "has"))
