@@ -28,7 +28,7 @@ from typing import Any
 
 from .crypto import MasterKey, Sealer, file_hash
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
-from .memory import share_malloc_arena
+from .memory import tune_malloc
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
@@ -372,7 +372,7 @@ class Restorer:
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
-        share_malloc_arena()
+        tune_malloc()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
