@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .crypto import MasterKey, Sealer, file_hash
+from .directio import DirectWriter, write_all
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
 from .memory import tune_malloc
 from .progress import Progress, ProgressCallback, ignore_progress
@@ -207,7 +208,13 @@ class _TempFile:
     """
 
     def __init__(
-        self, where: _OpenDir, name: str, node: Node, shown: str, follow_existing: bool
+        self,
+        where: _OpenDir,
+        name: str,
+        node: Node,
+        shown: str,
+        follow_existing: bool,
+        direct: bool = False,
     ) -> None:
         self.fd = where.fd
         self.name = name
@@ -224,15 +231,24 @@ class _TempFile:
         )
         self.new_file_owner = where.new_file_owner
         self.out = os.open(self.temp, _TEMP_FLAGS, mode, dir_fd=self.fd)
+        # Large files go past the page cache (directio.py): written once, not read back.
+        self.direct: DirectWriter | None = None
+        if direct:
+            try:
+                self.direct = DirectWriter(self.out)
+            except OSError:
+                self.abort()
+                raise
         self.digest = file_hash(node.digest)
         self.written = 0
         self.error: OSError | RPyBackupError | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         self.digest.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out, view) :]
+        if self.direct is not None:
+            self.direct.write(data)
+        else:
+            write_all(self.out, data)
         self.written += len(data)
 
     def finish(self, follow_existing: bool) -> _Outcome:
@@ -241,6 +257,8 @@ class _TempFile:
         try:
             if self.error is not None:
                 raise self.error
+            if self.direct is not None:
+                self.direct.close()
             algorithm = node.digest.partition(":")[0]
             if f"{algorithm}:{self.digest.hexdigest()}" != node.digest or self.written != node.size:
                 raise IntegrityError(f"{self.shown}: content does not match its {algorithm} digest")
@@ -264,6 +282,8 @@ class _TempFile:
         return _Outcome(self.shown, self.written)
 
     def abort(self) -> None:
+        if self.direct is not None:
+            self.direct.abandon()
         if self.out >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.out)
@@ -713,7 +733,7 @@ class Restorer:
     ) -> None:
         """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
         try:
-            temp = _TempFile(where, name, node, shown, follow_existing)
+            temp = _TempFile(where, name, node, shown, follow_existing, direct=True)
         except OSError as exc:
             self._fail(shown, exc)
             return
