@@ -29,7 +29,7 @@ from typing import Any
 from .crypto import MasterKey, Sealer, file_hash
 from .directio import DirectWriter, write_all
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
-from .memory import tune_malloc
+from .memory import keep_large_buffers, share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
@@ -40,6 +40,8 @@ _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
 # Get requests on the wire while the oldest reply is read and handed to the write pool.
 _FETCHES_IN_FLIGHT = 3
+# The aligned buffer a large file is written through (directio.py).
+_DIRECT_STAGE_BYTES = 1024 * 1024
 # Subdirectory trees asked for ahead when a directory is entered; the tree cache keeps 256.
 _TREES_AHEAD = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -235,7 +237,7 @@ class _TempFile:
         self.direct: DirectWriter | None = None
         if direct:
             try:
-                self.direct = DirectWriter(self.out)
+                self.direct = DirectWriter(self.out, _DIRECT_STAGE_BYTES)
             except OSError:
                 self.abort()
                 raise
@@ -246,9 +248,9 @@ class _TempFile:
     def write(self, data: bytes | memoryview) -> None:
         self.digest.update(data)
         if self.direct is not None:
-            self.direct.write(data)
+            self.direct.write([data])
         else:
-            write_all(self.out, data)
+            write_all(self.out, [data])
         self.written += len(data)
 
     def finish(self, follow_existing: bool) -> _Outcome:
@@ -392,7 +394,8 @@ class Restorer:
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
-        tune_malloc()
+        share_malloc_arena()
+        keep_large_buffers()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
@@ -792,8 +795,9 @@ class Restorer:
         opened: dict[bytes, bytes | memoryview] = {}
         failure: IntegrityError | None = None
         try:
-            for chunk_id, blob in sealed.items():
-                opened[chunk_id] = sealer.open(chunk_id, blob, verify_id=False)
+            for chunk_id in list(sealed):
+                # Let each sealed blob go once opened: the batch is held once, not twice.
+                opened[chunk_id] = sealer.open(chunk_id, sealed.pop(chunk_id), verify_id=False)
         except IntegrityError as exc:
             failure = exc
         if previous is not None:

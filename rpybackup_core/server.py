@@ -12,7 +12,6 @@ from collections import Counter
 from .config import ServerConfig
 from .errors import ListenFailed, ProtocolError, RPyBackupError
 from .logs import RecentLog
-from .memory import tune_malloc
 from .protocol import FramedSocket
 from .pruner import Pruner, PruneScheduler, PruneSettings
 from .ratelimit import AttemptLimiter, source_key
@@ -68,7 +67,6 @@ class BackupServer:
     def serve_forever(self) -> None:
         # Every rpybackup_core logger reports here while serving, for the admin_log request.
         logging.getLogger("rpybackup_core").addHandler(self.recent_log)
-        tune_malloc()
         log.info("listening on %s:%d (TLS 1.3)", *self.address)
         self._scheduler.start()
         try:

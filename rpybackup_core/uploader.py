@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .crypto import MasterKey, Sealer
-from .memory import tune_malloc
+from .memory import share_malloc_arena
 from .progress import Progress
 from .protocol import pack_sealed
 from .remote import RemoteRepository
@@ -241,7 +241,7 @@ class UploadPipeline:
         self._key = key
         self._local = threading.local()
         self._workers = workers or seal_workers()
-        tune_malloc()
+        share_malloc_arena()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
         self.on_server: set[bytes] = set()
         self.referenced: set[bytes] = set()
