@@ -29,7 +29,7 @@ from typing import Any
 from .crypto import MasterKey, Sealer, file_hash
 from .directio import DirectWriter, write_all
 from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
-from .memory import keep_large_buffers, share_malloc_arena
+from .memory import share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
@@ -395,7 +395,6 @@ class Restorer:
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
         share_malloc_arena()
-        keep_large_buffers()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
