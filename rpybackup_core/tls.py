@@ -9,11 +9,6 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from .durable import atomic_write_bytes
 from .errors import ConfigError, FingerprintMismatch
 
@@ -23,6 +18,13 @@ KEY_FILE = "server.key"
 
 def create_identity(directory: Path, common_name: str = "rpybackup-server") -> str:
     """Write a new key and self-signed certificate; return the certificate fingerprint."""
+    # Imported here: cryptography's X.509 layer costs ~27 ms to import, and every client
+    # command (which only checks a pinned fingerprint) would pay it at start-up.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -75,10 +77,11 @@ def parse_fingerprint(text: str) -> bytes:
 
 
 def certificate_fingerprint(cert_path: Path) -> str:
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    return format_fingerprint(
-        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    )
+    try:
+        der = ssl.PEM_cert_to_DER_cert(cert_path.read_text(encoding="ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cert_path} is not a PEM certificate") from exc
+    return format_fingerprint(hashlib.sha256(der).digest())
 
 
 def server_context(directory: Path) -> ssl.SSLContext:

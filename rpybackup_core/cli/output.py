@@ -7,25 +7,44 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import (
-    Progress as RichProgress,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from ..progress import Progress, ProgressCallback, ignore_progress
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A Rich console made when first used: importing Rich costs ~26 ms, which every command
+    paid at start-up, though JSON output and most runs without a terminal never need it."""
+
+    def __init__(self, to_stderr: bool = False) -> None:
+        self._to_stderr = to_stderr
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(
+                stderr=self._to_stderr, highlight=False, soft_wrap=not self._to_stderr
+            )
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """Asked before anything is printed; Rich is loaded only for a terminal."""
+        stream = sys.stderr if self._to_stderr else sys.stdout
+        return stream.isatty() and self.console.is_terminal
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+
+stdout = LazyConsole()
+stderr = LazyConsole(to_stderr=True)
 
 
 def print_json(document: Any) -> None:
@@ -42,6 +61,8 @@ def human_bytes(count: float) -> str:
 
 
 def table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
     grid = Table(box=None, pad_edge=False, show_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
@@ -56,6 +77,17 @@ def progress_bar(label: str, enabled: bool) -> Iterator[ProgressCallback]:
     if not enabled or not stderr.is_terminal:
         yield ignore_progress
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import (
+        Progress as RichProgress,
+    )
+
     bar = RichProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -63,7 +95,7 @@ def progress_bar(label: str, enabled: bool) -> Iterator[ProgressCallback]:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[files]} files"),
-        console=stderr,
+        console=stderr.console,
         transient=True,
     )
     task = bar.add_task(label, total=None, files=0)
