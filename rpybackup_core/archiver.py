@@ -3,8 +3,8 @@
 A run is one upload session. Chunks go through the upload pipeline (uploader.py): the server is
 asked in batches which ids it lacks, only those are sealed (on worker threads) and sent, and
 each id is asked about at most once per run. Files the files cache knows as unchanged are not
-read; their chunk ids are confirmed with the server in one batch per directory and the file is
-read only if something is missing.
+read; their chunk ids are confirmed with the server in batches (a directory's, or those of a
+few small directories together) and a file is read only if something is missing.
 """
 
 from __future__ import annotations
@@ -303,6 +303,8 @@ class Archiver:
 
     def _run_deferred(self, wait: bool) -> None:
         """Run what is ready at the head of the line; with ``wait``, until the line is empty."""
+        if wait:
+            self.uploader.send_checks()
         while self._deferred:
             answer, action = self._deferred[0]
             if answer is not None and not answer.done() and not wait:

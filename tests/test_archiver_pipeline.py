@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
+from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.storage import LocalBackend
 
 
@@ -218,6 +220,53 @@ def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
     assert read == [str(source / "t29" / "s2" / "a.txt")], "every other file came from the cache"
     # The changed file and one tree per directory above it.
     assert second.uploaded_chunks <= 1 + len((source / "t29" / "s2").parts)
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_again(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unchanged files of many small directories are confirmed in a few requests, not one
+    per directory; a file whose chunk the server turns out not to hold (here: its cache entry
+    names an id never stored) is read again, and only that file."""
+    source = tmp_path / "src"
+    for index in range(40):
+        folder = source / f"d{index:02d}"
+        folder.mkdir(parents=True)
+        (folder / "one").write_text(f"{index}\n" * 50)
+        (folder / "two").write_bytes(bytes([index]) * 700)
+    deadline = time.monotonic() + 10
+    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    lacking = source / "d17" / "two"
+    cache = sqlite3.connect(client.config.cache_path / "files-v2.sqlite")
+    with cache:
+        cache.execute("UPDATE files SET ids = ? WHERE path = ?", (os.urandom(32), str(lacking)))
+    cache.close()
+    read: list[str] = []
+    checks: list[int] = []
+    original_read, original_ask = Archiver._read_file, RemoteRepository.ask_has
+
+    def counting_read(self: Archiver, path: str, st: os.stat_result) -> object:
+        read.append(path)
+        return original_read(self, path, st)
+
+    def counting_ask(self: RemoteRepository, ids: list[bytes], reference: bool = False) -> int:
+        if reference:
+            checks.append(len(ids))
+        return original_ask(self, ids, reference)
+
+    monkeypatch.setattr(Archiver, "_read_file", counting_read)
+    monkeypatch.setattr(RemoteRepository, "ask_has", counting_ask)
+    client.backup([str(source)])
+    assert read == [str(lacking)]
+    assert sum(checks) == 80 and len(checks) <= 40 // uploader._CHECK_CALLS + 1
     target = tmp_path / "restored"
     _, result = client.restore("latest", target)
     assert result.errors == []
