@@ -13,11 +13,14 @@ flag is refused, or a write fails with EINVAL) gets ordinary writes from that po
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 # A multiple of every block size in use (512 B to 4 KiB).
 BLOCK = 4096
@@ -44,6 +47,8 @@ class DirectWriter:
     """Appends to ``fd`` (a file opened for writing, at its end). Call ``close`` once
     everything is written: it writes what is staged and gives the file its exact size.
 
+    Two buffers take turns: while one is written (direct writes wait for the device) on a
+    writer thread, the caller fills the other. A write's error is raised by the next call.
     Writes go direct only from a block-aligned offset; from any other, the first write is
     refused and everything goes through the page cache as usual."""
 
@@ -53,21 +58,23 @@ class DirectWriter:
         self.fd = fd
         self.size = 0
         self._stage_bytes = stage_bytes
-        self._stage: mmap.mmap | None = None
+        # The one being filled first; the other may be being written.
+        self._stages: list[mmap.mmap] = []
         self._filled = 0
+        self._writing: Future[None] | None = None
         # Where this writer started and how much it has written since (padding included).
         self._start = os.lseek(fd, 0, os.SEEK_CUR)
         self._flushed = 0
         if _set_direct(fd, True):
-            self._stage = mmap.mmap(-1, stage_bytes)
+            self._stages = [mmap.mmap(-1, stage_bytes), mmap.mmap(-1, stage_bytes)]
 
     @property
     def direct(self) -> bool:
-        return self._stage is not None
+        return bool(self._stages)
 
     def write(self, parts: Sequence[Buffer]) -> None:
         """Append the parts in order (one writev without direct I/O)."""
-        if self._stage is None:
+        if not self._stages:
             write_all(self.fd, parts)
             self.size += sum(len(part) for part in parts)
             return
@@ -75,36 +82,49 @@ class DirectWriter:
             self._stage_part(memoryview(part).cast("B"))
 
     def _stage_part(self, view: memoryview) -> None:
-        assert self._stage is not None
         self.size += len(view)
         while view:
             take = min(self._stage_bytes - self._filled, len(view))
-            self._stage[self._filled : self._filled + take] = view[:take]
+            self._stages[0][self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
             if self._filled == self._stage_bytes:
-                self._write_stage(self._stage_bytes)
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Write the full buffer in the background; fill the other one meanwhile."""
+        self._wait()
+        self._writing = _writer().submit(self._write_stage, self._stages[0], self._stage_bytes)
+        self._stages.reverse()
+        self._filled = 0
+
+    def _wait(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
 
     def close(self) -> None:
-        """Write the staged tail (padded to a block, then cut back) and free the buffer."""
-        if self._stage is None:
+        """Write the staged tail (padded to a block, then cut back) and free the buffers."""
+        if not self._stages:
             return
         try:
+            self._wait()
             if self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK
-                self._stage[self._filled : padded] = bytes(padded - self._filled)
-                self._write_stage(padded)
+                self._stages[0][self._filled : padded] = bytes(padded - self._filled)
+                self._write_stage(self._stages[0], padded)
                 os.ftruncate(self.fd, self._start + self.size)
         finally:
             self._release()
 
     def abandon(self) -> None:
-        """Free the buffer without writing (the file is being removed)."""
+        """Free the buffers without writing more (the file is being removed)."""
+        with contextlib.suppress(OSError):
+            self._wait()
         self._release()
 
-    def _write_stage(self, length: int) -> None:
-        assert self._stage is not None
-        staged = memoryview(self._stage)[:length]
+    def _write_stage(self, stage: mmap.mmap, length: int) -> None:
+        staged = memoryview(stage)[:length]
         try:
             try:
                 write_all(self.fd, [staged])
@@ -120,13 +140,28 @@ class DirectWriter:
         finally:
             staged.release()
         self._flushed += length
-        self._filled = 0
 
     def _release(self) -> None:
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
-            self._filled = 0
+        for stage in self._stages:
+            # A failed write's traceback may still hold a view of it: then the mapping goes
+            # when that does.
+            with contextlib.suppress(BufferError):
+                stage.close()
+        self._stages = []
+        self._filled = 0
+
+
+_writer_pool: ThreadPoolExecutor | None = None
+_writer_lock = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The threads that wait for the device while restore workers go on (made once)."""
+    global _writer_pool
+    with _writer_lock:
+        if _writer_pool is None:
+            _writer_pool = ThreadPoolExecutor(2, thread_name_prefix="direct-write")
+        return _writer_pool
 
 
 def _set_direct(fd: int, on: bool) -> bool:

@@ -84,6 +84,20 @@ def test_abandon_writes_nothing_more(tmp_path: Path) -> None:
     assert len((tmp_path / "out").read_bytes()) == STAGE
 
 
+def test_a_failed_background_write_is_raised_by_a_later_call(tmp_path: Path) -> None:
+    """Full buffers are written on a writer thread; its error reaches the caller."""
+    (tmp_path / "out").write_bytes(b"")
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        writer = DirectWriter(fd, STAGE)
+        with pytest.raises(OSError):
+            writer.write([b"x" * (3 * STAGE)])
+            writer.close()
+        writer.abandon()
+    finally:
+        os.close(fd)
+
+
 def test_the_staging_buffer_is_whole_blocks() -> None:
     with pytest.raises(ValueError):
         DirectWriter(0, BLOCK + 1)
