@@ -25,6 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 # A multiple of every block size in use (512 B to 4 KiB).
 BLOCK = 4096
 _IOV_MAX = 1024
+# Not every system has it (macOS): there every write is an ordinary one.
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -165,8 +167,10 @@ def _writer() -> ThreadPoolExecutor:
 
 
 def _set_direct(fd: int, on: bool) -> bool:
+    if not _O_DIRECT:
+        return not on
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    wanted = flags | os.O_DIRECT if on else flags & ~os.O_DIRECT
+    wanted = flags | _O_DIRECT if on else flags & ~_O_DIRECT
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, wanted)
     except OSError:

@@ -11,7 +11,6 @@ storage backend; only then are its index rows committed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import struct
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .directio import write_all
 from .errors import IntegrityError
 from .faults import crash_point
 from .storage import storage_error
@@ -27,7 +27,6 @@ MAGIC = b"RPBPACK1"
 END_MAGIC = b"RPBPEND1"
 ENTRY = struct.Struct(">32sQI32s")
 TAIL = struct.Struct(">I8s")
-_IOV_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class PackWriter:
         try:
             # Unbuffered: blobs are gathered into one writev per batch instead.
             self._handle = self.path.open("xb", buffering=0)
-            _write_all(self._handle.fileno(), [MAGIC])
+            write_all(self._handle.fileno(), [MAGIC])
         except OSError as exc:
             raise storage_error(exc, "opening a new pack") from exc
         self.size = len(MAGIC)
@@ -61,11 +60,7 @@ class PackWriter:
     def append_many(self, records: Sequence[tuple[bytes, bytes, bytes | memoryview]]) -> None:
         """Append (chunk id, storage hash, sealed blob) records with as few syscalls as can be."""
         try:
-            for start in range(0, len(records), _IOV_MAX):
-                _write_all(
-                    self._handle.fileno(),
-                    [sealed for _, _, sealed in records[start : start + _IOV_MAX]],
-                )
+            write_all(self._handle.fileno(), [sealed for _, _, sealed in records])
         except OSError as exc:
             raise storage_error(exc, "writing a pack") from exc
         for chunk_id, storage_hash, sealed in records:
@@ -79,7 +74,7 @@ class PackWriter:
             ENTRY.pack(e.chunk_id, e.offset, e.length, e.storage_hash) for e in self.entries
         )
         try:
-            _write_all(self._handle.fileno(), [trailer, TAIL.pack(len(trailer), END_MAGIC)])
+            write_all(self._handle.fileno(), [trailer, TAIL.pack(len(trailer), END_MAGIC)])
             crash_point("before_pack_fsync")
             os.fsync(self._handle.fileno())
             self._handle.close()
@@ -94,20 +89,6 @@ class PackWriter:
             self._handle.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    """writev until every byte is written (a regular file may take fewer bytes at a time)."""
-    views = [memoryview(part).cast("B") for part in parts if len(part)]
-    while views:
-        written = os.writev(fd, views)
-        if written == 0:
-            raise OSError(errno.EIO, "the pack file took no bytes")
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
 
 
 def read_entries(read: Callable[[int, int], bytes], size: int) -> list[PackEntry]:

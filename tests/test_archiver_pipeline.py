@@ -13,6 +13,7 @@ import pytest
 
 from rpybackup_core import uploader
 from rpybackup_core.archiver import Archiver
+from rpybackup_core.client import BackupClient
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
@@ -189,6 +190,17 @@ def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) ->
     assert list(hit) == [str(path)] and hit[str(path)].ids == [b"i" * 32]
 
 
+def _backed_up_once(server, source: Path) -> BackupClient:
+    """Alice's client after a first backup of ``source``, every file old enough to be cached."""
+    deadline = time.monotonic() + 10
+    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    return client
+
+
 def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
     server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,12 +213,7 @@ def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
             folder.mkdir(parents=True)
             (folder / "a.txt").write_text(f"{top}/{sub}\n" * (top + 1))
             (source / f"t{top:02d}" / f"f{sub}").write_bytes(bytes([top, sub]) * 300)
-    deadline = time.monotonic() + 10
-    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = _backed_up_once(server, source)
     (source / "t29" / "s2" / "a.txt").write_text("changed after the first run\n")
     read: list[str] = []
     original = Archiver._read_file
@@ -238,12 +245,7 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
         folder.mkdir(parents=True)
         (folder / "one").write_text(f"{index}\n" * 50)
         (folder / "two").write_bytes(bytes([index]) * 700)
-    deadline = time.monotonic() + 10
-    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = _backed_up_once(server, source)
     lacking = source / "d17" / "two"
     cache = sqlite3.connect(client.config.cache_path / "files-v2.sqlite")
     with cache:
