@@ -27,6 +27,7 @@ MAX_HEADER = 64 * 1024
 # A put or get batch: several chunks of at most 4 MiB each, plus their record headers.
 MAX_PAYLOAD = 16 * 1024 * 1024
 _INITIAL_BUFFER = 64 * 1024
+_JOINED = 64 * 1024
 
 Blob = bytes | bytearray | memoryview
 
@@ -47,6 +48,16 @@ class Frame:
         return op
 
 
+def _decode_header(raw: memoryview) -> dict[str, Any]:
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("frame header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not an object")
+    return header
+
+
 class FramedSocket:
     """One peer's framed stream over a (TLS) socket. Not thread-safe."""
 
@@ -60,35 +71,51 @@ class FramedSocket:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def send(self, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
+    def send(self, header: dict[str, Any], payload: Blob = b"") -> None:
+        self.send_parts(header, [payload])
+
+    def send_parts(self, header: dict[str, Any], parts: Sequence[Blob]) -> None:
+        """One frame whose payload is the parts in order. Small parts are joined into writes of
+        at least _JOINED bytes (one TLS record holds 16 KiB); large ones go out as they are,
+        never copied into a frame-sized buffer first."""
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         if len(encoded) > MAX_HEADER:
             raise FrameTooLarge(f"frame header of {len(encoded)} bytes exceeds {MAX_HEADER}")
-        if len(payload) > self.max_payload:
-            raise FrameTooLarge(f"frame payload of {len(payload)} bytes exceeds {self.max_payload}")
-        head = PREFIX.pack(len(encoded), len(payload)) + encoded
-        if len(payload) <= 64 * 1024:
-            self.sock.sendall(head + bytes(payload))
-        else:
-            self.sock.sendall(head)
-            self.sock.sendall(payload)
+        size = sum(len(part) for part in parts)
+        if size > self.max_payload:
+            raise FrameTooLarge(f"frame payload of {size} bytes exceeds {self.max_payload}")
+        pending: list[Blob] = [PREFIX.pack(len(encoded), size), encoded]
+        pending_size = PREFIX.size + len(encoded)
+        for part in parts:
+            if len(part) >= _JOINED:
+                self.sock.sendall(b"".join(pending))
+                self.sock.sendall(part)
+                pending, pending_size = [], 0
+                continue
+            pending.append(part)
+            pending_size += len(part)
+            if pending_size >= _JOINED:
+                self.sock.sendall(b"".join(pending))
+                pending, pending_size = [], 0
+        if pending:
+            self.sock.sendall(b"".join(pending))
 
-    def recv(self) -> Frame:
-        """The next frame; its payload view is valid until the next call."""
+    def recv(self, keep: bool = False) -> Frame:
+        """The next frame. Its payload view is valid until the next call; with ``keep`` it is
+        read into a buffer of its own, so views into it stay valid with no copy made."""
         prefix = self._read_exact(PREFIX.size, at_frame_start=True)
         header_len, payload_len = PREFIX.unpack(prefix)
         if header_len == 0 or header_len > MAX_HEADER:
             raise FrameTooLarge(f"frame header length {header_len} is out of bounds")
         if payload_len > self.max_payload:
             raise FrameTooLarge(f"frame payload length {payload_len} exceeds {self.max_payload}")
+        if keep:
+            header = _decode_header(self._read_exact(header_len))
+            payload = memoryview(bytearray(payload_len))
+            self._fill(payload)
+            return Frame(header, payload)
         body = self._read_exact(header_len + payload_len)
-        try:
-            header = json.loads(body[:header_len].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError("frame header is not valid JSON") from exc
-        if not isinstance(header, dict):
-            raise ProtocolError("frame header is not an object")
-        return Frame(header, body[header_len:])
+        return Frame(_decode_header(body[:header_len]), body[header_len:])
 
     def _read_exact(self, size: int, at_frame_start: bool = False) -> memoryview:
         received = 0
@@ -104,6 +131,14 @@ class FramedSocket:
             received += count
         return memoryview(self._buffer)[:size]
 
+    def _fill(self, view: memoryview) -> None:
+        received = 0
+        while received < len(view):
+            count = self.sock.recv_into(view[received:])
+            if count == 0:
+                raise ProtocolError("connection closed in the middle of a frame")
+            received += count
+
     def _grow(self, received: int, size: int) -> None:
         """Double the buffer, never past the frame being read. It grows only as bytes arrive,
         so a length prefix alone (a slow or lying peer) costs no memory."""
@@ -115,16 +150,22 @@ class FramedSocket:
 
 def pack_records(records: Sequence[tuple[bytes, bytes, Blob]]) -> bytes:
     """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
+    return b"".join(record_parts(records))
+
+
+def record_parts(records: Sequence[tuple[bytes, bytes, Blob]]) -> list[Blob]:
+    """The parts of a records payload, blobs not copied (for ``FramedSocket.send_parts``)."""
     parts: list[Blob] = []
     for chunk_id, digest, sealed in records:
         parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
         parts.append(sealed)
-    return b"".join(parts)
+    return parts
 
 
-def pack_sealed(records: Sequence[tuple[bytes, Blob]]) -> bytes:
-    """A put payload for (chunk id, sealed blob) records, with each blob's storage hash."""
-    return pack_records([(cid, storage_hash(blob), blob) for cid, blob in records])
+def sealed_parts(records: Sequence[tuple[bytes, Blob]]) -> list[Blob]:
+    """The parts of a put payload for (chunk id, sealed blob) records, with each blob's
+    storage hash."""
+    return record_parts([(cid, storage_hash(blob), blob) for cid, blob in records])
 
 
 class Records:

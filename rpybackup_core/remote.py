@@ -22,7 +22,7 @@ from .errors import (
     ServerUnreachable,
     from_wire,
 )
-from .protocol import MAGIC, PROTOCOL_VERSION, FramedSocket, pack_sealed, unpack_records
+from .protocol import MAGIC, PROTOCOL_VERSION, Blob, FramedSocket, sealed_parts, unpack_records
 from .tls import client_context, verify_pinned
 
 CONNECT_TIMEOUT = 15.0
@@ -102,17 +102,18 @@ class RemoteRepository:
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def _send(self, op: str, payload: bytes = b"", **fields: Any) -> int:
+    def _send(self, op: str, payload: bytes | list[Blob] = b"", **fields: Any) -> int:
         self._next_id += 1
+        parts = payload if isinstance(payload, list) else [payload]
         try:
-            self._framed.send({"op": op, "id": self._next_id, **fields}, payload)
+            self._framed.send_parts({"op": op, "id": self._next_id, **fields}, parts)
         except OSError as exc:
             raise ServerUnreachable(f"lost the connection to {self.address}: {exc}") from exc
         return self._next_id
 
-    def _receive(self, request_id: int) -> tuple[dict[str, Any], memoryview]:
+    def _receive(self, request_id: int, keep: bool = False) -> tuple[dict[str, Any], memoryview]:
         try:
-            frame = self._framed.recv()
+            frame = self._framed.recv(keep)
         except ConnectionClosed as exc:
             raise ServerUnreachable(f"the server at {self.address} closed the connection") from exc
         except OSError as exc:
@@ -163,11 +164,11 @@ class RemoteRepository:
 
     def put(self, records: list[tuple[bytes, bytes | bytearray]]) -> None:
         """Send (chunk id, sealed blob) records without waiting for the reply."""
-        self.put_packed(pack_sealed(records))
+        self.put_parts(sealed_parts(records))
 
-    def put_packed(self, payload: bytes) -> None:
-        """Send records already framed by ``protocol.pack_sealed`` (on a worker thread)."""
-        self._outstanding.append((self._send("put", payload), "put"))
+    def put_parts(self, parts: list[Blob]) -> None:
+        """Send records already laid out by ``protocol.sealed_parts`` (on a worker thread)."""
+        self._outstanding.append((self._send("put", parts), "put"))
         while len(self._outstanding) > PUT_WINDOW:
             self._collect_one()
 
@@ -185,7 +186,7 @@ class RemoteRepository:
     def refs(self, ids: list[bytes]) -> None:
         self.request("refs", b"".join(ids))
 
-    def get(self, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    def get(self, ids: list[bytes]) -> Iterator[tuple[bytes, memoryview]]:
         """Yield (chunk id, sealed blob) for the ids, in order."""
         return self.get_answer(self.ask_get(ids), ids)
 
@@ -200,20 +201,22 @@ class RemoteRepository:
         self._gets.append(request_id)
         return request_id
 
-    def get_answer(self, request_id: int, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    def get_answer(self, request_id: int, ids: list[bytes]) -> Iterator[tuple[bytes, memoryview]]:
         if not self._gets or self._gets[0] != request_id:
             raise ProtocolError("chunks must be read in the order they were asked for")
         self._gets.popleft()
         return self._read_chunks(request_id, ids)
 
-    def _read_chunks(self, request_id: int, ids: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    def _read_chunks(self, request_id: int, ids: list[bytes]) -> Iterator[tuple[bytes, memoryview]]:
+        """Each blob is a view into its reply frame, which is read into a buffer of its own:
+        the frame lives as long as any of its blobs, and no blob is copied out of it."""
         expected = iter(ids)
         while True:
-            header, payload = self._receive(request_id)
+            header, payload = self._receive(request_id, keep=True)
             for chunk_id, _, sealed in unpack_records(payload):
                 if chunk_id != next(expected, None):
                     raise ProtocolError("server returned chunks out of order")
-                yield chunk_id, sealed.tobytes()
+                yield chunk_id, sealed
             if not header.get("more"):
                 break
         if next(expected, None) is not None:

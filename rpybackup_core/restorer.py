@@ -120,7 +120,7 @@ class TreeReader:
             return self._cache[key]
         return None
 
-    def add(self, ids: list[bytes], sealed: dict[bytes, bytes]) -> list[Node]:
+    def add(self, ids: list[bytes], sealed: dict[bytes, memoryview]) -> list[Node]:
         """Open and decode a tree from its sealed chunks, and keep it."""
         nodes = decode_tree(b"".join(self.sealer.open(cid, sealed[cid]) for cid in ids))
         self._cache[tuple(ids)] = nodes
@@ -167,7 +167,7 @@ class _Fetch:
     request_id: int | None
     # Distinct, in the order asked: what the reply must hold.
     ids: list[bytes]
-    ready: Callable[[dict[bytes, bytes]], None]
+    ready: Callable[[dict[bytes, memoryview]], None]
     failed: Callable[[OSError | RPyBackupError], None]
 
 
@@ -433,7 +433,7 @@ class Restorer:
         self,
         wheres: list[_OpenDir],
         ids: list[bytes],
-        ready: Callable[[dict[bytes, bytes]], None],
+        ready: Callable[[dict[bytes, memoryview]], None],
         failed: Callable[[OSError | RPyBackupError], None],
     ) -> None:
         """Ask for chunks now; they are handed to ``ready`` after every earlier fetch, while
@@ -579,7 +579,7 @@ class Restorer:
             # A tree that fails here is asked for again when it is needed, and fails there.
             self._fetch([where], ids, functools.partial(self._keep_tree, ids), lambda exc: None)
 
-    def _keep_tree(self, ids: list[bytes], sealed: dict[bytes, bytes]) -> None:
+    def _keep_tree(self, ids: list[bytes], sealed: dict[bytes, memoryview]) -> None:
         with contextlib.suppress(IntegrityError):
             self.trees.add(ids, sealed)
 
@@ -675,12 +675,12 @@ class Restorer:
         self,
         where: _OpenDir,
         entries: list[tuple[str, Node, str]],
-        sealed: dict[bytes, bytes],
+        sealed: dict[bytes, memoryview],
         follow_existing: bool,
     ) -> None:
         self._submit(where, self._group_job, where, entries, sealed, follow_existing)
 
-    def _write_batch(self, batch: _SmallFiles, sealed: dict[bytes, bytes]) -> None:
+    def _write_batch(self, batch: _SmallFiles, sealed: dict[bytes, memoryview]) -> None:
         for where, entries in batch.segments:
             # Each directory's job opens only its own chunks.
             own = {cid: sealed[cid] for _, node, _ in entries for cid in node.content}
@@ -698,7 +698,7 @@ class Restorer:
         self,
         where: _OpenDir,
         entries: list[tuple[str, Node, str]],
-        sealed: dict[bytes, bytes],
+        sealed: dict[bytes, memoryview],
         follow_existing: bool,
     ) -> list[_Outcome]:
         """Pool thread: open the chunks of a batch and write its files (reads only ``fd``,
@@ -759,7 +759,11 @@ class Restorer:
         )
 
     def _write_part(
-        self, where: _OpenDir, large: _LargeFile, batch: list[bytes], sealed: dict[bytes, bytes]
+        self,
+        where: _OpenDir,
+        large: _LargeFile,
+        batch: list[bytes],
+        sealed: dict[bytes, memoryview],
     ) -> None:
         if large.error is None:
             large.previous = self._submit(
@@ -786,7 +790,7 @@ class Restorer:
         self,
         temp: _TempFile,
         batch: list[bytes],
-        sealed: dict[bytes, bytes],
+        sealed: dict[bytes, memoryview],
         previous: Future[list[_Outcome]] | None,
     ) -> list[_Outcome]:
         """Pool thread: open a batch (in parallel with others), then append it in file order."""

@@ -39,9 +39,10 @@ from .packer import MAX_QUEUED_RECORDS, Packer
 from .protocol import (
     MAGIC,
     PROTOCOL_VERSION,
+    Blob,
     Frame,
     FramedSocket,
-    pack_records,
+    record_parts,
     split_ids,
     unpack_records,
 )
@@ -241,7 +242,7 @@ class Session:
         self,
         request: dict[str, Any],
         body: dict[str, Any] | None = None,
-        payload: bytes = b"",
+        payload: Blob | list[Blob] = b"",
         error: RPyBackupError | None = None,
     ) -> None:
         header: dict[str, Any] = {"id": request.get("id")}
@@ -250,7 +251,7 @@ class Session:
         else:
             header["ok"] = True
             header.update(body or {})
-        self.framed.send(header, payload)
+        self.framed.send_parts(header, payload if isinstance(payload, list) else [payload])
 
     def _who(self) -> str:
         return self.client.name if self.client else "(unauthenticated)"
@@ -437,11 +438,11 @@ class Session:
         limit = min(self.framed.max_payload - 4096, GET_FRAME_BYTES)
         for chunk_id, sealed in self.repo.read_chunks(self.client.id, ids):
             if batch and batch_size + len(sealed) + 68 > limit:
-                self._reply(frame.header, {"more": True, "count": len(batch)}, pack_records(batch))
+                self._reply(frame.header, {"more": True, "count": len(batch)}, record_parts(batch))
                 batch, batch_size = [], 0
             batch.append((chunk_id, locations[chunk_id].storage_hash, sealed))
             batch_size += len(sealed) + 68
-        self._reply(frame.header, {"more": False, "count": len(batch)}, pack_records(batch))
+        self._reply(frame.header, {"more": False, "count": len(batch)}, record_parts(batch))
         return None
 
     def op_set_key(self, frame: Frame) -> tuple[dict[str, Any], bytes]:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from .crypto import MasterKey, Sealer
 from .memory import share_malloc_arena
 from .progress import Progress
-from .protocol import pack_sealed
+from .protocol import Blob, sealed_parts
 from .remote import RemoteRepository
 
 _T = TypeVar("_T")
@@ -114,9 +114,9 @@ _JOB_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class SealedJob:
-    """A put payload ready to send, and what it holds."""
+    """A put payload ready to send (its parts, blobs not copied together), and what it holds."""
 
-    payload: bytes
+    parts: list[Blob]
     chunks: int
     sealed_bytes: int
 
@@ -387,12 +387,12 @@ class UploadPipeline:
         if sealer is None:
             sealer = self._local.sealer = Sealer(self._key)
         records = [(chunk_id, sealer.seal(chunk_id, plain)) for chunk_id, plain in job]
-        payload = pack_sealed(records)
-        return SealedJob(payload, len(records), sum(len(sealed) for _, sealed in records))
+        parts = sealed_parts(records)
+        return SealedJob(parts, len(records), sum(len(sealed) for _, sealed in records))
 
     def _send_oldest(self) -> None:
         job = self._sealing.popleft().result()
-        self.remote.put_packed(job.payload)
+        self.remote.put_parts(job.parts)
         self.uploaded_chunks += job.chunks
         self.progress.uploaded_bytes += job.sealed_bytes
 
