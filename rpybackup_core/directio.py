@@ -19,6 +19,7 @@ import fcntl
 import mmap
 import os
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -49,34 +50,38 @@ class DirectWriter:
     """Appends to ``fd`` (a file opened for writing, at its end). Call ``close`` once
     everything is written: it writes what is staged and gives the file its exact size.
 
-    Two buffers take turns: while one is written (direct writes wait for the device) on a
-    writer thread, the caller fills the other. A write's error is raised by the next call.
-    Writes go direct only from a block-aligned offset; from any other, the first write is
-    refused and everything goes through the page cache as usual."""
+    Full buffers are written on writer threads (direct writes wait for the device) while the
+    caller fills the next; up to ``depth`` buffers are in use at once, so a write that is slow
+    to complete does not stop the caller. A write's error is raised by the next call. Writes
+    go direct only from a block-aligned offset; from any other, the first write is refused and
+    everything goes through the page cache as usual."""
 
-    def __init__(self, fd: int, stage_bytes: int) -> None:
+    def __init__(self, fd: int, stage_bytes: int, depth: int = 2) -> None:
         if stage_bytes <= 0 or stage_bytes % BLOCK:
             raise ValueError("the staging buffer must be a whole number of blocks")
+        if depth < 2:
+            raise ValueError("a direct writer needs at least two buffers")
         self.fd = fd
         self.size = 0
         self._stage_bytes = stage_bytes
-        # The one being filled first; the other may be being written.
-        self._stages: list[mmap.mmap] = []
+        self._depth = depth
+        # The buffer being filled, and those handed to the writer threads, oldest first.
+        self._stage: mmap.mmap | None = None
         self._filled = 0
-        self._writing: Future[None] | None = None
-        # Where this writer started and how much it has written since (padding included).
+        self._writing: deque[tuple[Future[None], mmap.mmap]] = deque()
+        # Where the buffer being filled goes in the file.
         self._start = os.lseek(fd, 0, os.SEEK_CUR)
-        self._flushed = 0
+        self._offset = self._start
         if _set_direct(fd, True):
-            self._stages = [mmap.mmap(-1, stage_bytes), mmap.mmap(-1, stage_bytes)]
+            self._stage = mmap.mmap(-1, stage_bytes)
 
     @property
     def direct(self) -> bool:
-        return bool(self._stages)
+        return self._stage is not None
 
     def write(self, parts: Sequence[Buffer]) -> None:
         """Append the parts in order (one writev without direct I/O)."""
-        if not self._stages:
+        if self._stage is None:
             write_all(self.fd, parts)
             self.size += sum(len(part) for part in parts)
             return
@@ -84,73 +89,93 @@ class DirectWriter:
             self._stage_part(memoryview(part).cast("B"))
 
     def _stage_part(self, view: memoryview) -> None:
+        assert self._stage is not None
         self.size += len(view)
         while view:
             take = min(self._stage_bytes - self._filled, len(view))
-            self._stages[0][self._filled : self._filled + take] = view[:take]
+            self._stage[self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
             if self._filled == self._stage_bytes:
                 self._hand_over()
 
     def _hand_over(self) -> None:
-        """Write the full buffer in the background; fill the other one meanwhile."""
-        self._wait()
-        self._writing = _writer().submit(self._write_stage, self._stages[0], self._stage_bytes)
-        self._stages.reverse()
+        """Write the full buffer in the background and take a free one to fill meanwhile."""
+        assert self._stage is not None
+        writing = _writer().submit(self._write_stage, self._stage, self._stage_bytes, self._offset)
+        self._writing.append((writing, self._stage))
+        self._offset += self._stage_bytes
         self._filled = 0
+        if len(self._writing) < self._depth:
+            self._stage = mmap.mmap(-1, self._stage_bytes)
+        else:
+            oldest, self._stage = self._writing.popleft()
+            oldest.result()
 
     def _wait(self) -> None:
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            writing.result()
+        while self._writing:
+            self._writing.popleft()[0].result()
 
     def close(self) -> None:
         """Write the staged tail (padded to a block, then cut back) and free the buffers."""
-        if not self._stages:
+        if self._stage is None:
             return
         try:
             self._wait()
             if self._filled:
                 padded = -(-self._filled // BLOCK) * BLOCK
-                self._stages[0][self._filled : padded] = bytes(padded - self._filled)
-                self._write_stage(self._stages[0], padded)
+                self._stage[self._filled : padded] = bytes(padded - self._filled)
+                self._write_stage(self._stage, padded, self._offset)
                 os.ftruncate(self.fd, self._start + self.size)
         finally:
             self._release()
 
     def abandon(self) -> None:
         """Free the buffers without writing more (the file is being removed)."""
-        with contextlib.suppress(OSError):
-            self._wait()
+        while self._writing:
+            with contextlib.suppress(OSError):
+                self._writing.popleft()[0].result()
         self._release()
 
-    def _write_stage(self, stage: mmap.mmap, length: int) -> None:
+    def _write_stage(self, stage: mmap.mmap, length: int, offset: int) -> None:
         staged = memoryview(stage)[:length]
         try:
             try:
-                write_all(self.fd, [staged])
+                pwrite_all(self.fd, staged, offset)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 # Refused after all (the filesystem checks only at write time, the writer
                 # started at an unaligned offset, or a short write left it unaligned):
-                # ordinary writes from here on.
+                # ordinary writes from here on, this buffer again from its start (bytes a
+                # short write already put there are the same bytes).
                 _set_direct(self.fd, False)
-                done = os.lseek(self.fd, 0, os.SEEK_CUR) - self._start - self._flushed
-                write_all(self.fd, [staged[done:]])
+                pwrite_all(self.fd, staged, offset)
         finally:
             staged.release()
-        self._flushed += length
 
     def _release(self) -> None:
-        for stage in self._stages:
+        stages = [stage for _, stage in self._writing]
+        if self._stage is not None:
+            stages.append(self._stage)
+        for stage in stages:
             # A failed write's traceback may still hold a view of it: then the mapping goes
             # when that does.
             with contextlib.suppress(BufferError):
                 stage.close()
-        self._stages = []
+        self._stage = None
+        self._writing.clear()
         self._filled = 0
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite until every byte is written at ``offset`` onwards."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        if written == 0:
+            raise OSError(errno.EIO, "the file took no bytes")
+        data = data[written:]
+        offset += written
 
 
 _writer_pool: ThreadPoolExecutor | None = None

@@ -42,6 +42,7 @@ _FETCH_IDS = 1024
 _FETCHES_IN_FLIGHT = 3
 # The aligned buffer a large file is written through (directio.py).
 _DIRECT_STAGE_BYTES = 1024 * 1024
+_DIRECT_DEPTH = 4
 # Subdirectory trees asked for ahead when a directory is entered; the tree cache keeps 256.
 _TREES_AHEAD = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -237,7 +238,7 @@ class _TempFile:
         self.direct: DirectWriter | None = None
         if direct:
             try:
-                self.direct = DirectWriter(self.out, _DIRECT_STAGE_BYTES)
+                self.direct = DirectWriter(self.out, _DIRECT_STAGE_BYTES, _DIRECT_DEPTH)
             except OSError:
                 self.abort()
                 raise

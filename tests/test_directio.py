@@ -18,11 +18,11 @@ def _parts(seed: int, sizes: list[int]) -> list[bytes]:
     return [rng.randbytes(size) for size in sizes]
 
 
-def _write(path: Path, parts: list[bytes], prefix: bytes = b"") -> DirectWriter:
+def _write(path: Path, parts: list[bytes], prefix: bytes = b"", depth: int = 2) -> DirectWriter:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         write_all(fd, [prefix])
-        writer = DirectWriter(fd, STAGE)
+        writer = DirectWriter(fd, STAGE, depth)
         for part in parts:
             writer.write([part])
         writer.close()
@@ -42,11 +42,15 @@ def _write(path: Path, parts: list[bytes], prefix: bytes = b"") -> DirectWriter:
         [STAGE + 1],
         [3 * STAGE + 17],
         [7, BLOCK, 1, STAGE - 3, 2 * STAGE, 5],
+        [9 * STAGE, 3, 4 * STAGE],
     ],
 )
-def test_the_file_holds_every_byte_and_nothing_more(tmp_path: Path, sizes: list[int]) -> None:
+@pytest.mark.parametrize("depth", [2, 4])
+def test_the_file_holds_every_byte_and_nothing_more(
+    tmp_path: Path, sizes: list[int], depth: int
+) -> None:
     parts = _parts(len(sizes), sizes)
-    writer = _write(tmp_path / "out", parts)
+    writer = _write(tmp_path / "out", parts, depth=depth)
     assert (tmp_path / "out").read_bytes() == b"".join(parts)
     assert writer.size == sum(sizes)
 
@@ -67,8 +71,8 @@ def test_many_parts_in_one_write_keep_their_order(tmp_path: Path) -> None:
 def test_an_unaligned_start_falls_back_to_ordinary_writes(tmp_path: Path) -> None:
     """Direct writes must start on a block boundary; where the filesystem refuses the first
     one (EINVAL), the same bytes go through the page cache and the content is unchanged."""
-    parts = _parts(3, [STAGE + 5, 2 * STAGE, 11])
-    _write(tmp_path / "out", parts, prefix=b"0123456789")
+    parts = _parts(3, [STAGE + 5, 6 * STAGE, 11])
+    _write(tmp_path / "out", parts, prefix=b"0123456789", depth=4)
     assert (tmp_path / "out").read_bytes() == b"0123456789" + b"".join(parts)
 
 
@@ -98,6 +102,8 @@ def test_a_failed_background_write_is_raised_by_a_later_call(tmp_path: Path) -> 
         os.close(fd)
 
 
-def test_the_staging_buffer_is_whole_blocks() -> None:
+def test_the_staging_buffer_is_whole_blocks_and_there_are_two() -> None:
     with pytest.raises(ValueError):
         DirectWriter(0, BLOCK + 1)
+    with pytest.raises(ValueError):
+        DirectWriter(0, BLOCK, depth=1)

@@ -11,6 +11,8 @@ import pytest
 from rpybackup_core.errors import ConnectionClosed, FrameTooLarge, ProtocolError
 from rpybackup_core.protocol import FramedSocket, pack_records, split_ids, unpack_records
 
+MIB = 1024 * 1024
+
 
 @pytest.fixture
 def pair():
@@ -18,6 +20,16 @@ def pair():
     left.settimeout(10)
     right.settimeout(10)
     yield FramedSocket(left, max_payload=1 << 20), FramedSocket(right, max_payload=1 << 20)
+    left.close()
+    right.close()
+
+
+@pytest.fixture
+def wide_pair():
+    left, right = socket.socketpair()
+    left.settimeout(10)
+    right.settimeout(10)
+    yield FramedSocket(left, max_payload=16 * MIB), FramedSocket(right, max_payload=16 * MIB)
     left.close()
     right.close()
 
@@ -77,6 +89,49 @@ def test_sending_an_oversized_payload_is_refused(pair) -> None:
     sender, _ = pair
     with pytest.raises(FrameTooLarge):
         sender.send({"op": "put"}, b"x" * ((1 << 20) + 1))
+
+
+def _send_in_background(sender: FramedSocket, frames: list[tuple[dict, list[bytes]]]):
+    writer = threading.Thread(target=lambda: [sender.send_parts(h, parts) for h, parts in frames])
+    writer.start()
+    return writer
+
+
+def test_parts_large_and_small_arrive_as_one_payload_in_order(wide_pair) -> None:
+    sender, receiver = wide_pair
+    parts = [b"a" * 10, bytes(range(256)) * 1024, b"b", b"c" * 70_000, b"", b"d" * 3]
+    writer = _send_in_background(sender, [({"op": "put", "id": 1}, parts)])
+    frame = receiver.recv()
+    writer.join(timeout=30)
+    assert frame.header == {"op": "put", "id": 1}
+    assert frame.payload.tobytes() == b"".join(parts)
+
+
+def test_a_kept_payload_outlives_the_frames_after_it(wide_pair) -> None:
+    sender, receiver = wide_pair
+    payloads = [bytes([n]) * (MIB + n) for n in range(6)]
+    writer = _send_in_background(sender, [({"id": n}, [p]) for n, p in enumerate(payloads)])
+    kept = [receiver.recv(keep=True).payload for _ in payloads]
+    writer.join(timeout=30)
+    assert [view.tobytes() for view in kept] == payloads
+
+
+def test_a_kept_buffer_is_used_again_only_once_nothing_refers_to_it(wide_pair) -> None:
+    sender, receiver = wide_pair
+    payloads = [bytes([n]) * (2 * MIB) for n in range(3)]
+    writer = _send_in_background(sender, [({"id": n}, [p]) for n, p in enumerate(payloads)])
+    first = receiver.recv(keep=True).payload
+    part = first[MIB:]
+    # Its id, not a reference: a reference would keep the buffer in use.
+    first_buffer = id(first.obj)
+    del first
+    second = receiver.recv(keep=True).payload
+    assert id(second.obj) != first_buffer and part.tobytes() == payloads[0][MIB:]
+    del part
+    third = receiver.recv(keep=True).payload
+    writer.join(timeout=30)
+    assert id(third.obj) == first_buffer and third.tobytes() == payloads[2]
+    assert second.tobytes() == payloads[1]
 
 
 def test_records_round_trip_and_lying_lengths_are_caught() -> None:
