@@ -29,9 +29,10 @@ MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = 16 * 1024 * 1024
 _INITIAL_BUFFER = 64 * 1024
 _JOINED = 64 * 1024
-# Kept frames of at least this size come from a few reused buffers (_KeptBuffers).
+# Kept frames of at least this size come from reused buffers (_KeptBuffers) of at most
+# _KEPT_BYTES together per connection.
 _KEPT_MIN = 1024 * 1024
-_KEPT_BUFFERS = 4
+_KEPT_BYTES = 16 * 1024 * 1024
 
 Blob = bytes | bytearray | memoryview
 
@@ -72,9 +73,9 @@ class _KeptBuffers:
     a buffer referred to only by this list and the loop has no reader left.
     """
 
-    def __init__(self, limit: int = _KEPT_BUFFERS) -> None:
+    def __init__(self) -> None:
         self._buffers: list[bytearray] = []
-        self._limit = limit
+        self._held = 0
 
     def take(self, size: int) -> memoryview:
         if size < _KEPT_MIN:
@@ -83,8 +84,9 @@ class _KeptBuffers:
             if len(buffer) >= size and sys.getrefcount(buffer) == 3:
                 return memoryview(buffer)[:size]
         buffer = bytearray(-(-size // _KEPT_MIN) * _KEPT_MIN)
-        if len(self._buffers) < self._limit:
+        if self._held + len(buffer) <= _KEPT_BYTES:
             self._buffers.append(buffer)
+            self._held += len(buffer)
         return memoryview(buffer)[:size]
 
 
@@ -133,7 +135,9 @@ class FramedSocket:
 
     def recv(self, keep: bool = False) -> Frame:
         """The next frame. Its payload view is valid until the next call; with ``keep`` it is
-        read into a buffer of its own, so views into it stay valid with no copy made."""
+        read into a buffer of its own, so views into it stay valid with no copy made. That
+        buffer is taken before the payload arrives: keep is for peers already trusted with
+        a frame's worth of memory (a server's replies, an authenticated client)."""
         prefix = self._read_exact(PREFIX.size, at_frame_start=True)
         header_len, payload_len = PREFIX.unpack(prefix)
         if header_len == 0 or header_len > MAX_HEADER:

@@ -174,7 +174,9 @@ class Session:
         try:
             self._hello()
             while True:
-                frame = self.framed.recv()
+                # An authenticated client's payloads are kept: a put is queued for the pack
+                # writer as it arrived, not copied out of a shared buffer.
+                frame = self.framed.recv(keep=self.client is not None)
                 if not self._dispatch(frame):
                     break
         except ConnectionClosed:
@@ -336,8 +338,7 @@ class Session:
 
     def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
-        # The frame buffer is reused by the next request; the pack writer works from a copy.
-        records = unpack_records(memoryview(frame.payload.tobytes()))
+        records = unpack_records(frame.payload)
         for chunk_id, digest, sealed in records:
             if len(sealed) > MAX_SEALED:
                 raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
