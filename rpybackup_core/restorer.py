@@ -176,7 +176,7 @@ class _Fetch:
 class _SmallFiles:
     """Small files waiting to be asked for in one request: per directory, (name, node, shown)."""
 
-    segments: list[tuple[_OpenDir, list[tuple[str, Node, str]]]] = field(default_factory=list)
+    segments: list[_Segment] = field(default_factory=list)
     ids: list[bytes] = field(default_factory=list)
     size: int = 0
 
@@ -323,6 +323,30 @@ class _OpenDir:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+# A directory and some of its files (name, node, shown), written by one job.
+_Segment = tuple[_OpenDir, list[tuple[str, Node, str]]]
+
+
+def _shares(segments: list[_Segment], count: int) -> list[list[_Segment]]:
+    """Split a batch's files into at most ``count`` runs of about as many files each, in
+    order; a directory's files may fall into two runs."""
+    size = max(1, -(-sum(len(entries) for _, entries in segments) // count))
+    shares: list[list[_Segment]] = []
+    share: list[_Segment] = []
+    room = size
+    for where, entries in segments:
+        while entries:
+            taken, entries = entries[:room], entries[room:]
+            share.append((where, taken))
+            room -= len(taken)
+            if not room:
+                shares.append(share)
+                share, room = [], size
+    if share:
+        shares.append(share)
+    return shares
+
+
 class Restorer:
     """Fetches on the calling thread and writes on a small pool.
 
@@ -349,7 +373,8 @@ class Restorer:
         self._local = threading.local()
         self._workers = workers or restore_workers()
         self._pool: ThreadPoolExecutor | None = None
-        self._jobs: deque[tuple[Future[list[_Outcome]], _OpenDir]] = deque()
+        # Jobs in the pool, oldest first, with the directories each writes into.
+        self._jobs: deque[tuple[Future[list[_Outcome]], list[_OpenDir]]] = deque()
         self._fetches: deque[_Fetch] = deque()
         self._batch = _SmallFiles()
         self._umask = _process_umask()
@@ -420,14 +445,15 @@ class Restorer:
         return sealer
 
     def _submit(
-        self, where: _OpenDir, job: Callable[..., list[_Outcome]], *args: Any
+        self, wheres: list[_OpenDir], job: Callable[..., list[_Outcome]], *args: Any
     ) -> Future[list[_Outcome]]:
         assert self._pool is not None
         while len(self._jobs) > self._workers + 1:
             self._collect()
         future = self._pool.submit(job, *args)
-        self._jobs.append((future, where))
-        where.pending += 1
+        self._jobs.append((future, wheres))
+        for where in wheres:
+            where.pending += 1
         return future
 
     def _fetch(
@@ -477,10 +503,11 @@ class Restorer:
             self._receive_fetch()
 
     def _collect(self) -> None:
-        future, where = self._jobs.popleft()
+        future, wheres = self._jobs.popleft()
         self._merge(future.result())
-        where.pending -= 1
-        self._finish_if_done(where)
+        for where in wheres:
+            where.pending -= 1
+            self._finish_if_done(where)
 
     def _drain(self) -> None:
         while self._jobs:
@@ -679,13 +706,19 @@ class Restorer:
         sealed: dict[bytes, memoryview],
         follow_existing: bool,
     ) -> None:
-        self._submit(where, self._group_job, where, entries, sealed, follow_existing)
+        self._submit([where], self._group_job, where, entries, sealed, follow_existing)
 
     def _write_batch(self, batch: _SmallFiles, sealed: dict[bytes, memoryview]) -> None:
-        for where, entries in batch.segments:
-            # Each directory's job opens only its own chunks.
-            own = {cid: sealed[cid] for _, node, _ in entries for cid in node.content}
-            self._submit_group(where, entries, own, False)
+        """A job per worker, not per directory: in a tree of small directories a job, a
+        hand-over and a wait per directory kept the main thread waiting and the pool idle."""
+        for share in _shares(batch.segments, self._workers):
+            self._submit([where for where, _ in share], self._share_job, share, sealed)
+
+    def _share_job(self, share: list[_Segment], sealed: dict[bytes, memoryview]) -> list[_Outcome]:
+        outcomes = []
+        for where, entries in share:
+            outcomes.extend(self._group_job(where, entries, sealed, False))
+        return outcomes
 
     def _write_one_by_one(self, batch: _SmallFiles, exc: OSError | RPyBackupError) -> None:
         if not isinstance(exc, IntegrityError):
@@ -702,13 +735,13 @@ class Restorer:
         sealed: dict[bytes, memoryview],
         follow_existing: bool,
     ) -> list[_Outcome]:
-        """Pool thread: open the chunks of a batch and write its files (reads only ``fd``,
+        """Pool thread: open the entries' chunks and write their files (reads only ``fd``,
         ``fresh`` and ``lock`` of ``where``, which never change)."""
         sealer = self._sealer()
         opened: dict[bytes, bytes | memoryview | IntegrityError] = {}
-        for chunk_id, blob in sealed.items():
+        for chunk_id in dict.fromkeys(cid for _, node, _ in entries for cid in node.content):
             try:
-                opened[chunk_id] = sealer.open(chunk_id, blob, verify_id=False)
+                opened[chunk_id] = sealer.open(chunk_id, sealed[chunk_id], verify_id=False)
             except IntegrityError as exc:
                 opened[chunk_id] = exc
         outcomes = []
@@ -768,12 +801,12 @@ class Restorer:
     ) -> None:
         if large.error is None:
             large.previous = self._submit(
-                where, self._part_job, large.temp, batch, sealed, large.previous
+                [where], self._part_job, large.temp, batch, sealed, large.previous
             )
 
     def _submit_finish(self, where: _OpenDir, large: _LargeFile, follow_existing: bool) -> None:
         self._submit(
-            where, self._finish_job, large.temp, large.previous, large.error, follow_existing
+            [where], self._finish_job, large.temp, large.previous, large.error, follow_existing
         )
 
     def _batches(self, node: Node) -> Iterator[list[bytes]]:

@@ -19,6 +19,7 @@ from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.remote import RemoteRepository
+from rpybackup_core.restorer import _shares
 from rpybackup_core.storage import LocalBackend
 
 
@@ -324,3 +325,20 @@ def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(
     _, result = client.restore("latest", tmp_path / "restored")
     assert result.errors == []
     assert compare_trees(source, tmp_path / "restored" / source.relative_to("/")) == []
+
+
+def test_a_batch_of_small_files_is_shared_out_in_order_one_run_per_worker() -> None:
+    """Runs of about equal length, files in their order, a directory split where a run ends."""
+    first, second, third = (object() for _ in range(3))
+    segments = [
+        (first, [(f"a{n}", None, "") for n in range(5)]),
+        (second, [("b0", None, "")]),
+        (third, [(f"c{n}", None, "") for n in range(4)]),
+    ]
+    shares = _shares(segments, 2)  # type: ignore[arg-type]
+    assert [[(where, [e[0] for e in entries]) for where, entries in share] for share in shares] == [
+        [(first, ["a0", "a1", "a2", "a3", "a4"])],
+        [(second, ["b0"]), (third, ["c0", "c1", "c2", "c3"])],
+    ]
+    assert len(_shares(segments, 4)) == 4
+    assert _shares(segments[1:2], 2) == [segments[1:2]]
