@@ -77,17 +77,22 @@ class _KeptBuffers:
         self._buffers: list[bytearray] = []
         self._held = 0
 
-    def take(self, size: int) -> memoryview:
-        if size < _KEPT_MIN:
-            return memoryview(bytearray(size))
+    def free(self, size: int) -> bytearray | None:
+        """A kept buffer of at least ``size`` bytes that nobody reads any more, if any."""
         for buffer in self._buffers:
             if len(buffer) >= size and sys.getrefcount(buffer) == 3:
-                return memoryview(buffer)[:size]
-        buffer = bytearray(-(-size // _KEPT_MIN) * _KEPT_MIN)
-        if self._held + len(buffer) <= _KEPT_BYTES:
+                return buffer
+        return None
+
+    @staticmethod
+    def capacity(size: int) -> int:
+        """Large buffers in whole MiB, so one serves the next frame of about the same size."""
+        return size if size < _KEPT_MIN else -(-size // _KEPT_MIN) * _KEPT_MIN
+
+    def offer(self, buffer: bytearray) -> None:
+        if len(buffer) >= _KEPT_MIN and self._held + len(buffer) <= _KEPT_BYTES:
             self._buffers.append(buffer)
             self._held += len(buffer)
-        return memoryview(buffer)[:size]
 
 
 class FramedSocket:
@@ -135,9 +140,7 @@ class FramedSocket:
 
     def recv(self, keep: bool = False) -> Frame:
         """The next frame. Its payload view is valid until the next call; with ``keep`` it is
-        read into a buffer of its own, so views into it stay valid with no copy made. That
-        buffer is taken before the payload arrives: keep is for peers already trusted with
-        a frame's worth of memory (a server's replies, an authenticated client)."""
+        read into a buffer of its own, so views into it stay valid with no copy made."""
         prefix = self._read_exact(PREFIX.size, at_frame_start=True)
         header_len, payload_len = PREFIX.unpack(prefix)
         if header_len == 0 or header_len > MAX_HEADER:
@@ -146,9 +149,7 @@ class FramedSocket:
             raise FrameTooLarge(f"frame payload length {payload_len} exceeds {self.max_payload}")
         if keep:
             header = _decode_header(self._read_exact(header_len))
-            payload = self._kept.take(payload_len)
-            self._fill(payload)
-            return Frame(header, payload)
+            return Frame(header, self._read_kept(payload_len))
         body = self._read_exact(header_len + payload_len)
         return Frame(_decode_header(body[:header_len]), body[header_len:])
 
@@ -165,6 +166,29 @@ class FramedSocket:
                 raise ProtocolError("connection closed in the middle of a frame")
             received += count
         return memoryview(self._buffer)[:size]
+
+    def _read_kept(self, size: int) -> memoryview:
+        buffer = self._kept.free(size)
+        if buffer is None:
+            buffer = self._read_growing(size, self._kept.capacity(size))
+            self._kept.offer(buffer)
+        else:
+            self._fill(memoryview(buffer)[:size])
+        return memoryview(buffer)[:size]
+
+    def _read_growing(self, size: int, capacity: int) -> bytearray:
+        """A new buffer that grows as the bytes arrive, as the frame buffer does (``_grow``)."""
+        buffer = bytearray(min(capacity, _INITIAL_BUFFER))
+        received = 0
+        while True:
+            end = min(size, len(buffer))
+            self._fill(memoryview(buffer)[received:end])
+            received = end
+            if received == size:
+                return buffer
+            grown = bytearray(min(capacity, 2 * len(buffer)))
+            grown[:received] = buffer
+            buffer = grown
 
     def _fill(self, view: memoryview) -> None:
         received = 0

@@ -179,6 +179,8 @@ class Session:
                 frame = self.framed.recv(keep=self.client is not None)
                 if not self._dispatch(frame):
                     break
+                # Its buffer can take the next payload once nothing refers to this one.
+                del frame
         except ConnectionClosed:
             pass
         finally:

@@ -114,3 +114,21 @@ def test_a_length_prefix_alone_costs_no_memory(repo: tuple[Repository, str]) -> 
     # The claim was 16 MiB; 100 kB arrived, so the buffer doubled once from 64 KiB and stopped.
     assert len(buffer._buffer) == 128 * 1024
     wire.close()
+
+
+def test_a_length_prefix_alone_costs_no_memory_after_authenticating(
+    repo: tuple[Repository, str],
+) -> None:
+    """An authenticated client's payloads are read into buffers of their own (kept for the
+    pack writer); those too grow only with the bytes that arrive."""
+    repository, token = repo
+    wire = Wire(repository)
+    wire.auth("mallory", token)
+    header = b'{"op":"put","id":9}'
+
+    def claim_much_send_little() -> None:
+        wire.send_raw(PREFIX.pack(len(header), MAX_PAYLOAD - 1) + header + b"x" * 100_000)
+        wire.close()
+
+    peak = _peak_while(claim_much_send_little)
+    assert peak <= 2 * MIB, f"{peak / MIB:.0f} MiB for a claim of 16 MiB"
