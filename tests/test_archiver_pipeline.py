@@ -14,7 +14,7 @@ import pytest
 from rpybackup_core import uploader
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.client import BackupClient
-from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.crypto import MasterKey, Sealer, storage_hash
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
@@ -325,6 +325,40 @@ def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(
     _, result = client.restore("latest", tmp_path / "restored")
     assert result.errors == []
     assert compare_trees(source, tmp_path / "restored" / source.relative_to("/")) == []
+
+
+def test_a_large_file_whose_middle_part_fails_to_open_is_named_and_not_left_behind(
+    server, tmp_path: Path
+) -> None:
+    """A server that hands back a tampered blob under a matching storage hash: AES-GCM refuses
+    that part, the parts after it are not written, the file is reported and removed, and the
+    restore goes on to the next file."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a-big.bin").write_bytes(random.Random(9).randbytes(14 * 1024 * 1024))
+    (source / "b-after.txt").write_text("after\n" * 1000)
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    _, entries = client.list_files(str(source / "a-big.bin"))
+    content = entries[0].node.content
+    assert len(content) >= 5, "the file must span several parts"
+    middle = content[len(content) // 2]
+    where = server.repo.locate(server.repo.client_by_name("alice").id, [middle])[middle]
+    pack = server.config.data_dir / "storage" / "packs" / where.pack
+    data = bytearray(pack.read_bytes())
+    data[where.offset + where.length // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    tampered = storage_hash(bytes(data[where.offset : where.offset + where.length]))
+    with sqlite3.connect(server.config.data_dir / "repo.sqlite") as db:
+        db.execute("UPDATE chunks SET hash = ? WHERE chunk_id = ?", (tampered, middle))
+
+    _, result = client.restore("latest", tmp_path / "restored")
+    restored = tmp_path / "restored" / source.relative_to("/")
+    assert len(result.errors) == 1 and "a-big.bin" in result.errors[0], result.errors
+    assert "failed authentication" in result.errors[0]
+    assert sorted(os.listdir(restored)) == ["b-after.txt"]
+    assert (restored / "b-after.txt").read_text() == "after\n" * 1000
 
 
 def test_a_batch_of_small_files_is_shared_out_in_order_one_run_per_worker() -> None:
