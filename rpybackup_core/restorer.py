@@ -43,8 +43,10 @@ _FETCHES_IN_FLIGHT = 3
 # The aligned buffer a large file is written through (directio.py).
 _DIRECT_STAGE_BYTES = 1024 * 1024
 _DIRECT_DEPTH = 4
-# Subdirectory trees asked for ahead when a directory is entered; the tree cache keeps 256.
+# Subdirectory trees asked for ahead when a directory is entered (then more, so many to a
+# request, as its subdirectories are entered); the tree cache keeps 256.
 _TREES_AHEAD = 32
+_TREES_PER_FETCH = 16
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -584,32 +586,42 @@ class Restorer:
         # The subdirectories' trees travel with the file chunks, so going into a directory
         # does not stop the stream for a round trip of its own (a source tree has thousands).
         subdirs = [node for node in nodes if node.kind == DIR]
-        for node in subdirs[:_TREES_AHEAD]:
-            self._prefetch_tree(where, node.content)
-        ahead = iter(subdirs[_TREES_AHEAD:])
+        self._prefetch_trees(where, subdirs[:_TREES_AHEAD])
+        later = subdirs[_TREES_AHEAD:]
+        entered = 0
         files = [node for node in nodes if node.kind == FILE]
         self._restore_files(where, files, prefix)
         for node in nodes:
             shown = f"{prefix}/{node.name}"
             try:
                 if node.kind == DIR:
-                    following = next(ahead, None)
-                    if following is not None:
-                        self._prefetch_tree(where, following.content)
+                    # Keep 16 to 32 trees ahead, 16 to a request.
+                    if entered % _TREES_PER_FETCH == 0:
+                        self._prefetch_trees(where, later[entered : entered + _TREES_PER_FETCH])
+                    entered += 1
                     self._restore_dir(where, node, shown)
                 elif node.kind == SYMLINK:
                     self._restore_symlink(where.fd, node, shown)
             except (OSError, RPyBackupError) as exc:
                 self._fail(shown, exc)
 
-    def _prefetch_tree(self, where: _OpenDir, ids: list[bytes]) -> None:
-        if self.trees.cached(ids) is None:
+    def _prefetch_trees(self, where: _OpenDir, subdirs: list[Node]) -> None:
+        """Ask for the trees of these subdirectories in one request (a tree of small
+        directories would otherwise cost a round trip per directory)."""
+        wanted = [node.content for node in subdirs if self.trees.cached(node.content) is None]
+        if wanted:
             # A tree that fails here is asked for again when it is needed, and fails there.
-            self._fetch([where], ids, functools.partial(self._keep_tree, ids), lambda exc: None)
+            self._fetch(
+                [where],
+                [chunk_id for ids in wanted for chunk_id in ids],
+                functools.partial(self._keep_trees, wanted),
+                lambda exc: None,
+            )
 
-    def _keep_tree(self, ids: list[bytes], sealed: dict[bytes, memoryview]) -> None:
-        with contextlib.suppress(IntegrityError):
-            self.trees.add(ids, sealed)
+    def _keep_trees(self, wanted: list[list[bytes]], sealed: dict[bytes, memoryview]) -> None:
+        for ids in wanted:
+            with contextlib.suppress(IntegrityError):
+                self.trees.add(ids, sealed)
 
     def _restore_dir(self, where: _OpenDir, node: Node, shown: str) -> None:
         child = self._open_dir(where, node, shown)

@@ -311,10 +311,11 @@ def test_every_file_mode_comes_back_whatever_the_umask(server, tmp_path: Path) -
 def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(
     server, tmp_path: Path
 ) -> None:
-    """More subdirectories than are fetched ahead at once, each with a nested one: every tree
-    arrives in time or is asked for on its own, and the restore is identical."""
+    """More subdirectories than are fetched ahead at once (then 16 trees to a request), each
+    with a nested one: every tree arrives in time or is asked for on its own, and the restore
+    is identical."""
     source = tmp_path / "src"
-    for index in range(45):
+    for index in range(70):
         deep = source / f"d{index:02d}" / "inner" / "deeper"
         deep.mkdir(parents=True)
         (deep / "leaf.txt").write_text(f"leaf {index}\n")
