@@ -5,7 +5,9 @@
 
 Both lengths are bounded before anything is allocated. Reads go through ``recv_into`` on one
 buffer per connection that grows to the largest frame seen (never past the bound), so there is no
-buffer size to tune. See docs/protocol.md.
+buffer size to tune; payloads whose blobs outlive the frame are read into buffers of their own
+(``recv(keep=True)``), and frames are sent part by part, never joined first. See
+docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -205,11 +207,6 @@ class FramedSocket:
         # Whole and from a bytearray: CPython copies that directly (a view would be copied twice).
         grown[:received] = self._buffer
         self._buffer = grown
-
-
-def pack_records(records: Sequence[tuple[bytes, bytes, Blob]]) -> bytes:
-    """Concatenate (chunk id, storage hash, sealed blob) records into one payload."""
-    return b"".join(record_parts(records))
 
 
 def record_parts(records: Sequence[tuple[bytes, bytes, Blob]]) -> list[Blob]:

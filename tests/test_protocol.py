@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from rpybackup_core.errors import ConnectionClosed, FrameTooLarge, ProtocolError
-from rpybackup_core.protocol import FramedSocket, pack_records, split_ids, unpack_records
+from rpybackup_core.protocol import FramedSocket, record_parts, split_ids, unpack_records
 
 MIB = 1024 * 1024
 
@@ -136,7 +136,7 @@ def test_a_kept_buffer_is_used_again_only_once_nothing_refers_to_it(wide_pair) -
 
 def test_records_round_trip_and_lying_lengths_are_caught() -> None:
     records = [(b"\x01" * 32, b"\x02" * 32, b"blob-one"), (b"\x03" * 32, b"\x04" * 32, b"")]
-    payload = pack_records(records)
+    payload = b"".join(record_parts(records))
     parsed = [(a, b, c.tobytes()) for a, b, c in unpack_records(memoryview(payload))]
     assert parsed == records
     with pytest.raises(ProtocolError):
