@@ -159,7 +159,9 @@ class FramedSocket:
         received = 0
         while received < size:
             if received == len(self._buffer):
-                self._grow(received, size)
+                # Doubled as bytes arrive, never past the frame: a length prefix alone (a slow
+                # or lying peer) costs no memory.
+                self._buffer = _doubled(self._buffer, size)
             room = memoryview(self._buffer)[received : min(size, len(self._buffer))]
             count = self.sock.recv_into(room)
             if count == 0:
@@ -179,7 +181,7 @@ class FramedSocket:
         return memoryview(buffer)[:size]
 
     def _read_growing(self, size: int, capacity: int) -> bytearray:
-        """A new buffer that grows as the bytes arrive, as the frame buffer does (``_grow``)."""
+        """A new buffer that grows as the bytes arrive, as the frame buffer does."""
         buffer = bytearray(min(capacity, _INITIAL_BUFFER))
         received = 0
         while True:
@@ -188,9 +190,7 @@ class FramedSocket:
             received = end
             if received == size:
                 return buffer
-            grown = bytearray(min(capacity, 2 * len(buffer)))
-            grown[:received] = buffer
-            buffer = grown
+            buffer = _doubled(buffer, capacity)
 
     def _fill(self, view: memoryview) -> None:
         received = 0
@@ -200,13 +200,13 @@ class FramedSocket:
                 raise ProtocolError("connection closed in the middle of a frame")
             received += count
 
-    def _grow(self, received: int, size: int) -> None:
-        """Double the buffer, never past the frame being read. It grows only as bytes arrive,
-        so a length prefix alone (a slow or lying peer) costs no memory."""
-        grown = bytearray(min(size, 2 * len(self._buffer)))
-        # Whole and from a bytearray: CPython copies that directly (a view would be copied twice).
-        grown[:received] = self._buffer
-        self._buffer = grown
+
+def _doubled(full: bytearray, limit: int) -> bytearray:
+    """A buffer twice the size of ``full`` (never past ``limit``) that starts with its bytes."""
+    grown = bytearray(min(limit, 2 * len(full)))
+    # Whole and from a bytearray: CPython copies that directly (a view would be copied twice).
+    grown[: len(full)] = full
+    return grown
 
 
 def record_parts(records: Sequence[tuple[bytes, bytes, Blob]]) -> list[Blob]:
