@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Directories whose unchanged files wait for the server's answer while the walk goes on.
 _DEFERRED_DIRECTORIES = 64
+# Directory entries stat'ed and looked up in the files cache at a time.
+_WALK_SLICE = 1024
 
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
@@ -254,42 +256,54 @@ class Archiver:
 
     def _walk_directory(self, path: str, done: Callable[[list[Node]], None]) -> None:
         """Walk a directory; ``done`` gets its nodes once the server has answered for its
-        unchanged files (meanwhile the walk goes on, see ``_defer``)."""
+        unchanged files (meanwhile the walk goes on, see ``_defer``).
+
+        Entries are looked at a slice at a time, and an unchanged file becomes its node at
+        once: a directory of 100,000 files must not hold 100,000 directory entries and stat
+        results beside its nodes."""
         try:
             with os.scandir(path) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
+                names = sorted(entry.name for entry in listing)
         except OSError as exc:
             self._error(path, exc)
             self._defer(None, lambda _: done([]))
             return
-        listed: list[tuple[str, os.stat_result]] = []
-        for entry in entries:
-            child = entry.path
-            if self._excluded(child, entry.name):
-                continue
-            try:
-                listed.append((child, entry.stat(follow_symlinks=False)))
-            except OSError as exc:
-                self._error(child, exc)
-        hits = {}
-        if self.cache is not None:
-            hits = self.cache.lookup_many([(p, st) for p, st in listed if stat.S_ISREG(st.st_mode)])
         nodes: list[Node] = []
-        cached: list[tuple[str, os.stat_result, Any]] = []
-        for child, st in listed:
-            hit = hits.get(child)
-            if hit is not None:
-                cached.append((child, st, hit))
-                continue
-            node = self._entry(child, st)
-            if node is not None:
-                nodes.append(node)
+        cached: list[tuple[str, Node]] = []
+        for start in range(0, len(names), _WALK_SLICE):
+            listed = self._stat_entries(path, names[start : start + _WALK_SLICE])
+            hits = {}
+            if self.cache is not None:
+                regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
+                hits = self.cache.lookup_many(regular)
+            for child, st in listed:
+                hit = hits.get(child)
+                if hit is not None:
+                    node = Node.from_stat(os.path.basename(child), FILE, st)
+                    node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
+                    cached.append((child, node))
+                    continue
+                entry = self._entry(child, st)
+                if entry is not None:
+                    nodes.append(entry)
         answer = (
-            self.uploader.ask_missing([cid for _, _, hit in cached for cid in hit.ids])
+            self.uploader.ask_missing([cid for _, node in cached for cid in node.content])
             if cached
             else None
         )
         self._defer(answer, lambda missing: done(nodes + self._cached_files(cached, missing)))
+
+    def _stat_entries(self, path: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
+        listed = []
+        for name in names:
+            child = os.path.join(path, name)
+            if self._excluded(child, name):
+                continue
+            try:
+                listed.append((child, os.lstat(child)))
+            except OSError as exc:
+                self._error(child, exc)
+        return listed
 
     def _defer(
         self, answer: Future[set[bytes]] | None, action: Callable[[set[bytes]], None]
@@ -312,26 +326,24 @@ class Archiver:
             self._deferred.popleft()
             action(answer.result() if answer is not None else set())
 
-    def _cached_files(
-        self, cached: list[tuple[str, os.stat_result, Any]], missing: set[bytes]
-    ) -> list[Node]:
-        """Unchanged files: reuse their chunk ids unless the server lost one of them."""
+    def _cached_files(self, cached: list[tuple[str, Node]], missing: set[bytes]) -> list[Node]:
+        """Unchanged files: keep their nodes unless the server lost one of their chunks (then
+        the file is read again)."""
         if not cached:
             return []
         nodes = []
-        for path, st, hit in cached:
-            if missing.intersection(hit.ids):
-                node = self._read_file(path, st)
-            else:
-                node = Node.from_stat(os.path.basename(path), FILE, st)
-                # ``missing`` already counted every id it did not return as referenced.
-                node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
-                self.progress.files_done += 1
-                self.progress.bytes_done += hit.size
-                if self.cache is not None:
-                    self.cache.keep(path)
-            if node is not None:
-                nodes.append(node)
+        for path, node in cached:
+            if missing.intersection(node.content):
+                reread = self._entry(path)
+                if reread is not None:
+                    nodes.append(reread)
+                continue
+            # ``missing`` already counted every id it did not return as referenced.
+            nodes.append(node)
+            self.progress.files_done += 1
+            self.progress.bytes_done += node.size
+            if self.cache is not None:
+                self.cache.keep(path)
         self.report(self.progress)
         return nodes
 

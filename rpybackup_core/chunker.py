@@ -55,7 +55,7 @@ class Chunker:
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
             yield from self.stream(handle, limit)
 
-    def buffer(self, data: bytes) -> Iterator[memoryview]:
+    def buffer(self, data: bytes | bytearray) -> Iterator[memoryview]:
         view = memoryview(data)
         if len(view) <= MAX_SIZE:
             yield view

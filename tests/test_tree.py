@@ -25,6 +25,19 @@ def test_encode_decode_round_trip_sorted_by_name() -> None:
     assert {n.name: n for n in decoded} == {n.name: n for n in sample_nodes()}
 
 
+def test_the_encoding_is_compact_json_of_the_whole_document() -> None:
+    """Byte for byte what one json.dumps of the document gives: a tree's chunk ids (and so
+    dedup of unchanged directories across versions) depend on these bytes."""
+    nodes = sample_nodes()
+    document = {
+        "version": 1,
+        "entries": [node.to_json() for node in sorted(nodes, key=lambda node: node.name)],
+    }
+    expected = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert encode_tree(nodes) == expected
+    assert encode_tree([]) == b'{"version":1,"entries":[]}'
+
+
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "nul\x00", "/abs"])
 def test_unsafe_names_are_rejected(name: str) -> None:
     data = encode_tree([Node(name, FILE, 0o644, 0, size=0, digest="blake3:" + "0" * 64)])
