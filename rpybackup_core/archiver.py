@@ -258,20 +258,22 @@ class Archiver:
         """Walk a directory; ``done`` gets its nodes once the server has answered for its
         unchanged files (meanwhile the walk goes on, see ``_defer``).
 
-        Entries are looked at a slice at a time, and an unchanged file becomes its node at
-        once: a directory of 100,000 files must not hold 100,000 directory entries and stat
-        results beside its nodes."""
+        Entries are stat'ed a slice at a time and let go (a directory entry keeps its stat
+        result), and an unchanged file becomes its node at once: a directory of 100,000 files
+        must not hold 100,000 entries and stat results beside its nodes."""
         try:
             with os.scandir(path) as listing:
-                names = sorted(entry.name for entry in listing)
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             self._error(path, exc)
             self._defer(None, lambda _: done([]))
             return
         nodes: list[Node] = []
         cached: list[tuple[str, Node]] = []
-        for start in range(0, len(names), _WALK_SLICE):
-            listed = self._stat_entries(path, names[start : start + _WALK_SLICE])
+        entries.reverse()
+        while entries:
+            taken = [entries.pop() for _ in range(min(_WALK_SLICE, len(entries)))]
+            listed = self._stat_entries(taken)
             hits = {}
             if self.cache is not None:
                 regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
@@ -283,9 +285,9 @@ class Archiver:
                     node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
                     cached.append((child, node))
                     continue
-                entry = self._entry(child, st)
-                if entry is not None:
-                    nodes.append(entry)
+                walked = self._entry(child, st)
+                if walked is not None:
+                    nodes.append(walked)
         answer = (
             self.uploader.ask_missing([cid for _, node in cached for cid in node.content])
             if cached
@@ -293,14 +295,14 @@ class Archiver:
         )
         self._defer(answer, lambda missing: done(nodes + self._cached_files(cached, missing)))
 
-    def _stat_entries(self, path: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
+    def _stat_entries(self, entries: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
         listed = []
-        for name in names:
-            child = os.path.join(path, name)
-            if self._excluded(child, name):
+        for entry in entries:
+            child = entry.path
+            if self._excluded(child, entry.name):
                 continue
             try:
-                listed.append((child, os.lstat(child)))
+                listed.append((child, entry.stat(follow_symlinks=False)))
             except OSError as exc:
                 self._error(child, exc)
         return listed

@@ -2,9 +2,9 @@
 
 Keyed on path; an entry is used only if size, mtime_ns, ctime_ns and inode all still match.
 Entries are staged during a run and written only after the snapshot is committed, so a failed
-run never leaves the cache pointing at chunks the server did not accept. What a run stages
-waits in temporary tables (SQLite spills them to disk), a few thousand rows at a time, so
-the client's memory does not grow with the number of files in the tree.
+run never leaves the cache pointing at chunks the server did not accept. Past a few MiB of
+staged rows, what a run stages waits in temporary tables (SQLite spills them to disk), so the
+client's memory does not grow with the number of files in the tree.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from .crypto import ID_SIZE
 
 _KEEP_GENERATIONS = 3
 _SQL_BATCH = 500
-# Staged rows (and kept paths) held in memory before they go to the temporary tables.
-_SPILL_ROWS = 4096
+# Staged rows (~300 bytes) and kept paths (~100) held in memory before they go to the
+# temporary tables; a run that stays below both writes straight into the cache at commit.
+_SPILL_STAGED = 16384
+_SPILL_KEPT = 65536
 _RACY_FINE_NS = 100_000_000
 _RACY_COARSE_NS = 2_000_000_000
 _STALE_FILES = ("files.sqlite", "files.sqlite-wal", "files.sqlite-shm")
@@ -61,15 +63,16 @@ class FilesCache:
                 inode INTEGER, digest TEXT, ids BLOB, generation INTEGER);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);
             CREATE TEMP TABLE staged (
-                path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+                path TEXT, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
                 inode INTEGER, digest TEXT, ids BLOB, generation INTEGER);
-            CREATE TEMP TABLE kept (path TEXT PRIMARY KEY);
+            CREATE TEMP TABLE kept (path TEXT);
             """
         )
         row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         self.generation = (row[0] if row else 0) + 1
         self._staged: list[tuple[object, ...]] = []
         self._kept: list[str] = []
+        self._spilled = False
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -119,7 +122,7 @@ class FilesCache:
     def keep(self, path: str) -> None:
         """An entry ``lookup`` matched stays as it is; at commit only its generation moves on."""
         self._kept.append(path)
-        if len(self._kept) >= _SPILL_ROWS:
+        if len(self._kept) >= _SPILL_KEPT:
             self._spill()
 
     def stage(self, path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
@@ -142,36 +145,47 @@ class FilesCache:
                 self.generation,
             )
         )
-        if len(self._staged) >= _SPILL_ROWS:
+        if len(self._staged) >= _SPILL_STAGED:
             self._spill()
 
     def _spill(self) -> None:
         """Move what is held in memory to the temporary tables (one transaction)."""
         self._db.execute("BEGIN")
         self._db.executemany(
-            "INSERT OR REPLACE INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
+            "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
         )
-        self._db.executemany(
-            "INSERT OR IGNORE INTO temp.kept VALUES (?)", [(path,) for path in self._kept]
-        )
+        self._db.executemany("INSERT INTO temp.kept VALUES (?)", [(path,) for path in self._kept])
         self._db.execute("COMMIT")
         self._staged = []
         self._kept = []
+        self._spilled = True
 
     def commit(self) -> None:
         """Record the staged entries after a committed snapshot; forget long-unseen paths."""
-        self._spill()
         self._db.execute("BEGIN")
-        self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM temp.staged")
-        self._db.execute(
-            "UPDATE files SET generation = ? WHERE path IN (SELECT path FROM temp.kept)",
-            (self.generation,),
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
         )
+        for start in range(0, len(self._kept), _SQL_BATCH):
+            batch = self._kept[start : start + _SQL_BATCH]
+            self._db.execute(
+                f"UPDATE files SET generation = ? WHERE path IN ({','.join('?' * len(batch))})",
+                [self.generation, *batch],
+            )
+        if self._spilled:
+            self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM temp.staged")
+            self._db.execute(
+                "UPDATE files SET generation = ? WHERE path IN (SELECT path FROM temp.kept)",
+                (self.generation,),
+            )
+            self._db.execute("DELETE FROM temp.staged")
+            self._db.execute("DELETE FROM temp.kept")
         self._db.execute(
             "DELETE FROM files WHERE generation < ?", (self.generation - _KEEP_GENERATIONS,)
         )
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,))
-        self._db.execute("DELETE FROM temp.staged")
-        self._db.execute("DELETE FROM temp.kept")
         self._db.execute("COMMIT")
+        self._staged = []
+        self._kept = []
+        self._spilled = False
         self.generation += 1

@@ -81,16 +81,24 @@ def check_name(name: object) -> str:
     return name
 
 
+# ensure_ascii keeps names that are not valid UTF-8 (surrogate escapes) round-trippable.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+# Entries encoded per call: a few dictionaries at a time, not a whole directory's.
+_ENTRIES_PER_CALL = 1024
+
+
 def encode_tree(nodes: list[Node]) -> bytearray:
-    """``{"version":1,"entries":[...]}``, compact, entries by name. Encoded entry by entry
-    into one buffer: the whole tree as dictionaries, or as pieces joined at the end, would
-    cost several times its encoded size (a directory can hold 100,000 files)."""
+    """``{"version":1,"entries":[...]}``, compact, entries by name. Encoded a slice of
+    entries at a time into one buffer: the whole tree as dictionaries, or as pieces joined at
+    the end, would cost several times its encoded size (a directory can hold 100,000 files)."""
+    ordered = sorted(nodes, key=lambda node: node.name)
     out = bytearray(b'{"version":%d,"entries":[' % TREE_VERSION)
-    for index, node in enumerate(sorted(nodes, key=lambda node: node.name)):
-        if index:
+    for start in range(0, len(ordered), _ENTRIES_PER_CALL):
+        if start:
             out += b","
-        # ensure_ascii keeps names that are not valid UTF-8 (surrogate escapes) round-trippable.
-        out += json.dumps(node.to_json(), separators=(",", ":"), ensure_ascii=True).encode()
+        # A list encodes as "[entry,entry,...]": its brackets are left off.
+        encoded = _ENCODER.encode([n.to_json() for n in ordered[start : start + _ENTRIES_PER_CALL]])
+        out += encoded[1:-1].encode()
     out += b"]}"
     return out
 

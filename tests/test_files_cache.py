@@ -1,9 +1,14 @@
-"""The files cache on disk: an older format is dropped, never trusted."""
+"""The files cache on disk: an older format is dropped, never trusted; a run of any size
+commits the same cache."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
+from rpybackup_core import files_cache
 from rpybackup_core.files_cache import FilesCache
 
 
@@ -15,3 +20,53 @@ def test_the_first_cache_format_is_removed_rather_than_trusted(tmp_path: Path) -
     FilesCache(directory).close()
     assert not any((directory / name).exists() for name in ("files.sqlite", "files.sqlite-wal"))
     assert (directory / "files-v2.sqlite").exists()
+
+
+def _files(root: Path, count: int) -> list[tuple[str, os.stat_result]]:
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index in range(count):
+        path = root / f"f{index}"
+        path.write_bytes(bytes([index]) * 10)
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+        files.append((str(path), os.stat(path)))
+    return files
+
+
+def test_a_run_larger_than_memory_holds_spills_and_commits_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a bound, staged rows and kept paths wait in temporary tables; the cache a commit
+    leaves is the one an in-memory run leaves, and kept entries keep surviving generations."""
+    monkeypatch.setattr(files_cache, "_SPILL_STAGED", 3)
+    monkeypatch.setattr(files_cache, "_SPILL_KEPT", 2)
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
+    files = _files(tmp_path / "src", 10)
+    cache = FilesCache(tmp_path / "cache")
+    for index, (path, st) in enumerate(files):
+        cache.stage(path, st, "blake3:" + "0" * 64, [bytes([index]) * 32])
+    cache.commit()
+    for _ in range(5):
+        # Every later run finds all ten unchanged and keeps them.
+        hits = cache.lookup_many(files)
+        assert sorted(hits) == sorted(path for path, _ in files)
+        for path in hits:
+            cache.keep(path)
+        cache.commit()
+    assert cache.lookup_many(files)[files[7][0]].ids == [bytes([7]) * 32]
+    cache.close()
+
+
+def test_what_a_run_stages_is_gone_if_it_never_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files_cache, "_SPILL_STAGED", 3)
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
+    files = _files(tmp_path / "src", 8)
+    cache = FilesCache(tmp_path / "cache")
+    for path, st in files:
+        cache.stage(path, st, "blake3:" + "0" * 64, [b"\x01" * 32])
+    cache.close()
+    reopened = FilesCache(tmp_path / "cache")
+    assert reopened.lookup_many(files) == {}
+    reopened.close()

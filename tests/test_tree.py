@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rpybackup_core import tree
 from rpybackup_core.errors import IntegrityError
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
 
@@ -25,9 +26,14 @@ def test_encode_decode_round_trip_sorted_by_name() -> None:
     assert {n.name: n for n in decoded} == {n.name: n for n in sample_nodes()}
 
 
-def test_the_encoding_is_compact_json_of_the_whole_document() -> None:
-    """Byte for byte what one json.dumps of the document gives: a tree's chunk ids (and so
-    dedup of unchanged directories across versions) depend on these bytes."""
+@pytest.mark.parametrize("per_call", [1, 3, 1024])
+def test_the_encoding_is_compact_json_of_the_whole_document(
+    per_call: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte for byte what one json.dumps of the document gives, however many entries are
+    encoded per call: a tree's chunk ids (and so dedup of unchanged directories across
+    versions) depend on these bytes."""
+    monkeypatch.setattr(tree, "_ENTRIES_PER_CALL", per_call)
     nodes = sample_nodes()
     document = {
         "version": 1,
