@@ -328,6 +328,19 @@ class Archiver:
             self._deferred.popleft()
             action(answer.result() if answer is not None else set())
 
+    def _read_again(self, path: str) -> Node | None:
+        """A cached file one of whose chunks the server lost: read it, if it still is a file
+        (its directory's tree is being stored now, so nothing can be walked from here)."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            self._error(path, exc)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            log.warning("skipped %s: it is no longer a regular file", path)
+            return None
+        return self._read_file(path, st)
+
     def _cached_files(self, cached: list[tuple[str, Node]], missing: set[bytes]) -> list[Node]:
         """Unchanged files: keep their nodes unless the server lost one of their chunks (then
         the file is read again)."""
@@ -336,7 +349,7 @@ class Archiver:
         nodes = []
         for path, node in cached:
             if missing.intersection(node.content):
-                reread = self._entry(path)
+                reread = self._read_again(path)
                 if reread is not None:
                     nodes.append(reread)
                 continue

@@ -276,6 +276,40 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
     assert compare_trees(source, target / source.relative_to("/")) == []
 
 
+def test_a_lacking_file_that_became_a_directory_is_left_out_not_walked(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file the server lacks is replaced by a directory before the answer comes back:
+    it is left out of this snapshot (its parent's tree is being stored at that moment), and
+    everything else is stored and restores."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "keep.txt").write_text("stays\n" * 100)
+    lacking = source / "turns-into-a-dir"
+    lacking.write_text("was a file\n" * 100)
+    client = _backed_up_once(server, source)
+    cache = sqlite3.connect(client.config.cache_path / "files-v2.sqlite")
+    with cache:
+        cache.execute("UPDATE files SET ids = ? WHERE path = ?", (os.urandom(32), str(lacking)))
+    cache.close()
+    original_ask = RemoteRepository.ask_has
+
+    def replacing_ask(self: RemoteRepository, ids: list[bytes], reference: bool = False) -> int:
+        if reference and lacking.is_file():
+            lacking.unlink()
+            (lacking / "inner").mkdir(parents=True)
+        return original_ask(self, ids, reference)
+
+    monkeypatch.setattr(RemoteRepository, "ask_has", replacing_ask)
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert result.errors == []
+    assert sorted(os.listdir(restored)) == ["keep.txt"]
+    assert (restored / "keep.txt").read_text() == "stays\n" * 100
+
+
 def test_every_file_mode_comes_back_whatever_the_umask(server, tmp_path: Path) -> None:
     """Files are born with their final mode where nothing strips it; the rest get fchmod."""
     modes = {
