@@ -177,7 +177,12 @@ def decode_tree(data: bytes) -> list[Node]:
     entries = doc.get("entries")
     if not isinstance(entries, list):
         raise IntegrityError("a snapshot tree has no entry list")
-    nodes = [_decode_node(entry) for entry in entries]
+    # Each entry's dictionary goes as its node is made: a directory of 100,000 files would
+    # otherwise hold both at once.
+    entries.reverse()
+    nodes = []
+    while entries:
+        nodes.append(_decode_node(entries.pop()))
     names = [node.name for node in nodes]
     if len(set(names)) != len(names):
         raise IntegrityError("a snapshot tree holds the same name twice")
