@@ -12,7 +12,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .config import ClientConfig, parse_address
@@ -102,9 +102,8 @@ class RemoteRepository:
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def _send(self, op: str, payload: bytes | list[Blob] = b"", **fields: Any) -> int:
+    def _send(self, op: str, parts: Sequence[Blob] = (), **fields: Any) -> int:
         self._next_id += 1
-        parts = payload if isinstance(payload, list) else [payload]
         try:
             self._framed.send_parts({"op": op, "id": self._next_id, **fields}, parts)
         except OSError as exc:
@@ -132,7 +131,7 @@ class RemoteRepository:
         self.flush()
         if self._gets:
             raise ProtocolError("a request was made before earlier chunks were read")
-        request_id = self._send(op, payload, **fields)
+        request_id = self._send(op, [payload], **fields)
         header, body = self._receive(request_id)
         return header, body.tobytes()
 
@@ -147,7 +146,7 @@ class RemoteRepository:
         ``reference``, those found count as referenced by the snapshot this session commits
         (no refs request needed for them)."""
         fields = {"reference": True} if reference else {}
-        request_id = self._send("has", b"".join(ids), **fields)
+        request_id = self._send("has", [b"".join(ids)], **fields)
         self._outstanding.append((request_id, "has"))
         return request_id
 
@@ -197,7 +196,7 @@ class RemoteRepository:
         checks the hash on every read, and opening a blob authenticates it (AES-GCM).
         """
         self.flush()
-        request_id = self._send("get", b"".join(ids))
+        request_id = self._send("get", [b"".join(ids)])
         self._gets.append(request_id)
         return request_id
 

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -239,14 +239,14 @@ class Session:
             return False
         if result is not None:
             body, payload = result
-            self._reply(frame.header, body=body, payload=payload)
+            self._reply(frame.header, body=body, parts=[payload])
         return True
 
     def _reply(
         self,
         request: dict[str, Any],
         body: dict[str, Any] | None = None,
-        payload: Blob | list[Blob] = b"",
+        parts: Sequence[Blob] = (),
         error: RPyBackupError | None = None,
     ) -> None:
         header: dict[str, Any] = {"id": request.get("id")}
@@ -255,7 +255,7 @@ class Session:
         else:
             header["ok"] = True
             header.update(body or {})
-        self.framed.send_parts(header, payload if isinstance(payload, list) else [payload])
+        self.framed.send_parts(header, parts)
 
     def _who(self) -> str:
         return self.client.name if self.client else "(unauthenticated)"
