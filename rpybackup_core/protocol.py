@@ -20,10 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .crypto import storage_hash
 from .errors import ConnectionClosed, FrameTooLarge, InvalidRequest, ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = "rpybackup"
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 64 * 1024
@@ -38,8 +37,9 @@ _KEPT_BYTES = 16 * 1024 * 1024
 
 Blob = bytes | bytearray | memoryview
 
-# Record layout inside a put payload: chunk id, storage hash, sealed length, sealed bytes.
-RECORD = struct.Struct(">32s32sI")
+# Record layout inside a put or get payload: chunk id, sealed length, sealed bytes. No hash
+# rides along: TLS protects the transfer, AES-GCM the content; the server hashes what it stores.
+RECORD = struct.Struct(">32sI")
 
 
 @dataclass
@@ -209,23 +209,18 @@ def _doubled(full: bytearray, limit: int) -> bytearray:
     return grown
 
 
-def record_parts(records: Sequence[tuple[bytes, bytes, Blob]]) -> list[Blob]:
-    """The parts of a records payload, blobs not copied (for ``FramedSocket.send_parts``)."""
+def record_parts(records: Sequence[tuple[bytes, Blob]]) -> list[Blob]:
+    """The parts of a payload of (chunk id, sealed blob) records, blobs not copied (for
+    ``FramedSocket.send_parts``)."""
     parts: list[Blob] = []
-    for chunk_id, digest, sealed in records:
-        parts.append(RECORD.pack(chunk_id, digest, len(sealed)))
+    for chunk_id, sealed in records:
+        parts.append(RECORD.pack(chunk_id, len(sealed)))
         parts.append(sealed)
     return parts
 
 
-def sealed_parts(records: Sequence[tuple[bytes, Blob]]) -> list[Blob]:
-    """The parts of a put payload for (chunk id, sealed blob) records, with each blob's
-    storage hash."""
-    return record_parts([(cid, storage_hash(blob), blob) for cid, blob in records])
-
-
 class Records:
-    """The (chunk id, storage hash, sealed view) records of a payload, made as they are iterated.
+    """The (chunk id, sealed view) records of a payload, made as they are iterated.
 
     Every length is checked once, up front; iterating again parses again. Held as a list, a
     payload of tiny records would cost some twenty times its own size in objects.
@@ -238,18 +233,18 @@ class Records:
         while offset < total:
             if total - offset < RECORD.size:
                 raise ProtocolError("truncated record header")
-            length = RECORD.unpack_from(payload, offset)[2]
+            length = RECORD.unpack_from(payload, offset)[1]
             offset += RECORD.size
             if length > total - offset:
                 raise ProtocolError("record length runs past the payload")
             offset += length
 
-    def __iter__(self) -> Iterator[tuple[bytes, bytes, memoryview]]:
+    def __iter__(self) -> Iterator[tuple[bytes, memoryview]]:
         offset = 0
         while offset < len(self.payload):
-            chunk_id, digest, length = RECORD.unpack_from(self.payload, offset)
+            chunk_id, length = RECORD.unpack_from(self.payload, offset)
             offset += RECORD.size
-            yield chunk_id, digest, self.payload[offset : offset + length]
+            yield chunk_id, self.payload[offset : offset + length]
             offset += length
 
 

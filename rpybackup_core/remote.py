@@ -22,7 +22,7 @@ from .errors import (
     ServerUnreachable,
     from_wire,
 )
-from .protocol import MAGIC, PROTOCOL_VERSION, Blob, FramedSocket, sealed_parts, unpack_records
+from .protocol import MAGIC, PROTOCOL_VERSION, Blob, FramedSocket, record_parts, unpack_records
 from .tls import client_context, verify_pinned
 
 CONNECT_TIMEOUT = 15.0
@@ -163,10 +163,10 @@ class RemoteRepository:
 
     def put(self, records: list[tuple[bytes, bytes | bytearray]]) -> None:
         """Send (chunk id, sealed blob) records without waiting for the reply."""
-        self.put_parts(sealed_parts(records))
+        self.put_parts(record_parts(records))
 
     def put_parts(self, parts: list[Blob]) -> None:
-        """Send records already laid out by ``protocol.sealed_parts`` (on a worker thread)."""
+        """Send records already laid out by ``protocol.record_parts`` (on a worker thread)."""
         self._outstanding.append((self._send("put", parts), "put"))
         while len(self._outstanding) > PUT_WINDOW:
             self._collect_one()
@@ -212,7 +212,7 @@ class RemoteRepository:
         expected = iter(ids)
         while True:
             header, payload = self._receive(request_id, keep=True)
-            for chunk_id, _, sealed in unpack_records(payload):
+            for chunk_id, sealed in unpack_records(payload):
                 if chunk_id != next(expected, None):
                     raise ProtocolError("server returned chunks out of order")
                 yield chunk_id, sealed

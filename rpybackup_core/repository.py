@@ -493,14 +493,14 @@ class Repository:
         return found
 
     def read_chunks(
-        self, client_id: int, ids: list[bytes]
+        self, client_id: int, ids: list[bytes], where: dict[bytes, ChunkLocation]
     ) -> Iterator[tuple[bytes, bytes | memoryview]]:
-        """Yield (id, sealed blob) in the order asked, each verified against its storage hash.
+        """Yield (id, sealed blob) in the order asked, each verified against its storage hash;
+        ``where`` is what ``locate`` found for every one of ``ids``.
 
         Chunks that lie back to back in one pack (a restore asks in backup order) are read
         with one backend request per run instead of one per chunk.
         """
-        where = self.locate(client_id, ids)
         for run in _contiguous_runs(ids, where):
             first, last = run[0][1], run[-1][1]
             try:

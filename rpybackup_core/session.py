@@ -25,7 +25,6 @@ from .errors import (
     AuthenticationFailed,
     ConnectionClosed,
     EnrollmentFailed,
-    IntegrityError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -39,6 +38,7 @@ from .packer import MAX_QUEUED_RECORDS, Packer
 from .protocol import (
     MAGIC,
     PROTOCOL_VERSION,
+    RECORD,
     Blob,
     Frame,
     FramedSocket,
@@ -341,22 +341,20 @@ class Session:
     def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
         records = unpack_records(frame.payload)
-        for chunk_id, digest, sealed in records:
-            if len(sealed) > MAX_SEALED:
-                raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
-            if storage_hash(sealed) != digest:
-                raise IntegrityError(f"chunk {chunk_id.hex()[:16]} arrived damaged")
+        if any(len(sealed) > MAX_SEALED for _, sealed in records):
+            raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
         if self.packer is None:
             self.packer = Packer(
                 self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
             )
         stored = 0
         batch: list[tuple[bytes, bytes, memoryview]] = []
-        for record in records:
-            if record[0] in self.pending:
+        for chunk_id, sealed in records:
+            if chunk_id in self.pending:
                 continue
-            self.pending.add(record[0])
-            batch.append(record)
+            self.pending.add(chunk_id)
+            # The hash the pack trailer and the index keep, for check and repack to verify.
+            batch.append((chunk_id, storage_hash(sealed), sealed))
             stored += 1
             if len(batch) >= SUBMIT_RECORDS:
                 self._submit(batch)
@@ -435,16 +433,16 @@ class Session:
         missing = [chunk_id for chunk_id in ids if chunk_id not in locations]
         if missing:
             raise NotFound(f"chunk {missing[0].hex()[:16]} is not stored on the server")
-        batch: list[tuple[bytes, bytes, bytes | memoryview]] = []
+        batch: list[tuple[bytes, bytes | memoryview]] = []
         batch_size = 0
         # Frames of a few MiB keep both peers' buffers small; the client pipelines anyway.
         limit = min(self.framed.max_payload - 4096, GET_FRAME_BYTES)
-        for chunk_id, sealed in self.repo.read_chunks(self.client.id, ids):
-            if batch and batch_size + len(sealed) + 68 > limit:
+        for chunk_id, sealed in self.repo.read_chunks(self.client.id, ids, locations):
+            if batch and batch_size + len(sealed) + RECORD.size > limit:
                 self._reply(frame.header, {"more": True, "count": len(batch)}, record_parts(batch))
                 batch, batch_size = [], 0
-            batch.append((chunk_id, locations[chunk_id].storage_hash, sealed))
-            batch_size += len(sealed) + 68
+            batch.append((chunk_id, sealed))
+            batch_size += len(sealed) + RECORD.size
         self._reply(frame.header, {"more": False, "count": len(batch)}, record_parts(batch))
         return None
 

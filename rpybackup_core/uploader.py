@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from .crypto import MasterKey, Sealer
 from .memory import share_malloc_arena
 from .progress import Progress
-from .protocol import Blob, sealed_parts
+from .protocol import Blob, record_parts
 from .remote import RemoteRepository
 
 _T = TypeVar("_T")
@@ -382,12 +382,12 @@ class UploadPipeline:
             self._send_oldest()
 
     def _seal_job(self, job: list[tuple[bytes, bytes]]) -> SealedJob:
-        """Runs on a pool thread: seal, hash and frame, so the main thread only sends."""
+        """Runs on a pool thread: seal and frame, so the main thread only sends."""
         sealer = getattr(self._local, "sealer", None)
         if sealer is None:
             sealer = self._local.sealer = Sealer(self._key)
         records = [(chunk_id, sealer.seal(chunk_id, plain)) for chunk_id, plain in job]
-        parts = sealed_parts(records)
+        parts = record_parts(records)
         return SealedJob(parts, len(records), sum(len(sealed) for _, sealed in records))
 
     def _send_oldest(self) -> None:

@@ -135,12 +135,17 @@ def test_a_kept_buffer_is_used_again_only_once_nothing_refers_to_it(wide_pair) -
 
 
 def test_records_round_trip_and_lying_lengths_are_caught() -> None:
-    records = [(b"\x01" * 32, b"\x02" * 32, b"blob-one"), (b"\x03" * 32, b"\x04" * 32, b"")]
+    records = [(b"\x01" * 32, b"blob-one"), (b"\x03" * 32, b"")]
     payload = b"".join(record_parts(records))
-    parsed = [(a, b, c.tobytes()) for a, b, c in unpack_records(memoryview(payload))]
+    parsed = [
+        (chunk_id, sealed.tobytes()) for chunk_id, sealed in unpack_records(memoryview(payload))
+    ]
     assert parsed == records
-    with pytest.raises(ProtocolError):
-        unpack_records(memoryview(payload[:-3] if records[-1][2] else payload[:70]))
+    one_blob = b"".join(record_parts(records[:1]))
+    for cut in (one_blob[:-3], payload[:-1]):
+        # The first length runs past its blob, the second record's header is cut short.
+        with pytest.raises(ProtocolError):
+            unpack_records(memoryview(cut))
 
 
 def test_id_lists_must_be_whole() -> None:

@@ -446,7 +446,8 @@ def test_a_read_in_progress_follows_chunks_a_repack_moved(server, cli, tmp_path:
     pruner = Pruner(repo, PruneSettings())
     pruner.set_retention("alice", RetentionPolicy(keep_last=1))
 
-    reading = repo.read_chunks(client.id, [staying[0], *moving])
+    asked = [staying[0], *moving]
+    reading = repo.read_chunks(client.id, asked, repo.locate(client.id, asked))
     next(reading)
     assert pruner.prune("alice").packs_repacked == 1
     assert first.name not in stored_packs(server)

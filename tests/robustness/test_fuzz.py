@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rpybackup_core.config import ServerConfig
-from rpybackup_core.crypto import storage_hash
 from rpybackup_core.errors import ConnectionClosed, ProtocolError
 from rpybackup_core.protocol import MAX_HEADER, PREFIX, RECORD, FramedSocket
 from rpybackup_core.repository import Repository
@@ -274,8 +273,8 @@ def _requests(world: World) -> st.SearchStrategy[tuple[dict[str, Any], bytes]]:
         st.one_of(st.sampled_from(OPS), st.text(max_size=10), st.integers()),
         st.dictionaries(st.sampled_from(FIELDS), values, max_size=5),
     )
-    record = st.tuples(chunk_id, st.binary(max_size=48), st.booleans()).map(
-        lambda r: RECORD.pack(r[0], storage_hash(r[1]) if r[2] else bytes(32), len(r[1])) + r[1]
+    record = st.tuples(chunk_id, st.binary(max_size=48)).map(
+        lambda r: RECORD.pack(r[0], len(r[1])) + r[1]
     )
     payload = st.one_of(
         st.just(b""),

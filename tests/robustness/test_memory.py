@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from rpybackup_core.crypto import storage_hash
 from rpybackup_core.protocol import MAX_PAYLOAD, PREFIX, RECORD
 from rpybackup_core.repository import Repository
 from rpybackup_core.session import MAX_IDS_PER_REQUEST, MAX_PENDING
@@ -42,10 +41,8 @@ def repo() -> Iterator[tuple[Repository, str]]:
 
 
 def _tiny_records(count: int, start: int) -> bytes:
-    blob = b"x"
-    digest = storage_hash(blob)
     return b"".join(
-        RECORD.pack((start + index).to_bytes(32, "big"), digest, 1) + blob for index in range(count)
+        RECORD.pack((start + index).to_bytes(32, "big"), 1) + b"x" for index in range(count)
     )
 
 
