@@ -3,7 +3,8 @@
 * A chunk id is keyed BLAKE3 of the plaintext, so the server never learns plaintext hashes.
 * A sealed blob is ``version | nonce | AES-256-GCM(compression flag | data)`` with the chunk id as
   associated data: a blob moved to another id fails to open.
-* The storage hash is plain BLAKE3 of the sealed bytes; the server checks it on write and read.
+* The storage hash is plain BLAKE3 of the sealed bytes; the server computes it as it stores a
+  blob and checks it on every read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -39,6 +41,11 @@ _MIN_SAVING = 0.03
 # A chunk whose first 64 KiB do not compress at level 1 is almost surely incompressible
 # (media, archives, random data); the probe costs far less than compressing all of it.
 _PROBE_SIZE = 64 * 1024
+# From this size on, the flag byte and the data are encrypted as two steps of one GCM stream
+# rather than joined first: a fresh buffer of a few MiB for the join cost more than the
+# encryption itself (1.25 MiB chunk: 2.2-2.7 ms -> 0.5-0.7 ms). Smaller ones skip the ~12 us of
+# setting up a stream.
+_STREAMED_SEAL = 64 * 1024
 
 
 # The whole-file digest new snapshots record, and every one restore can verify. BLAKE3 runs at
@@ -107,16 +114,27 @@ class Sealer:
         return blake3.blake3(plaintext, key=self._key.id_key).digest()
 
     def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytearray:
-        """The sealed blob, built with one copy of the (compressed) body and one encryption."""
+        """The sealed blob, encrypted straight into its buffer."""
         flag, data = self._compress(plaintext)
-        body = bytearray(1 + len(data))
-        body[0] = flag
-        body[1:] = data
         nonce = os.urandom(NONCE_SIZE)
-        sealed = bytearray(1 + NONCE_SIZE + len(body) + TAG_SIZE)
+        sealed = bytearray(1 + NONCE_SIZE + 1 + len(data) + TAG_SIZE)
         sealed[0] = SEAL_VERSION
         sealed[1 : 1 + NONCE_SIZE] = nonce
-        self._aead.encrypt_into(nonce, body, chunk_id, memoryview(sealed)[1 + NONCE_SIZE :])
+        out = memoryview(sealed)[1 + NONCE_SIZE :]
+        if len(data) < _STREAMED_SEAL:
+            body = bytearray(1 + len(data))
+            body[0] = flag
+            # Through a view: a bytearray's own slice assignment copies at half the speed.
+            memoryview(body)[1:] = data
+            self._aead.encrypt_into(nonce, body, chunk_id, out)
+            return sealed
+        encryptor = Cipher(algorithms.AES(self._key.seal_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(chunk_id)
+        # update_into wants room for a block beyond what it writes: the tag's place gives it.
+        encryptor.update_into(bytes((flag,)), out)
+        encryptor.update_into(data, out[1:])
+        encryptor.finalize()
+        out[-TAG_SIZE:] = encryptor.tag
         return sealed
 
     def open(

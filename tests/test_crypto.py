@@ -6,6 +6,8 @@ import os
 import threading
 
 import pytest
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from rpybackup_core.crypto import MasterKey, Sealer, storage_hash, unwrap_key, wrap_key
 from rpybackup_core.errors import ConfigError, CryptoError
@@ -24,6 +26,24 @@ def sealer() -> Sealer:
 def test_seal_then_open_round_trips(sealer: Sealer, plaintext: bytes) -> None:
     chunk_id = sealer.chunk_id(plaintext)
     assert sealer.open(chunk_id, sealer.seal(chunk_id, plaintext)) == plaintext
+
+
+@pytest.mark.parametrize("size", [65_535, 65_536, 65_537, 4 * 1024 * 1024])
+@pytest.mark.parametrize("kind", ["random", "text"])
+def test_every_sealed_blob_is_one_aes_gcm_message_of_flag_and_data(size: int, kind: str) -> None:
+    """Large chunks are encrypted in two steps, small ones in one: the format is the same."""
+    key = MasterKey.generate()
+    sealer = Sealer(key)
+    text = b"".join(b"line %d of some text\n" % number for number in range(size // 10))
+    plaintext = os.urandom(size) if kind == "random" else text[:size]
+    chunk_id = sealer.chunk_id(plaintext)
+    sealed = sealer.seal(chunk_id, plaintext)
+    body = AESGCM(key.seal_key).decrypt(bytes(sealed[1:13]), bytes(sealed[13:]), chunk_id)
+    if kind == "random":
+        assert body == b"\x00" + plaintext
+    else:
+        assert body[0] == 1 and zstandard.ZstdDecompressor().decompress(body[1:]) == plaintext
+    assert sealer.open(chunk_id, sealed) == plaintext
 
 
 def test_compressible_data_is_stored_smaller_and_random_data_is_not_inflated(
