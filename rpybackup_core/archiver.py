@@ -5,6 +5,10 @@ asked in batches which ids it lacks, only those are sealed (on worker threads) a
 each id is asked about at most once per run. Files the files cache knows as unchanged are not
 read; their chunk ids are confirmed with the server in batches (a directory's, or those of a
 few small directories together) and a file is read only if something is missing.
+
+The file digest of a file larger than one chunk is computed on a thread of its own while the
+main thread cuts pieces and derives their chunk ids: hashing releases the GIL, and a re-run that
+reads changed large files but uploads little would otherwise do all of it on one core.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import re
 import socket
 import stat
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chunker import Chunker
-from .crypto import FILE_DIGEST, MasterKey, Sealer, file_hash
+from .chunker import MIN_SIZE, Chunker
+from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, UsageError
 from .files_cache import FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
@@ -105,6 +109,8 @@ class Archiver:
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
+        # Started on the first large file; one thread, so a file digest sees its pieces in order.
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="hash")
         self._deferred: deque[tuple[Future[set[bytes]] | None, Callable[[set[bytes]], None]]] = (
             deque()
         )
@@ -130,6 +136,7 @@ class Archiver:
             root_ids = self._store_tree(root_nodes)
             self.uploader.finish()
         finally:
+            self._hasher.shutdown()
             self.uploader.close()
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
         stats = {
@@ -374,11 +381,7 @@ class Archiver:
         size = 0
         try:
             before = os.fstat(fd)
-            for view in self.chunker.file(fd, before.st_size):
-                # A stream's views are reused; the upload keeps this copy.
-                piece = bytes(view)
-                digest.update(piece)
-                chunk_id = self.sealer.chunk_id(piece)
+            for chunk_id, piece in self._pieces(fd, before.st_size, digest):
                 self.uploader.add(chunk_id, piece)
                 ids.append(chunk_id)
                 size += len(piece)
@@ -401,3 +404,23 @@ class Archiver:
         ):
             self.cache.stage(path, after, node.digest, ids)
         return node
+
+    def _pieces(self, fd: int, size: int, digest: FileHash) -> Iterator[tuple[bytes, bytes]]:
+        """(chunk id, piece) of an open file in order, ``digest`` updated with each piece."""
+        if size <= MIN_SIZE:
+            # One piece: hashing it here costs less than handing it to another thread.
+            for piece in self.chunker.file(fd, size):
+                digest.update(piece)
+                yield self.sealer.chunk_id(piece), bytes(piece)
+            return
+        digesting: deque[Future[object]] = deque()
+        for view in self.chunker.file(fd, size):
+            # A stream's views are reused; the upload keeps this copy.
+            piece = bytes(view)
+            digesting.append(self._hasher.submit(digest.update, piece))
+            yield self.sealer.chunk_id(piece), piece
+            # The digest at most one piece behind: further would only hold memory.
+            if len(digesting) > 1:
+                digesting.popleft().result()
+        for future in digesting:
+            future.result()

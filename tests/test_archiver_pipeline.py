@@ -9,10 +9,12 @@ import stat
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 
 from rpybackup_core import uploader
 from rpybackup_core.archiver import Archiver
+from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
 from rpybackup_core.crypto import MasterKey, Sealer, storage_hash
 from rpybackup_core.demo import compare_trees
@@ -394,6 +396,33 @@ def test_a_large_file_whose_middle_part_fails_to_open_is_named_and_not_left_behi
     assert "failed authentication" in result.errors[0]
     assert sorted(os.listdir(restored)) == ["b-after.txt"]
     assert (restored / "b-after.txt").read_text() == "after\n" * 1000
+
+
+def test_a_large_file_hashed_beside_its_reading_records_its_pieces_in_order(
+    server, tmp_path: Path
+) -> None:
+    """Chunk ids and the file digest come from the hasher thread: they must be exactly those of
+    the file's pieces taken in order, for a file of many pieces and one of a single piece."""
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(11)
+    (source / "many.bin").write_bytes(rng.randbytes(24 * 1024 * 1024))
+    (source / "one.bin").write_bytes(rng.randbytes(100_000))
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    sealer = Sealer(client.key)
+    counts = {}
+    for name in ("many.bin", "one.bin"):
+        path = source / name
+        with path.open("rb") as handle:
+            pieces = [bytes(piece) for piece in Chunker().stream(handle)]
+        _, entries = client.list_files(str(path))
+        node = entries[0].node
+        assert node.content == [sealer.chunk_id(piece) for piece in pieces]
+        assert node.digest == "blake3:" + blake3.blake3(path.read_bytes()).hexdigest()
+        counts[name] = len(pieces)
+    assert counts["many.bin"] >= 8 and counts["one.bin"] == 1
 
 
 def test_a_batch_of_small_files_is_shared_out_in_order_one_run_per_worker() -> None:
