@@ -315,6 +315,21 @@ def print_table(summary: dict[str, Any], data_bytes: float) -> None:
             f"\nfirst backup throughput: rPyBackup {data_bytes / med['rpy_first'] / MB:.0f} MB/s, "
             f"restic {data_bytes / med['restic_first'] / MB:.0f} MB/s"
         )
+    # CPU seconds (rPyBackup: client and server together) move less than wall time on a
+    # shared machine: they say whether a change did less work even when the clock is noisy.
+    steps = {
+        "first backup": "first",
+        "no-change": "nochange",
+        "5 % re-run": "rerun",
+        "restore": "restore",
+    }
+    cpu = [
+        f"{label} {med[f'rpy_{key}_cpu']:.1f} vs {med[f'restic_{key}_cpu']:.1f}"
+        for label, key in steps.items()
+        if f"rpy_{key}_cpu" in med and f"restic_{key}_cpu" in med
+    ]
+    if cpu:
+        print("CPU seconds, rPyBackup vs restic: " + ", ".join(cpu))
 
 
 def main() -> int:
