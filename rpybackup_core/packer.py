@@ -1,7 +1,8 @@
 """One upload session's pack writing, on a thread of its own.
 
-The connection thread checks each put and hands the new records over; this thread appends them
-to the open pack and, when the pack is full, makes it durable and indexes it. Meanwhile the
+The connection thread checks each put and hands the new records over; this thread hashes them
+(the storage hash the pack trailer and the index keep), appends them to the open pack and, when
+the pack is full, makes it durable and indexes it. Meanwhile the
 connection thread goes back to the socket (TLS decryption, the next request): on two cores the
 two overlap, and the fsync of a full pack no longer stalls the client's pipeline.
 
@@ -16,11 +17,13 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .crypto import storage_hash
 from .errors import StorageError
 from .pack import PackWriter
 from .repository import Repository
 
-Record = tuple[bytes, bytes, memoryview]
+# A new blob: its chunk id and its sealed bytes.
+Record = tuple[bytes, memoryview]
 # What the connection thread may hand over before it waits for the writer: enough to cover the
 # fsync of a full pack at disk speed, small enough that many sessions at once stay bounded.
 MAX_QUEUED_BYTES = 8 * 1024 * 1024
@@ -56,7 +59,7 @@ class Packer:
         Waits while more than the queue bound is in flight. Raises the StorageError of a
         failed write once, after which nothing not yet returned was stored.
         """
-        size = sum(len(sealed) for _, _, sealed in records)
+        size = sum(len(sealed) for _, sealed in records)
         self._jobs.append((self._pool.submit(self._write, records), size, len(records)))
         self._queued_bytes += size
         self._queued_records += len(records)
@@ -107,7 +110,12 @@ class Packer:
                 if self._pack is None:
                     self._pack = self._repo.new_pack()
                 end = self._fitting(records, start)
-                self._pack.append_many(records[start:end])
+                self._pack.append_many(
+                    [
+                        (chunk_id, storage_hash(sealed), sealed)
+                        for chunk_id, sealed in records[start:end]
+                    ]
+                )
                 start = end
                 if self._full():
                     committed.append(self._commit())
@@ -124,7 +132,7 @@ class Packer:
         room = self._max_entries - len(self._pack.entries)
         end = start
         while end < len(records) and end - start < room and size < self._pack_size:
-            size += len(records[end][2])
+            size += len(records[end][1])
             end += 1
         return end
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .chunker import MAX_SIZE
-from .crypto import ID_SIZE, SEAL_OVERHEAD, storage_hash
+from .crypto import ID_SIZE, SEAL_OVERHEAD
 from .errors import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -348,13 +348,12 @@ class Session:
                 self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
             )
         stored = 0
-        batch: list[tuple[bytes, bytes, memoryview]] = []
+        batch: list[tuple[bytes, memoryview]] = []
         for chunk_id, sealed in records:
             if chunk_id in self.pending:
                 continue
             self.pending.add(chunk_id)
-            # The hash the pack trailer and the index keep, for check and repack to verify.
-            batch.append((chunk_id, storage_hash(sealed), sealed))
+            batch.append((chunk_id, sealed))
             stored += 1
             if len(batch) >= SUBMIT_RECORDS:
                 self._submit(batch)
@@ -363,7 +362,7 @@ class Session:
             self._submit(batch)
         return {"stored": stored}, b""
 
-    def _submit(self, batch: list[tuple[bytes, bytes, memoryview]]) -> None:
+    def _submit(self, batch: list[tuple[bytes, memoryview]]) -> None:
         self._indexed(self._packing(lambda packer: packer.submit(batch)))
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
