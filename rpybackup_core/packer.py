@@ -2,9 +2,9 @@
 
 The connection thread checks each put and hands the new records over; this thread hashes them
 (the storage hash the pack trailer and the index keep), appends them to the open pack and, when
-the pack is full, makes it durable and indexes it. Meanwhile the
-connection thread goes back to the socket (TLS decryption, the next request): on two cores the
-two overlap, and the fsync of a full pack no longer stalls the client's pipeline.
+the pack is full, makes it durable and indexes it. Meanwhile the connection thread goes back to
+the socket (TLS decryption, the next request): on two cores the two overlap, and the fsync of a
+full pack no longer stalls the client's pipeline.
 
 Results come back in submission order as the row ids of each pack committed. After a storage
 failure the jobs already queued are skipped and the failure is raised once, to the connection
