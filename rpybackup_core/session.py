@@ -34,7 +34,7 @@ from .errors import (
     StorageError,
 )
 from .logs import LEVELS, RecentLog
-from .packer import MAX_QUEUED_RECORDS, Packer
+from .packer import MAX_QUEUED_RECORDS, Packer, Record
 from .protocol import (
     MAGIC,
     PROTOCOL_VERSION,
@@ -348,7 +348,7 @@ class Session:
                 self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
             )
         stored = 0
-        batch: list[tuple[bytes, memoryview]] = []
+        batch: list[Record] = []
         for chunk_id, sealed in records:
             if chunk_id in self.pending:
                 continue
@@ -362,7 +362,7 @@ class Session:
             self._submit(batch)
         return {"stored": stored}, b""
 
-    def _submit(self, batch: list[tuple[bytes, memoryview]]) -> None:
+    def _submit(self, batch: list[Record]) -> None:
         self._indexed(self._packing(lambda packer: packer.submit(batch)))
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
