@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .errors import BackupIncomplete, ConfigError, EnrollmentFailed, NotFound, U
 from .files_cache import FilesCache
 from .progress import ProgressCallback, ignore_progress
 from .remote import RemoteRepository
+from .restore_helper import LargeFileHelper, helper_wanted
 from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
 from .tree import DIR, Node
 
@@ -122,6 +124,15 @@ class BackupClient:
             )
         return result
 
+    def _restore_helper(self) -> Callable[[], LargeFileHelper] | None:
+        """What starts a restore's helper process for large files, where it pays."""
+        if not helper_wanted():
+            return None
+        config = self.config
+        return lambda: LargeFileHelper(
+            config.server, config.fingerprint, config.name, config.token, self.key
+        )
+
     @staticmethod
     def _latest_id(remote: RemoteRepository) -> str | None:
         snapshots = remote.snapshots()
@@ -183,7 +194,7 @@ class BackupClient:
     ) -> tuple[SnapshotInfo, RestoreResult]:
         with self.connection() as remote:
             snap = self.resolve(self._snapshots(remote), snapshot)
-            restorer = Restorer(remote, self.key, progress)
+            restorer = Restorer(remote, self.key, progress, helper=self._restore_helper())
             restorer.progress.bytes_total = int(snap.stats.get("bytes", 0)) if not include else None
             result = restorer.restore(snap.root, target, include)
         return snap, result

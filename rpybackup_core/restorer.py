@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .crypto import MasterKey, Sealer, file_hash
 from .directio import DirectWriter, write_all
@@ -33,6 +33,9 @@ from .memory import share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
+
+if TYPE_CHECKING:
+    from .restore_helper import HelperOutcome, LargeFileHelper
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ _TREES_PER_FETCH = 16
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+# Large files handed to the helper process and not yet back (each holds a descriptor here).
+_HANDED_FILES = 16
 
 
 def _process_umask() -> int | None:
@@ -199,6 +204,8 @@ class _Outcome:
     shown: str
     written: int = 0
     error: OSError | RPyBackupError | None = None
+    # The digest of what was written ("<hex>"), where another process wrote it.
+    digest: str = ""
 
 
 class _TempFile:
@@ -246,6 +253,8 @@ class _TempFile:
                 raise
         self.digest = file_hash(node.digest)
         self.written = 0
+        # Set when the helper process wrote the content: its digest, in place of ``digest``.
+        self.written_digest: str | None = None
         self.error: OSError | RPyBackupError | None = None
 
     def write(self, data: bytes | memoryview) -> None:
@@ -265,7 +274,8 @@ class _TempFile:
             if self.direct is not None:
                 self.direct.close()
             algorithm = node.digest.partition(":")[0]
-            if f"{algorithm}:{self.digest.hexdigest()}" != node.digest or self.written != node.size:
+            hexdigest = self.written_digest or self.digest.hexdigest()
+            if f"{algorithm}:{hexdigest}" != node.digest or self.written != node.size:
                 raise IntegrityError(f"{self.shown}: content does not match its {algorithm} digest")
             if _IS_ROOT and (node.uid, node.gid) != self.new_file_owner:
                 with contextlib.suppress(OSError):
@@ -356,6 +366,13 @@ class Restorer:
     write files (AES-GCM, zstd, the file digest and file I/O release the GIL), so the next batch is
     on the wire while the last one is written. No directory waits for the jobs of another:
     each is finished (times, mode) when its own last job ends.
+
+    With ``helper``, large files go to a second process (restore_helper.py), started at the
+    first one: this process creates each file and hands the helper its descriptor; the helper
+    fetches, verifies and writes the content over a connection of its own and reports its
+    digest; this process then checks it and finishes the file. Small files (GIL-bound here)
+    and large ones (bulk crypto and I/O there) then run side by side on two cores, not one
+    after the other on a single interpreter.
     """
 
     def __init__(
@@ -364,6 +381,7 @@ class Restorer:
         key: MasterKey,
         progress: ProgressCallback = ignore_progress,
         workers: int | None = None,
+        helper: Callable[[], LargeFileHelper] | None = None,
     ) -> None:
         self.remote = remote
         self.sealer = Sealer(key)
@@ -381,6 +399,10 @@ class Restorer:
         self._batch = _SmallFiles()
         self._umask = _process_umask()
         self._open: list[_OpenDir] = []
+        self._start_helper = helper
+        self._helper: LargeFileHelper | None = None
+        # Files the helper is writing, by shown path: their directory, file and mode of writing.
+        self._handed: dict[str, tuple[_OpenDir, _TempFile, bool]] = {}
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -429,6 +451,13 @@ class Restorer:
             self._fetch_batch()
             self._settle_fetches()
             self._drain()
+            while self._handed:
+                if self._helper is not None and self._helper.stopped:
+                    self._write_handed_here()
+                else:
+                    self._take_helper_outcomes(wait=True)
+                self._settle_fetches()
+                self._drain()
         finally:
             self._fetches.clear()
             self._batch = _SmallFiles()
@@ -436,6 +465,7 @@ class Restorer:
             self._settle()
             self._pool.shutdown(wait=True)
             self._pool = None
+            self._stop_helper()
             for where in self._open:
                 os.close(where.fd)
             self._open.clear()
@@ -505,6 +535,7 @@ class Restorer:
             self._receive_fetch()
 
     def _collect(self) -> None:
+        self._take_helper_outcomes(wait=False)
         future, wheres = self._jobs.popleft()
         self._merge(future.result())
         for where in wheres:
@@ -779,18 +810,36 @@ class Restorer:
     def _write_large(
         self, where: _OpenDir, name: str, node: Node, shown: str, follow_existing: bool
     ) -> None:
-        """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
+        helper = self._large_file_helper()
         try:
-            temp = _TempFile(where, name, node, shown, follow_existing, direct=True)
+            temp = _TempFile(where, name, node, shown, follow_existing, direct=helper is None)
         except OSError as exc:
             self._fail(shown, exc)
             return
+        if helper is None:
+            self._write_into(where, temp, follow_existing)
+            return
+        try:
+            helper.hand_over(shown, temp.out, node)
+        except OSError as exc:
+            log.warning("restore helper: %s", exc)
+            temp.abort()
+            # Its end is gone: its last reports and then its end are on their way.
+            while not helper.stopped:
+                self._take_helper_outcomes(wait=True)
+            self._write_large(where, name, node, shown, follow_existing)
+            return
+        self._handed[shown] = (where, temp, follow_existing)
+        where.pending += 1
+
+    def _write_into(self, where: _OpenDir, temp: _TempFile, follow_existing: bool) -> None:
+        """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
         large = _LargeFile(temp)
 
         def failed(exc: OSError | RPyBackupError) -> None:
             large.error = large.error or exc
 
-        for batch in self._batches(node):
+        for batch in self._batches(temp.node):
             self._fetch(
                 [where],
                 batch,
@@ -803,6 +852,66 @@ class Restorer:
             lambda _: self._submit_finish(where, large, follow_existing),
             failed,
         )
+
+    # ---- the helper process -----------------------------------------------------------------
+
+    def _large_file_helper(self) -> LargeFileHelper | None:
+        """The helper, started at the first large file, once it has room for another; none
+        once it has stopped (the files it did not finish are then written here first).
+
+        Called only as a large file begins, never from a fetch's or a job's completion: a file
+        written here after all issues fetches, which must not land inside another file's."""
+        if self._helper is None and self._start_helper is not None:
+            self._helper = self._start_helper()
+            self._start_helper = None
+        helper = self._helper
+        if helper is None:
+            return None
+        while not helper.stopped and len(self._handed) >= _HANDED_FILES:
+            self._take_helper_outcomes(wait=True)
+        if helper.stopped:
+            self._write_handed_here()
+            return None
+        return helper
+
+    def _take_helper_outcomes(self, wait: bool) -> None:
+        """Finish the files the helper reports done; with ``wait``, wait for a report."""
+        if self._helper is not None:
+            for outcome in self._helper.outcomes(wait):
+                if outcome is not None:
+                    self._finish_handed(outcome)
+
+    def _finish_handed(self, outcome: HelperOutcome) -> None:
+        handed = self._handed.pop(outcome.shown, None)
+        if handed is None:
+            raise RestoreError(f"restore helper reported a file it was not given: {outcome.shown}")
+        where, temp, follow_existing = handed
+        temp.error = outcome.error
+        temp.written, temp.written_digest = outcome.written, outcome.digest
+        self._merge([temp.finish(follow_existing)])
+        where.pending -= 1
+        self._finish_if_done(where)
+
+    def _write_handed_here(self) -> None:
+        """The helper stopped: the files it had not finished are written again, here."""
+        if not self._handed:
+            return
+        log.warning(
+            "restore helper stopped; writing its %d unfinished files here", len(self._handed)
+        )
+        handed, self._handed = self._handed, {}
+        for where, temp, follow_existing in handed.values():
+            temp.abort()
+            self._write_large(where, temp.name, temp.node, temp.shown, follow_existing)
+            where.pending -= 1
+            self._finish_if_done(where)
+
+    def _stop_helper(self) -> None:
+        for _, temp, _ in self._handed.values():
+            temp.abort()
+        self._handed.clear()
+        if self._helper is not None:
+            self._helper.close()
 
     def _write_part(
         self,
