@@ -9,6 +9,11 @@ few small directories together) and a file is read only if something is missing.
 The file digest of a file larger than one chunk is computed on a thread of its own while the
 main thread cuts pieces and derives their chunk ids: hashing releases the GIL, and a re-run that
 reads changed large files but uploads little would otherwise do all of it on one core.
+
+With a helper process (backup_helper.py), files over 4 MiB that must be read go to it by path:
+it reads and uploads them over its own connection and reports their nodes once their chunks
+are durable on the server. Their chunk ids are then confirmed and referenced like those of
+unchanged files, and a directory's tree waits for its files' reports.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chunker import MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
@@ -36,6 +41,9 @@ from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, encode_tree
 from .uploader import ChunkUploader
 
+if TYPE_CHECKING:
+    from .backup_helper import FileRead, LargeFileReader
+
 log = logging.getLogger(__name__)
 
 # Directories whose unchanged files wait for the server's answer while the walk goes on.
@@ -43,9 +51,27 @@ _DEFERRED_DIRECTORIES = 64
 # Directory entries stat'ed and looked up in the files cache at a time.
 _WALK_SLICE = 1024
 
+# Files larger than this that must be read go to the helper process, if there is one.
+HELPER_FILE = 4 * 1024 * 1024
+# Files handed to the helper and not reported yet.
+_HELPER_FILES = 64
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class _Listing:
+    """A walked directory's nodes; some of its files may still be with the helper."""
+
+    nodes: list[Node] = field(default_factory=list)
+    # Files handed to the helper and not reported yet.
+    reading: int = 0
+    # Files the helper reported, each with the server's answer on which of its chunks it lacks.
+    helped: list[tuple[FileRead, Future[set[bytes]]]] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        return not self.reading and all(answer.done() for _, answer in self.helped)
 
 
 @dataclass
@@ -94,6 +120,7 @@ class Archiver:
         cache: FilesCache | None,
         excludes: list[str],
         progress: ProgressCallback = ignore_progress,
+        helper: Callable[[], LargeFileReader] | None = None,
     ) -> None:
         self.remote = remote
         self.sealer = Sealer(key)
@@ -111,9 +138,13 @@ class Archiver:
         self.uploader = ChunkUploader(remote, key, self.progress)
         # Started on the first large file; one thread, so a file digest sees its pieces in order.
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="hash")
-        self._deferred: deque[tuple[Future[set[bytes]] | None, Callable[[set[bytes]], None]]] = (
-            deque()
-        )
+        self._deferred: deque[
+            tuple[Future[set[bytes]] | None, _Listing | None, Callable[[set[bytes]], None]]
+        ] = deque()
+        self._start_helper = helper
+        self._helper: LargeFileReader | None = None
+        # Files with the helper, in the order handed over (its reports come in that order).
+        self._helper_jobs: deque[tuple[str, _Listing]] = deque()
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -127,6 +158,24 @@ class Archiver:
     ) -> BackupResult:
         moment = (when or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
         try:
+            return self._run(sources, moment, tags, parent)
+        finally:
+            # Only now: until the commit, the helper's connection pins the chunks it stored.
+            if self._helper is not None:
+                self._helper.close()
+
+    def close(self) -> None:
+        self._hasher.shutdown()
+        self.uploader.close()
+
+    def _run(
+        self,
+        sources: list[Path],
+        moment: datetime.datetime,
+        tags: list[str] | None,
+        parent: str | None,
+    ) -> BackupResult:
+        try:
             root_nodes = self._root(sources)
             if not root_nodes:
                 raise BackupIncomplete(
@@ -136,8 +185,7 @@ class Archiver:
             root_ids = self._store_tree(root_nodes)
             self.uploader.finish()
         finally:
-            self._hasher.shutdown()
-            self.uploader.close()
+            self.close()
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
         stats = {
             "files": self.progress.files_done,
@@ -170,7 +218,8 @@ class Archiver:
             dirs=self.dirs,
             bytes=self.progress.bytes_done,
             uploaded_bytes=self.progress.uploaded_bytes,
-            uploaded_chunks=self.uploader.uploaded_chunks,
+            uploaded_chunks=self.uploader.uploaded_chunks
+            + (self._helper.uploaded_chunks if self._helper is not None else 0),
             errors=list(self.progress.errors),
             seconds=self.progress.elapsed,
         )
@@ -269,13 +318,13 @@ class Archiver:
         result), and an unchanged file becomes its node at once: a directory of 100,000 files
         must not hold 100,000 entries and stat results beside its nodes."""
         try:
-            with os.scandir(path) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
+            with os.scandir(path) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
         except OSError as exc:
             self._error(path, exc)
-            self._defer(None, lambda _: done([]))
+            self._defer(None, None, lambda _: done([]))
             return
-        nodes: list[Node] = []
+        listing = _Listing()
         cached: list[tuple[str, Node]] = []
         entries.reverse()
         while entries:
@@ -292,15 +341,26 @@ class Archiver:
                     node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
                     cached.append((child, node))
                     continue
+                if self._to_helper(st):
+                    self._hand_to_helper(child, listing)
+                    continue
                 walked = self._entry(child, st)
                 if walked is not None:
-                    nodes.append(walked)
+                    listing.nodes.append(walked)
         answer = (
             self.uploader.ask_missing([cid for _, node in cached for cid in node.content])
             if cached
             else None
         )
-        self._defer(answer, lambda missing: done(nodes + self._cached_files(cached, missing)))
+        self._defer(
+            answer,
+            listing,
+            lambda missing: done(
+                listing.nodes
+                + self._cached_files(cached, missing)
+                + self._helped_files(listing.helped)
+            ),
+        )
 
     def _stat_entries(self, entries: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
         listed = []
@@ -315,13 +375,17 @@ class Archiver:
         return listed
 
     def _defer(
-        self, answer: Future[set[bytes]] | None, action: Callable[[set[bytes]], None]
+        self,
+        answer: Future[set[bytes]] | None,
+        listing: _Listing | None,
+        action: Callable[[set[bytes]], None],
     ) -> None:
-        """Run ``action`` with the server's answer once it and everything deferred before it
-        are done. In walk order a directory comes after all of its subdirectories, so every
-        subtree is stored before its parent's tree; a few answers stay outstanding while the
-        walk goes on, so one `has` round trip per directory is no longer a wait."""
-        self._deferred.append((answer, action))
+        """Run ``action`` with the server's answer once it, the listing's files with the
+        helper and everything deferred before it are done. In walk order a directory comes
+        after all of its subdirectories, so every subtree is stored before its parent's tree;
+        a few answers stay outstanding while the walk goes on, so one `has` round trip per
+        directory is no longer a wait."""
+        self._deferred.append((answer, listing, action))
         self._run_deferred(wait=len(self._deferred) > _DEFERRED_DIRECTORIES)
 
     def _run_deferred(self, wait: bool) -> None:
@@ -329,11 +393,99 @@ class Archiver:
         if wait:
             self.uploader.send_checks()
         while self._deferred:
-            answer, action = self._deferred[0]
-            if answer is not None and not answer.done() and not wait:
+            answer, listing, action = self._deferred[0]
+            self._collect_helper(wait=False)
+            ready = (answer is None or answer.done()) and (listing is None or listing.ready())
+            if not ready and not wait:
                 return
             self._deferred.popleft()
+            while listing is not None and listing.reading:
+                self._collect_helper(wait=True)
             action(answer.result() if answer is not None else set())
+
+    # ---- the helper process -----------------------------------------------------------------
+
+    def _to_helper(self, st: os.stat_result) -> bool:
+        return stat.S_ISREG(st.st_mode) and st.st_size > HELPER_FILE and self._ready_helper()
+
+    def _ready_helper(self) -> bool:
+        """Whether the helper takes another file: started at the first, while it has room."""
+        if self._helper is None and self._start_helper is not None:
+            self._helper = self._start_helper()
+            self._start_helper = None
+        helper = self._helper
+        if helper is None:
+            return False
+        while not helper.stopped and len(self._helper_jobs) >= _HELPER_FILES:
+            self._collect_helper(wait=True)
+        return not helper.stopped
+
+    def _hand_to_helper(self, path: str, listing: _Listing) -> None:
+        assert self._helper is not None
+        try:
+            self._helper.read(path)
+        except OSError as exc:
+            log.warning("backup helper: %s", exc)
+            # Its end is gone: its last reports and then its end are on their way.
+            while not self._helper.stopped:
+                self._collect_helper(wait=True)
+            node = self._read_again(path)
+            if node is not None:
+                listing.nodes.append(node)
+            return
+        self._helper_jobs.append((path, listing))
+        listing.reading += 1
+
+    def _collect_helper(self, wait: bool) -> None:
+        """Take the helper's reports; with ``wait``, wait for one. Each reported file's chunk
+        ids are asked about (and referenced) as an unchanged file's are."""
+        if self._helper is None:
+            return
+        asked = False
+        uploaded = self._helper.uploaded_bytes
+        for report in self._helper.reports(wait):
+            if report is None:
+                self._read_unreported()
+                break
+            path, listing = self._helper_jobs.popleft()
+            listing.reading -= 1
+            if report.path != path:
+                raise BackupIncomplete(f"backup helper reported {report.path}, not {path}")
+            if report.node is None:
+                self._error(path, report.error)
+                continue
+            listing.helped.append((report, self.uploader.ask_missing(report.node.content)))
+            asked = True
+        if asked:
+            self.uploader.send_checks()
+        self.progress.uploaded_bytes += self._helper.uploaded_bytes - uploaded
+
+    def _read_unreported(self) -> None:
+        """The helper stopped: the files it had not reported are read here."""
+        jobs, self._helper_jobs = self._helper_jobs, deque()
+        if jobs:
+            log.warning("backup helper stopped; reading its %d unreported files here", len(jobs))
+        for path, listing in jobs:
+            listing.reading -= 1
+            node = self._read_again(path)
+            if node is not None:
+                listing.nodes.append(node)
+
+    def _helped_files(self, helped: list[tuple[FileRead, Future[set[bytes]]]]) -> list[Node]:
+        """The helper's files, unless the server lacks one of their chunks (then read here)."""
+        nodes = []
+        for report, answer in helped:
+            node, before, after = report.node, report.before, report.after
+            assert node is not None and before is not None and after is not None
+            if answer.result().intersection(node.content):
+                reread = self._read_again(report.path)
+                if reread is not None:
+                    nodes.append(reread)
+                continue
+            self.progress.bytes_done += node.size
+            self._count_file(report.path, node, before, after)
+            nodes.append(node)
+        return nodes
 
     def _read_again(self, path: str) -> Node | None:
         """A cached file one of whose chunks the server lost: read it, if it still is a file
@@ -371,10 +523,17 @@ class Archiver:
 
     def _read_file(self, path: str, st: os.stat_result) -> Node | None:
         try:
-            fd = os.open(path, _READ_FLAGS)
+            node, before, after = self.read_content(path)
         except OSError as exc:
             self._error(path, exc)
             return None
+        self._count_file(path, node, before, after)
+        return node
+
+    def read_content(self, path: str) -> tuple[Node, os.stat_result, os.stat_result]:
+        """Read a file and upload its chunks: its node and its stat before and after reading
+        (they differ if it changed meanwhile). Raises OSError."""
+        fd = os.open(path, _READ_FLAGS)
         self.progress.current = path
         digest = file_hash()
         ids: list[bytes] = []
@@ -388,22 +547,22 @@ class Archiver:
                 self.progress.bytes_done += len(piece)
                 self.report(self.progress)
             after = os.fstat(fd)
-        except OSError as exc:
-            self._error(path, exc)
-            return None
         finally:
             os.close(fd)
-        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
-            log.warning("%s changed while it was read; stored what was read", path)
         node = Node.from_stat(os.path.basename(path), FILE, before)
         node.size, node.digest, node.content = size, f"{FILE_DIGEST}:{digest.hexdigest()}", ids
+        return node, before, after
+
+    def _count_file(
+        self, path: str, node: Node, before: os.stat_result, after: os.stat_result
+    ) -> None:
+        """A file read: counted, and remembered by the files cache unless it changed."""
+        changed = (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size)
+        if changed:
+            log.warning("%s changed while it was read; stored what was read", path)
         self.progress.files_done += 1
-        if self.cache is not None and (after.st_mtime_ns, after.st_size) == (
-            before.st_mtime_ns,
-            before.st_size,
-        ):
-            self.cache.stage(path, after, node.digest, ids)
-        return node
+        if self.cache is not None and not changed:
+            self.cache.stage(path, after, node.digest, node.content)
 
     def _pieces(self, fd: int, size: int, digest: FileHash) -> Iterator[tuple[bytes, bytes]]:
         """(chunk id, piece) of an open file in order, ``digest`` updated with each piece."""

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .archiver import SNAPSHOT_META, Archiver, BackupResult, normalize_sources
+from .backup_helper import LargeFileReader
 from .config import ClientConfig
 from .crypto import MasterKey, Sealer, unwrap_key, wrap_key
 from .errors import BackupIncomplete, ConfigError, EnrollmentFailed, NotFound, UsageError
 from .files_cache import FilesCache
+from .helper_process import helper_wanted
 from .progress import ProgressCallback, ignore_progress
 from .remote import RemoteRepository
-from .restore_helper import LargeFileHelper, helper_wanted
+from .restore_helper import LargeFileHelper
 from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
 from .tree import DIR, Node
 
@@ -111,7 +113,9 @@ class BackupClient:
         try:
             with self.connection() as remote:
                 parent = self._latest_id(remote)
-                archiver = Archiver(remote, self.key, cache, excludes, progress)
+                archiver = Archiver(
+                    remote, self.key, cache, excludes, progress, helper=self._backup_helper()
+                )
                 result = archiver.run(sources, when, tags, parent)
         finally:
             if cache is not None:
@@ -123,6 +127,15 @@ class BackupClient:
                 result,
             )
         return result
+
+    def _backup_helper(self) -> Callable[[], LargeFileReader] | None:
+        """What starts a backup's helper process for large files, where it pays."""
+        if not helper_wanted():
+            return None
+        config = self.config
+        return lambda: LargeFileReader(
+            config.server, config.fingerprint, config.name, config.token, self.key
+        )
 
     def _restore_helper(self) -> Callable[[], LargeFileHelper] | None:
         """What starts a restore's helper process for large files, where it pays."""

@@ -182,6 +182,10 @@ class RemoteRepository:
         if kind == "has":
             self._answers[request_id] = payload.tobytes()
 
+    def sync(self) -> None:
+        """Have every chunk this connection sent made durable and indexed on the server."""
+        self.request("sync")
+
     def refs(self, ids: list[bytes]) -> None:
         self.request("refs", b"".join(ids))
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import select
@@ -37,6 +36,7 @@ from typing import Any
 from .crypto import ID_SIZE, MasterKey, file_hash
 from .directio import DirectWriter
 from .errors import IntegrityError, RestoreError, RPyBackupError
+from .helper_process import start_helper
 from .remote import RemoteRepository
 from .restorer import (
     _DIRECT_DEPTH,
@@ -64,11 +64,6 @@ class HelperOutcome:
     error: RPyBackupError | None = None
 
 
-def helper_wanted() -> bool:
-    """A helper pays only where the two processes get a core each."""
-    return (os.cpu_count() or 1) >= 2
-
-
 class LargeFileHelper:
     """The restore's side: starts the helper process, hands it files, collects its reports.
 
@@ -81,15 +76,12 @@ class LargeFileHelper:
         # Files handed over so far.
         self.files = 0
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # Spawned, not forked: the restore's threads may hold locks inside OpenSSL or zstd.
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=serve,
-            args=(theirs, (address, fingerprint, name, token), key.to_text()),
-            name="rpybackup-restore-helper",
-            daemon=True,
-        )
         try:
-            self._process.start()
+            self._process = start_helper(
+                serve,
+                (theirs, (address, fingerprint, name, token), key.to_text()),
+                "rpybackup-restore-helper",
+            )
         finally:
             theirs.close()
         self._outcomes: queue.SimpleQueue[HelperOutcome | None] = queue.SimpleQueue()

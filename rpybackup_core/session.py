@@ -365,6 +365,12 @@ class Session:
     def _submit(self, batch: list[Record]) -> None:
         self._indexed(self._packing(lambda packer: packer.submit(batch)))
 
+    def op_sync(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """Every chunk this connection sent is durable and indexed once this is answered: a
+        backup's helper process syncs before the backup's own connection references them."""
+        self._seal_open_pack()
+        return {}, b""
+
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
         ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
@@ -580,6 +586,7 @@ HANDLERS: dict[str, Handler] = {
     "has": Session.op_has,
     "put": Session.op_put,
     "refs": Session.op_refs,
+    "sync": Session.op_sync,
     "commit": Session.op_commit,
     "snapshots": Session.op_snapshots,
     "get": Session.op_get,

@@ -1,0 +1,25 @@
+"""Starting a helper process: a second interpreter for the half of a backup or restore that
+would otherwise wait for the GIL behind the other half (backup_helper.py, restore_helper.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+
+def helper_wanted() -> bool:
+    """A helper pays only where the two processes get a core each."""
+    return (os.cpu_count() or 1) >= 2
+
+
+def start_helper(target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
+    """Spawned, not forked: the caller's threads (upload, sealing, writing) may hold locks
+    inside OpenSSL or zstd at the moment of a fork. A daemon, so it never outlives the caller."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=target, args=args, name=name, daemon=True
+    )
+    process.start()
+    return process
