@@ -145,6 +145,8 @@ class Archiver:
         self._helper: LargeFileReader | None = None
         # Files with the helper, in the order handed over (its reports come in that order).
         self._helper_jobs: deque[tuple[str, _Listing]] = deque()
+        # The helper's bytes read that progress counts so far.
+        self._helper_bytes = 0
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -158,11 +160,15 @@ class Archiver:
     ) -> BackupResult:
         moment = (when or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
         try:
-            return self._run(sources, moment, tags, parent)
-        finally:
-            # Only now: until the commit, the helper's connection pins the chunks it stored.
+            result = self._run(sources, moment, tags, parent)
+        except BaseException:
             if self._helper is not None:
-                self._helper.close()
+                self._helper.close(abandon=True)
+            raise
+        # Only now: until the commit, the helper's connection pins the chunks it stored.
+        if self._helper is not None:
+            self._helper.close()
+        return result
 
     def close(self) -> None:
         self._hasher.shutdown()
@@ -425,7 +431,7 @@ class Archiver:
         try:
             self._helper.read(path)
         except OSError as exc:
-            log.warning("backup helper: %s", exc)
+            log.info("backup helper: %s", exc)
             # Its end is gone: its last reports and then its end are on their way.
             while not self._helper.stopped:
                 self._collect_helper(wait=True)
@@ -441,9 +447,10 @@ class Archiver:
         ids are asked about (and referenced) as an unchanged file's are."""
         if self._helper is None:
             return
+        helper = self._helper
         asked = False
-        uploaded = self._helper.uploaded_bytes
-        for report in self._helper.reports(wait):
+        uploaded = helper.uploaded_bytes
+        for report in helper.reports(wait):
             if report is None:
                 self._read_unreported()
                 break
@@ -458,13 +465,16 @@ class Archiver:
             asked = True
         if asked:
             self.uploader.send_checks()
-        self.progress.uploaded_bytes += self._helper.uploaded_bytes - uploaded
+        self.progress.uploaded_bytes += helper.uploaded_bytes - uploaded
+        self.progress.bytes_done += helper.bytes_read - self._helper_bytes
+        self._helper_bytes = helper.bytes_read
+        self.report(self.progress)
 
     def _read_unreported(self) -> None:
         """The helper stopped: the files it had not reported are read here."""
         jobs, self._helper_jobs = self._helper_jobs, deque()
         if jobs:
-            log.warning("backup helper stopped; reading its %d unreported files here", len(jobs))
+            log.info("backup helper stopped; reading its %d unreported files here", len(jobs))
         for path, listing in jobs:
             listing.reading -= 1
             node = self._read_again(path)
@@ -478,11 +488,12 @@ class Archiver:
             node, before, after = report.node, report.before, report.after
             assert node is not None and before is not None and after is not None
             if answer.result().intersection(node.content):
+                # Counted as read by the helper; it is read again here.
+                self.progress.bytes_done -= node.size
                 reread = self._read_again(report.path)
                 if reread is not None:
                     nodes.append(reread)
                 continue
-            self.progress.bytes_done += node.size
             self._count_file(report.path, node, before, after)
             nodes.append(node)
         return nodes

@@ -15,8 +15,9 @@ and if the helper stops, the files it had not reported are read by the backup it
 helper stays connected until the backup has committed, so what it stored stays pinned.
 
 Two one-way pipes carry the messages (paths one way; the other way, per sync, the reports and
-what was uploaded for them), so a closed job pipe ends the helper and the end of the helper
-ends the report reader.
+what was uploaded for them, and between syncs how much has been read, for the backup's
+progress and so a cancelled backup hears of it), so a closed job pipe ends the helper and the
+end of the helper ends the report reader.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import NamedTuple
@@ -34,6 +37,7 @@ from .archiver import Archiver
 from .crypto import MasterKey
 from .errors import RPyBackupError
 from .helper_process import start_helper
+from .progress import Progress
 from .remote import RemoteRepository
 from .tree import Node
 
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Bytes read and uploaded between two syncs while more files are waiting.
 _SYNC_BYTES = 256 * 1024 * 1024
+# How often the helper tells how much it has read.
+_PROGRESS_SECONDS = 0.2
 
 
 class FileRead(NamedTuple):
@@ -60,6 +66,13 @@ class _Synced(NamedTuple):
     reads: list[FileRead]
     chunks: int
     sealed_bytes: int
+    bytes_read: int
+
+
+class _Reading(NamedTuple):
+    """How much the helper has read so far (of reported files and those still in hand)."""
+
+    bytes_read: int
 
 
 class LargeFileReader:
@@ -75,6 +88,9 @@ class LargeFileReader:
         self.files = 0
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
+        # Bytes read so far, and as of the last report (the rest belongs to unreported files).
+        self.bytes_read = 0
+        self.bytes_reported = 0
         jobs, self._jobs = Pipe(duplex=False)
         self._reports, reports = Pipe(duplex=False)
         try:
@@ -86,7 +102,7 @@ class LargeFileReader:
         finally:
             jobs.close()
             reports.close()
-        self._received: queue.SimpleQueue[_Synced | None] = queue.SimpleQueue()
+        self._received: queue.SimpleQueue[_Synced | _Reading | None] = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read, name="backup-helper", daemon=True)
         self._reader.start()
 
@@ -97,9 +113,9 @@ class LargeFileReader:
 
     def reports(self, wait: bool) -> list[FileRead | None]:
         """The reports that arrived, in the order the files were handed over; with ``wait``,
-        at least one. ``None`` means the helper stopped: nothing more will come. Once
-        stopped, nothing."""
-        taken: list[_Synced | None] = []
+        after at least one message (maybe only news of progress). ``None`` means the helper
+        stopped: nothing more will come. Once stopped, nothing."""
+        taken: list[_Synced | _Reading | None] = []
         if self.stopped:
             return []
         with contextlib.suppress(queue.Empty):
@@ -108,18 +124,26 @@ class LargeFileReader:
             while not taken or taken[-1] is not None:
                 taken.append(self._received.get_nowait())
         reports: list[FileRead | None] = []
-        for synced in taken:
-            if synced is None:
+        for message in taken:
+            if message is None:
                 self.stopped = True
+                # What it read of files it never reported does not count: they are read again.
+                self.bytes_read = self.bytes_reported
                 reports.append(None)
                 break
-            self.uploaded_chunks += synced.chunks
-            self.uploaded_bytes += synced.sealed_bytes
-            reports.extend(synced.reads)
+            self.bytes_read = message.bytes_read
+            if isinstance(message, _Synced):
+                self.bytes_reported = message.bytes_read
+                self.uploaded_chunks += message.chunks
+                self.uploaded_bytes += message.sealed_bytes
+                reports.extend(message.reads)
         return reports
 
-    def close(self) -> None:
-        """End the helper (after the backup committed: until then it pins what it stored)."""
+    def close(self, abandon: bool = False) -> None:
+        """End the helper: after the backup committed (until then it pins what it stored),
+        or at once when the backup is ``abandon``ed."""
+        if abandon:
+            self._process.kill()
         self._jobs.close()
         self._process.join(timeout=60)
         if self._process.is_alive():
@@ -149,13 +173,14 @@ def serve(
     """The helper process: read each file handed over until the backup closes the pipe."""
     try:
         with RemoteRepository.connect(*connect) as remote:
-            archiver = Archiver(remote, MasterKey.from_text(key_text), None, [])
+            key = MasterKey.from_text(key_text)
+            archiver = Archiver(remote, key, None, [], _progress_sender(reports))
             try:
                 _serve(archiver, remote, jobs, reports)
             finally:
                 archiver.close()
     except (OSError, RPyBackupError) as exc:
-        log.warning("backup helper: %s", exc)
+        log.info("backup helper: %s", exc)
     finally:
         jobs.close()
         reports.close()
@@ -172,7 +197,10 @@ def _serve(
             archiver.uploader.finish()
             remote.sync()
             uploaded = archiver.uploader.uploaded_chunks, archiver.progress.uploaded_bytes
-            reports.send(_Synced(done, uploaded[0] - chunks, uploaded[1] - sealed_bytes))
+            bytes_read = archiver.progress.bytes_done
+            reports.send(
+                _Synced(done, uploaded[0] - chunks, uploaded[1] - sealed_bytes, bytes_read)
+            )
             (chunks, sealed_bytes), done, unsynced = uploaded, [], 0
         try:
             path = jobs.recv()
@@ -185,3 +213,17 @@ def _serve(
             continue
         done.append(FileRead(path, node, before, after))
         unsynced += node.size
+
+
+def _progress_sender(reports: Connection) -> Callable[[Progress], None]:
+    """The helper's progress callback: how much it has read, a few times a second."""
+    last = 0.0
+
+    def send(progress: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= _PROGRESS_SECONDS:
+            last = now
+            reports.send(_Reading(progress.bytes_done))
+
+    return send

@@ -138,7 +138,7 @@ class LargeFileHelper:
                     break
                 self._outcomes.put(_outcome(json.loads(message)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("restore helper: %s", exc)
+            log.info("restore helper: %s", exc)
         finally:
             self._outcomes.put(None)
 
@@ -160,7 +160,7 @@ def serve(sock: socket.socket, connect: tuple[str, str, str, str], key_text: str
         with RemoteRepository.connect(*connect) as remote:
             _Writer(remote, MasterKey.from_text(key_text), sock).serve()
     except (OSError, RPyBackupError) as exc:
-        log.warning("restore helper: %s", exc)
+        log.info("restore helper: %s", exc)
     finally:
         sock.close()
 

@@ -822,7 +822,7 @@ class Restorer:
         try:
             helper.hand_over(shown, temp.out, node)
         except OSError as exc:
-            log.warning("restore helper: %s", exc)
+            log.info("restore helper: %s", exc)
             temp.abort()
             # Its end is gone: its last reports and then its end are on their way.
             while not helper.stopped:
@@ -896,9 +896,7 @@ class Restorer:
         """The helper stopped: the files it had not finished are written again, here."""
         if not self._handed:
             return
-        log.warning(
-            "restore helper stopped; writing its %d unfinished files here", len(self._handed)
-        )
+        log.info("restore helper stopped; writing its %d unfinished files here", len(self._handed))
         handed, self._handed = self._handed, {}
         for where, temp, follow_existing in handed.values():
             temp.abort()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rpybackup_core.archiver import SNAPSHOT_META
+from rpybackup_core.archiver import HELPER_FILE, SNAPSHOT_META
 from rpybackup_core.checker import Checker
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
@@ -135,7 +135,9 @@ def test_mostly_dead_pack_is_repacked_and_its_live_chunks_survive(
     source = tmp_path / "data"
     source.mkdir()
     (source / "small.bin").write_bytes(os.urandom(200 * 1024))
-    (source / "large.bin").write_bytes(os.urandom(6 * MiB))
+    # No larger than HELPER_FILE: a larger file goes to the backup's helper process and into
+    # a pack of its own.
+    (source / "large.bin").write_bytes(os.urandom(HELPER_FILE))
     backup(cli, alice, source, "2026-03-01T08:00:00Z")
     [first_pack] = stored_packs(server)
     (source / "large.bin").unlink()
@@ -433,7 +435,9 @@ def test_a_read_in_progress_follows_chunks_a_repack_moved(server, cli, tmp_path:
     source = tmp_path / "data"
     source.mkdir()
     (source / "small.bin").write_bytes(os.urandom(200 * 1024))
-    (source / "large.bin").write_bytes(os.urandom(6 * MiB))
+    # No larger than HELPER_FILE: a larger file goes to the backup's helper process and into
+    # a pack of its own.
+    (source / "large.bin").write_bytes(os.urandom(HELPER_FILE))
     backup(cli, alice, source, "2026-03-01T08:00:00Z")
     (source / "large.bin").unlink()
     kept = backup(cli, alice, source, "2026-03-02T08:00:00Z")["snapshot"]

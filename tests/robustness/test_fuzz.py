@@ -357,6 +357,7 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
         "has": ({}, ids),
         "put": ({}, b""),
         "refs": ({}, ids),
+        "sync": ({}, b""),
         "commit": (
             {
                 "time": "2026-01-01T00:00:00Z",
@@ -386,7 +387,7 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
     return {"op": op, **header}, payload
 
 
-ALLOWED_FOR_MALLORY = {"ping", "snapshots", "get_key", "report", "put"}
+ALLOWED_FOR_MALLORY = {"ping", "snapshots", "get_key", "report", "put", "sync"}
 
 
 def test_a_client_can_never_reach_another_clients_data(world: World, profile: Profile) -> None:

@@ -1,0 +1,215 @@
+"""The backup's helper process for large files: a real spawned process, a real server."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from rpybackup_core.archiver import HELPER_FILE, Archiver, BackupResult
+from rpybackup_core.backup_helper import LargeFileReader
+from rpybackup_core.client import BackupClient
+from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.demo import compare_trees
+from rpybackup_core.errors import Cancelled, NotFound
+from rpybackup_core.files_cache import FilesCache
+from rpybackup_core.progress import Progress
+from rpybackup_core.protocol import record_parts
+from rpybackup_core.remote import RemoteRepository
+
+MIB = 1024 * 1024
+
+
+def _tree(root: Path) -> Path:
+    """Large files (read by the helper) in two directories, among small ones."""
+    rng = random.Random(31)
+    (root / "sub").mkdir(parents=True)
+    for index, size in enumerate((HELPER_FILE + 1, 9 * MIB + 17, 13 * MIB)):
+        (root / f"large-{index}.bin").write_bytes(rng.randbytes(size))
+    (root / "sub" / "large.log").write_bytes(b"a line of a log that compresses\n" * 200_000)
+    (root / "sub" / "copy.bin").write_bytes((root / "large-1.bin").read_bytes())
+    for index in range(40):
+        (root / "sub" / f"small-{index:02d}.txt").write_text(f"small file {index}\n" * index)
+    return root
+
+
+class _Helpers:
+    """A helper factory that keeps what it started, to look at afterwards."""
+
+    def __init__(self, client: BackupClient, make: type[LargeFileReader] = LargeFileReader):
+        self.client = client
+        self.make = make
+        self.token = client.config.token
+        self.started: list[LargeFileReader] = []
+
+    def __call__(self) -> LargeFileReader:
+        config = self.client.config
+        helper = self.make(config.server, config.fingerprint, config.name, self.token, self.key)
+        self.started.append(helper)
+        return helper
+
+    @property
+    def key(self) -> MasterKey:
+        return self.client.key
+
+
+def _backup(
+    client: BackupClient, source: Path, helpers: _Helpers, cache: FilesCache | None = None
+) -> BackupResult:
+    with client.connection() as remote:
+        archiver = Archiver(remote, client.key, cache, [], helper=helpers)
+        return archiver.run([source])
+
+
+def _restored(client: BackupClient, source: Path, target: Path) -> list[str]:
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    return compare_trees(source, target / source.relative_to("/"))
+
+
+@pytest.fixture
+def alice(server) -> BackupClient:
+    server.enroll("alice")
+    return server.client("alice")
+
+
+def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
+    server, alice: BackupClient, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src")
+    helpers = _Helpers(alice)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    # Five large files went to the helper; one of them is a copy, stored once.
+    assert [helper.files for helper in helpers.started] == [5]
+    assert not helpers.started[0].stopped
+    stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
+    assert result.uploaded_chunks == stats["chunks"]
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_the_helpers_files_enter_the_files_cache_so_a_re_run_reads_nothing(
+    alice: BackupClient, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src")
+    cache = FilesCache(tmp_path / "cache")
+    try:
+        _backup(alice, source, _Helpers(alice), cache)
+        helpers = _Helpers(alice)
+        second = _backup(alice, source, helpers, cache)
+    finally:
+        cache.close()
+    assert second.uploaded_chunks == 0 and second.files == 45
+    assert helpers.started == []
+
+
+def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_backup(
+    alice: BackupClient, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src")
+    helpers = _Helpers(alice)
+    helpers.token = "not-the-token"
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    assert helpers.started[0].stopped
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+class _DiesAfterTwoFiles(LargeFileReader):
+    def read(self, path: str) -> None:
+        super().read(path)
+        if self.files == 2:
+            self._process.kill()
+            self._process.join(timeout=60)
+
+
+def test_files_of_a_helper_that_dies_are_read_by_the_backup_itself(
+    alice: BackupClient, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src")
+    helpers = _Helpers(alice, _DiesAfterTwoFiles)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    assert helpers.started[0].stopped
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_a_large_file_gone_before_the_helper_reads_it_is_named_and_the_rest_stored(
+    alice: BackupClient, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src")
+    doomed = source / "large-2.bin"
+    listed = source.stat()
+
+    class RemovesOneFirst(LargeFileReader):
+        def read(self, path: str) -> None:
+            if path == str(doomed):
+                doomed.unlink()
+                # The directory as it was listed, so the restore can be compared with it.
+                os.utime(source, ns=(listed.st_atime_ns, listed.st_mtime_ns))
+            super().read(path)
+
+    result = _backup(alice, source, _Helpers(alice, RemovesOneFirst))
+
+    assert len(result.errors) == 1 and "large-2.bin" in result.errors[0]
+    assert result.files == 44
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_another_connection_may_reference_chunks_only_once_they_are_synced(
+    server, alice: BackupClient
+) -> None:
+    """What the helper relies on: a put is the uploading connection's until it syncs."""
+    config = alice.config
+    sealer = Sealer(alice.key)
+    plain = b"a chunk put by one connection"
+    chunk_id = sealer.chunk_id(plain)
+    with (
+        RemoteRepository.connect(
+            config.server, config.fingerprint, config.name, config.token
+        ) as helper,
+        RemoteRepository.connect(
+            config.server, config.fingerprint, config.name, config.token
+        ) as backup,
+    ):
+        helper.put_parts(record_parts([(chunk_id, sealer.seal(chunk_id, plain))]))
+        helper.flush()
+        with pytest.raises(NotFound):
+            backup.refs([chunk_id])
+        helper.sync()
+        backup.refs([chunk_id])
+        assert backup.has([chunk_id]) == [True]
+
+
+def test_progress_comes_from_the_helper_and_a_cancel_stops_it_at_once(
+    alice: BackupClient, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    # Sparse: gigabytes for the helper to read, none on disk; the run is cancelled long before.
+    with (source / "disk.img").open("wb") as handle:
+        handle.truncate(16 * 1024**3)
+    helpers = _Helpers(alice)
+    seen: list[int] = []
+
+    def cancel_after_some(progress: Progress) -> None:
+        seen.append(progress.bytes_done)
+        if progress.bytes_done >= 64 * MIB:
+            raise Cancelled("cancelled")
+
+    with alice.connection() as remote:
+        archiver = Archiver(remote, alice.key, None, [], cancel_after_some, helper=helpers)
+        with pytest.raises(Cancelled):
+            archiver.run([source])
+
+    assert max(seen) < 16 * 1024**3
+    assert not helpers.started[0]._process.is_alive()
+    assert alice.snapshots() == []
