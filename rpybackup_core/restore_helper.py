@@ -15,7 +15,9 @@ Messages are datagrams of a SOCK_SEQPACKET pair, so each read is one message:
 
     restore -> helper:  {"shown", "size", "digest", "ids"} + descriptor, then the ids,
                         raw, in messages of up to 64 KiB
-    helper -> restore:  {"shown", "written", "digest"} or {"shown", "error", "integrity"}
+    helper -> restore:  {"shown", "written", "digest"} or {"shown", "error", "integrity"},
+                        and a few times a second {}; every message also carries "total",
+                        the bytes written so far, for the restore's progress
 
 If the helper cannot start or stops, the restore writes the files it had not finished itself.
 """
@@ -30,6 +32,7 @@ import queue
 import select
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,7 @@ from .restorer import (
     _DIRECT_DEPTH,
     _DIRECT_STAGE_BYTES,
     Restorer,
+    _LargeFile,
     _OpenDir,
     _Outcome,
     _TempFile,
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 _MESSAGE_BYTES = 64 * 1024
 _IDS_PER_MESSAGE = _MESSAGE_BYTES // ID_SIZE
+# How often the helper tells how much it has written.
+_PROGRESS_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,9 @@ class LargeFileHelper:
 
     def __init__(self, address: str, fingerprint: str, name: str, token: str, key: MasterKey):
         self.stopped = False
-        # Files handed over so far.
+        # Files handed over so far, and the bytes the helper has written.
         self.files = 0
+        self.written = 0
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = start_helper(
@@ -84,7 +91,7 @@ class LargeFileHelper:
             )
         finally:
             theirs.close()
-        self._outcomes: queue.SimpleQueue[HelperOutcome | None] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[HelperOutcome | int | None] = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read, name="restore-helper", daemon=True)
         self._reader.start()
 
@@ -102,23 +109,32 @@ class LargeFileHelper:
         self.files += 1
 
     def outcomes(self, wait: bool) -> list[HelperOutcome | None]:
-        """The reports that arrived; with ``wait``, at least one. ``None`` means the helper
-        stopped: nothing more will come (the reader thread puts it last, whatever ends the
-        helper, since its end of the socket closes with it). Once stopped, nothing."""
-        taken: list[HelperOutcome | None] = []
+        """The reports that arrived; with ``wait``, after at least one message (maybe only
+        news of progress). ``None`` means the helper stopped: nothing more will come (the
+        reader thread puts it last, whatever ends the helper, since its end of the socket
+        closes with it). Once stopped, nothing."""
+        taken: list[HelperOutcome | int | None] = []
         if self.stopped:
-            return taken
+            return []
         with contextlib.suppress(queue.Empty):
             if wait:
                 taken.append(self._outcomes.get())
             while not taken or taken[-1] is not None:
                 taken.append(self._outcomes.get_nowait())
-        if taken and taken[-1] is None:
-            self.stopped = True
-        return taken
+        outcomes: list[HelperOutcome | None] = []
+        for message in taken:
+            if isinstance(message, int):
+                self.written = message
+                continue
+            if message is None:
+                self.stopped = True
+            outcomes.append(message)
+        return outcomes
 
-    def close(self) -> None:
-        """Tell the helper to stop (it finishes nothing more) and wait for it."""
+    def close(self, abandon: bool = False) -> None:
+        """Tell the helper to stop and wait for it; ``abandon``: stop it at once."""
+        if abandon:
+            self._process.kill()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._process.join(timeout=30)
@@ -136,7 +152,10 @@ class LargeFileHelper:
                 message = self._sock.recv(_MESSAGE_BYTES)
                 if not message:
                     break
-                self._outcomes.put(_outcome(json.loads(message)))
+                report = json.loads(message)
+                self._outcomes.put(int(report["total"]))
+                if "shown" in report:
+                    self._outcomes.put(_outcome(report))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.info("restore helper: %s", exc)
         finally:
@@ -173,6 +192,10 @@ class _Writer(Restorer):
         self._sock = sock
         # Files here belong to no directory of this process.
         self._nowhere = _OpenDir(-1, "")
+        # Files being written, and the bytes of those finished.
+        self._active: dict[str, _Content] = {}
+        self._finished = 0
+        self._told = 0.0
 
     def serve(self) -> None:
         with self._running():
@@ -211,10 +234,26 @@ class _Writer(Restorer):
             os.close(fd)
             self._fail(shown, exc)
             return
+        self._active[shown] = content
         self._write_into(self._nowhere, content, follow_existing=False)
+
+    def _write_part(
+        self,
+        where: _OpenDir,
+        large: _LargeFile,
+        batch: list[bytes],
+        sealed: dict[bytes, memoryview],
+    ) -> None:
+        now = time.monotonic()
+        if now - self._told >= _PROGRESS_SECONDS:
+            self._told = now
+            self._report({})
+        super()._write_part(where, large, batch, sealed)
 
     def _merge(self, outcomes: list[_Outcome]) -> None:
         for outcome in outcomes:
+            content = self._active.pop(outcome.shown, None)
+            self._finished += content.written if content is not None else 0
             if outcome.error is None:
                 self._report(
                     {"shown": outcome.shown, "written": outcome.written, "digest": outcome.digest}
@@ -228,7 +267,9 @@ class _Writer(Restorer):
         self._report({"shown": shown, "error": reason, "integrity": integrity})
 
     def _report(self, report: dict[str, Any]) -> None:
-        self._sock.send(json.dumps(report).encode())
+        # Each pool thread counts its own file's bytes; this thread only reads the counts.
+        total = self._finished + sum(content.written for content in self._active.values())
+        self._sock.send(json.dumps({**report, "total": total}).encode())
 
 
 class _Content(_TempFile):

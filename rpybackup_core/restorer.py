@@ -403,6 +403,9 @@ class Restorer:
         self._helper: LargeFileHelper | None = None
         # Files the helper is writing, by shown path: their directory, file and mode of writing.
         self._handed: dict[str, tuple[_OpenDir, _TempFile, bool]] = {}
+        # What the helper wrote that progress counts so far, and of that, its finished files.
+        self._helper_written = 0
+        self._helper_finished = 0
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -875,11 +878,17 @@ class Restorer:
         return helper
 
     def _take_helper_outcomes(self, wait: bool) -> None:
-        """Finish the files the helper reports done; with ``wait``, wait for a report."""
-        if self._helper is not None:
-            for outcome in self._helper.outcomes(wait):
-                if outcome is not None:
-                    self._finish_handed(outcome)
+        """Finish the files the helper reports done; with ``wait``, wait for news from it."""
+        helper = self._helper
+        if helper is None:
+            return
+        for outcome in helper.outcomes(wait):
+            if outcome is not None:
+                self._finish_handed(outcome)
+        # Progress shows what the helper wrote; finished files count once (``_merge``).
+        self.progress.bytes_done += helper.written - self._helper_written
+        self._helper_written = helper.written
+        self.report(self.progress)
 
     def _finish_handed(self, outcome: HelperOutcome) -> None:
         handed = self._handed.pop(outcome.shown, None)
@@ -889,6 +898,9 @@ class Restorer:
         temp.error = outcome.error
         temp.written, temp.written_digest = outcome.written, outcome.digest
         self._merge([temp.finish(follow_existing)])
+        # Progress counted these bytes as the helper wrote them.
+        self.progress.bytes_done -= outcome.written
+        self._helper_finished += outcome.written
         where.pending -= 1
         self._finish_if_done(where)
 
@@ -898,6 +910,8 @@ class Restorer:
             return
         log.info("restore helper stopped; writing its %d unfinished files here", len(self._handed))
         handed, self._handed = self._handed, {}
+        # What it wrote of these is written again.
+        self.progress.bytes_done -= self._helper_written - self._helper_finished
         for where, temp, follow_existing in handed.values():
             temp.abort()
             self._write_large(where, temp.name, temp.node, temp.shown, follow_existing)
@@ -905,11 +919,13 @@ class Restorer:
             self._finish_if_done(where)
 
     def _stop_helper(self) -> None:
+        """Files still with the helper mean the restore is being abandoned: stop it at once."""
+        abandon = bool(self._handed)
         for _, temp, _ in self._handed.values():
             temp.abort()
         self._handed.clear()
         if self._helper is not None:
-            self._helper.close()
+            self._helper.close(abandon)
 
     def _write_part(
         self,

@@ -139,3 +139,18 @@ def test_a_restore_over_an_earlier_one_replaces_large_files_through_the_helper(
     assert result.errors == []
     assert compare_trees(source, restored) == []
     assert not [name for name in os.listdir(restored) if name.endswith(".rpbtmp")]
+
+
+def test_progress_counts_what_the_helper_writes_once(server, tmp_path: Path) -> None:
+    client, _ = _backed_up(server, tmp_path)
+    seen: list[int] = []
+    root = client.snapshots()[-1].root
+    with client.connection() as remote:
+        restorer = Restorer(
+            remote, client.key, lambda p: seen.append(p.bytes_done), helper=_Helpers(client)
+        )
+        result = restorer.restore(root, tmp_path / "out")
+
+    assert result.errors == []
+    assert seen[-1] == result.bytes == restorer.progress.bytes_done
+    assert max(seen) == result.bytes
