@@ -897,10 +897,10 @@ class Restorer:
         where, temp, follow_existing = handed
         temp.error = outcome.error
         temp.written, temp.written_digest = outcome.written, outcome.digest
-        self._merge([temp.finish(follow_existing)])
-        # Progress counted these bytes as the helper wrote them.
+        # Progress counted these bytes as the helper wrote them; ``_merge`` counts them again.
         self.progress.bytes_done -= outcome.written
         self._helper_finished += outcome.written
+        self._merge([temp.finish(follow_existing)])
         where.pending -= 1
         self._finish_if_done(where)
 
