@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .chunker import MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
-from .errors import BackupIncomplete, UsageError
+from .errors import BackupIncomplete, ProtocolError, UsageError
 from .files_cache import FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
@@ -457,7 +457,7 @@ class Archiver:
             path, listing = self._helper_jobs.popleft()
             listing.reading -= 1
             if report.path != path:
-                raise BackupIncomplete(f"backup helper reported {report.path}, not {path}")
+                raise ProtocolError(f"backup helper reported {report.path}, not {path}")
             if report.node is None:
                 self._error(path, report.error)
                 continue

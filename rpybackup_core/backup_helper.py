@@ -29,9 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .archiver import Archiver
 from .crypto import MasterKey
@@ -40,6 +38,9 @@ from .helper_process import start_helper
 from .progress import Progress
 from .remote import RemoteRepository
 from .tree import Node
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class LargeFileReader:
         # Bytes read so far, and as of the last report (the rest belongs to unreported files).
         self.bytes_read = 0
         self.bytes_reported = 0
+        # Imported here, as in helper_process: only a backup with a helper needs it.
+        from multiprocessing import Pipe
+
         jobs, self._jobs = Pipe(duplex=False)
         self._reports, reports = Pipe(duplex=False)
         try:

@@ -3,11 +3,12 @@ would otherwise wait for the GIL behind the other half (backup_helper.py, restor
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 
 def helper_wanted() -> bool:
@@ -18,6 +19,9 @@ def helper_wanted() -> bool:
 def start_helper(target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
     """Spawned, not forked: the caller's threads (upload, sealing, writing) may hold locks
     inside OpenSSL or zstd at the moment of a fork. A daemon, so it never outlives the caller."""
+    # Imported here: multiprocessing costs every command's start ~10 ms; only a helper needs it.
+    import multiprocessing
+
     process = multiprocessing.get_context("spawn").Process(
         target=target, args=args, name=name, daemon=True
     )
