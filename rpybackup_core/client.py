@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .archiver import SNAPSHOT_META, Archiver, BackupResult, normalize_sources
 from .backup_helper import LargeFileReader
@@ -25,6 +25,8 @@ from .remote import RemoteRepository
 from .restore_helper import LargeFileHelper
 from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
 from .tree import DIR, Node
+
+_Helper = TypeVar("_Helper", LargeFileReader, LargeFileHelper)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,12 @@ class BackupClient:
             with self.connection() as remote:
                 parent = self._latest_id(remote)
                 archiver = Archiver(
-                    remote, self.key, cache, excludes, progress, helper=self._backup_helper()
+                    remote,
+                    self.key,
+                    cache,
+                    excludes,
+                    progress,
+                    helper=self._helper(LargeFileReader),
                 )
                 result = archiver.run(sources, when, tags, parent)
         finally:
@@ -128,23 +135,15 @@ class BackupClient:
             )
         return result
 
-    def _backup_helper(self) -> Callable[[], LargeFileReader] | None:
-        """What starts a backup's helper process for large files, where it pays."""
+    def _helper(
+        self, start: Callable[[str, str, str, str, MasterKey], _Helper]
+    ) -> Callable[[], _Helper] | None:
+        """What starts a helper process for a backup's or a restore's large files (connecting
+        as this client), where it pays."""
         if not helper_wanted():
             return None
         config = self.config
-        return lambda: LargeFileReader(
-            config.server, config.fingerprint, config.name, config.token, self.key
-        )
-
-    def _restore_helper(self) -> Callable[[], LargeFileHelper] | None:
-        """What starts a restore's helper process for large files, where it pays."""
-        if not helper_wanted():
-            return None
-        config = self.config
-        return lambda: LargeFileHelper(
-            config.server, config.fingerprint, config.name, config.token, self.key
-        )
+        return lambda: start(config.server, config.fingerprint, config.name, config.token, self.key)
 
     @staticmethod
     def _latest_id(remote: RemoteRepository) -> str | None:
@@ -207,7 +206,7 @@ class BackupClient:
     ) -> tuple[SnapshotInfo, RestoreResult]:
         with self.connection() as remote:
             snap = self.resolve(self._snapshots(remote), snapshot)
-            restorer = Restorer(remote, self.key, progress, helper=self._restore_helper())
+            restorer = Restorer(remote, self.key, progress, helper=self._helper(LargeFileHelper))
             restorer.progress.bytes_total = int(snap.stats.get("bytes", 0)) if not include else None
             result = restorer.restore(snap.root, target, include)
         return snap, result

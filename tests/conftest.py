@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,26 @@ def sample_tree(tmp_path: Path) -> Path:
     root.mkdir()
     make_sample_tree(root)
     return root
+
+
+@dataclass
+class HelperStarter:
+    """Starts a backup's or a restore's helper process as ``client`` (``start`` is the helper's
+    class), keeping each one started to look at afterwards."""
+
+    client: BackupClient
+    start: Callable[..., Any]
+    token: str = ""
+    started: list[Any] = field(default_factory=list)
+
+    def __call__(self) -> Any:
+        config = self.client.config
+        token = self.token or config.token
+        helper = self.start(config.server, config.fingerprint, config.name, token, self.client.key)
+        self.started.append(helper)
+        return helper
+
+
+@pytest.fixture
+def helper_starter() -> type[HelperStarter]:
+    return HelperStarter

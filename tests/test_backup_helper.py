@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from rpybackup_core.archiver import HELPER_FILE, Archiver, BackupResult
 from rpybackup_core.backup_helper import LargeFileReader
 from rpybackup_core.client import BackupClient
-from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.crypto import Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import Cancelled, NotFound
 from rpybackup_core.files_cache import FilesCache
@@ -35,28 +36,11 @@ def _tree(root: Path) -> Path:
     return root
 
 
-class _Helpers:
-    """A helper factory that keeps what it started, to look at afterwards."""
-
-    def __init__(self, client: BackupClient, make: type[LargeFileReader] = LargeFileReader):
-        self.client = client
-        self.make = make
-        self.token = client.config.token
-        self.started: list[LargeFileReader] = []
-
-    def __call__(self) -> LargeFileReader:
-        config = self.client.config
-        helper = self.make(config.server, config.fingerprint, config.name, self.token, self.key)
-        self.started.append(helper)
-        return helper
-
-    @property
-    def key(self) -> MasterKey:
-        return self.client.key
-
-
 def _backup(
-    client: BackupClient, source: Path, helpers: _Helpers, cache: FilesCache | None = None
+    client: BackupClient,
+    source: Path,
+    helpers: Callable[[], LargeFileReader],
+    cache: FilesCache | None = None,
 ) -> BackupResult:
     with client.connection() as remote:
         archiver = Archiver(remote, client.key, cache, [], helper=helpers)
@@ -76,10 +60,10 @@ def alice(server) -> BackupClient:
 
 
 def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
-    server, alice: BackupClient, tmp_path: Path
+    server, alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
-    helpers = _Helpers(alice)
+    helpers = helper_starter(alice, LargeFileReader)
 
     result = _backup(alice, source, helpers)
 
@@ -93,13 +77,13 @@ def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
 
 
 def test_the_helpers_files_enter_the_files_cache_so_a_re_run_reads_nothing(
-    alice: BackupClient, tmp_path: Path
+    alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
     cache = FilesCache(tmp_path / "cache")
     try:
-        _backup(alice, source, _Helpers(alice), cache)
-        helpers = _Helpers(alice)
+        _backup(alice, source, helper_starter(alice, LargeFileReader), cache)
+        helpers = helper_starter(alice, LargeFileReader)
         second = _backup(alice, source, helpers, cache)
     finally:
         cache.close()
@@ -108,10 +92,10 @@ def test_the_helpers_files_enter_the_files_cache_so_a_re_run_reads_nothing(
 
 
 def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_backup(
-    alice: BackupClient, tmp_path: Path
+    alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
-    helpers = _Helpers(alice)
+    helpers = helper_starter(alice, LargeFileReader)
     helpers.token = "not-the-token"
 
     result = _backup(alice, source, helpers)
@@ -130,10 +114,10 @@ class _DiesAfterTwoFiles(LargeFileReader):
 
 
 def test_files_of_a_helper_that_dies_are_read_by_the_backup_itself(
-    alice: BackupClient, tmp_path: Path
+    alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
-    helpers = _Helpers(alice, _DiesAfterTwoFiles)
+    helpers = helper_starter(alice, _DiesAfterTwoFiles)
 
     result = _backup(alice, source, helpers)
 
@@ -143,7 +127,7 @@ def test_files_of_a_helper_that_dies_are_read_by_the_backup_itself(
 
 
 def test_a_large_file_gone_before_the_helper_reads_it_is_named_and_the_rest_stored(
-    alice: BackupClient, tmp_path: Path
+    alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
     doomed = source / "large-2.bin"
@@ -157,7 +141,7 @@ def test_a_large_file_gone_before_the_helper_reads_it_is_named_and_the_rest_stor
                 os.utime(source, ns=(listed.st_atime_ns, listed.st_mtime_ns))
             super().read(path)
 
-    result = _backup(alice, source, _Helpers(alice, RemovesOneFirst))
+    result = _backup(alice, source, helper_starter(alice, RemovesOneFirst))
 
     assert len(result.errors) == 1 and "large-2.bin" in result.errors[0]
     assert result.files == 44
@@ -190,14 +174,14 @@ def test_another_connection_may_reference_chunks_only_once_they_are_synced(
 
 
 def test_progress_comes_from_the_helper_and_a_cancel_stops_it_at_once(
-    alice: BackupClient, tmp_path: Path
+    alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = tmp_path / "src"
     source.mkdir()
     # Sparse: gigabytes for the helper to read, none on disk; the run is cancelled long before.
     with (source / "disk.img").open("wb") as handle:
         handle.truncate(16 * 1024**3)
-    helpers = _Helpers(alice)
+    helpers = helper_starter(alice, LargeFileReader)
     seen: list[int] = []
 
     def cancel_after_some(progress: Progress) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rpybackup_core.client import BackupClient
-from rpybackup_core.crypto import MasterKey
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.restore_helper import LargeFileHelper
 from rpybackup_core.restorer import Restorer, RestoreResult
@@ -31,26 +30,6 @@ def _tree(root: Path) -> Path:
     return root
 
 
-class _Helpers:
-    """A helper factory that keeps what it started, to look at afterwards."""
-
-    def __init__(self, client: BackupClient, make: type[LargeFileHelper] = LargeFileHelper):
-        self.client = client
-        self.make = make
-        self.token = client.config.token
-        self.started: list[LargeFileHelper] = []
-
-    def __call__(self) -> LargeFileHelper:
-        config = self.client.config
-        helper = self.make(config.server, config.fingerprint, config.name, self.token, self.key)
-        self.started.append(helper)
-        return helper
-
-    @property
-    def key(self) -> MasterKey:
-        return self.client.key
-
-
 def _restore(
     client: BackupClient, target: Path, helper: Callable[[], LargeFileHelper]
 ) -> RestoreResult:
@@ -68,10 +47,10 @@ def _backed_up(server, tmp_path: Path) -> tuple[BackupClient, Path]:
 
 
 def test_large_files_written_by_the_helper_come_back_whole_with_their_metadata(
-    server, tmp_path: Path
+    server, tmp_path: Path, helper_starter
 ) -> None:
     client, source = _backed_up(server, tmp_path)
-    helpers = _Helpers(client)
+    helpers = helper_starter(client, LargeFileHelper)
 
     result = _restore(client, tmp_path / "out", helpers)
 
@@ -86,10 +65,10 @@ def test_large_files_written_by_the_helper_come_back_whole_with_their_metadata(
 
 
 def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_restore(
-    server, tmp_path: Path
+    server, tmp_path: Path, helper_starter
 ) -> None:
     client, source = _backed_up(server, tmp_path)
-    helpers = _Helpers(client)
+    helpers = helper_starter(client, LargeFileHelper)
     helpers.token = "not-the-token"
 
     result = _restore(client, tmp_path / "out", helpers)
@@ -108,10 +87,10 @@ class _DiesAfterFirstFile(LargeFileHelper):
 
 
 def test_files_of_a_helper_that_dies_are_written_again_and_nothing_half_written_stays(
-    server, tmp_path: Path
+    server, tmp_path: Path, helper_starter
 ) -> None:
     client, source = _backed_up(server, tmp_path)
-    helpers = _Helpers(client, _DiesAfterFirstFile)
+    helpers = helper_starter(client, _DiesAfterFirstFile)
 
     result = _restore(client, tmp_path / "out", helpers)
 
@@ -124,30 +103,35 @@ def test_files_of_a_helper_that_dies_are_written_again_and_nothing_half_written_
 
 
 def test_a_restore_over_an_earlier_one_replaces_large_files_through_the_helper(
-    server, tmp_path: Path
+    server, tmp_path: Path, helper_starter
 ) -> None:
     """Not a fresh directory: the restore creates temporary names and renames them after the
     helper's digest matches."""
     client, source = _backed_up(server, tmp_path)
     target = tmp_path / "out"
-    _restore(client, target, _Helpers(client))
+    _restore(client, target, helper_starter(client, LargeFileHelper))
     restored = target / source.relative_to("/")
     (restored / "large-0.bin").write_bytes(b"overwritten")
 
-    result = _restore(client, target, _Helpers(client))
+    result = _restore(client, target, helper_starter(client, LargeFileHelper))
 
     assert result.errors == []
     assert compare_trees(source, restored) == []
     assert not [name for name in os.listdir(restored) if name.endswith(".rpbtmp")]
 
 
-def test_progress_counts_what_the_helper_writes_once(server, tmp_path: Path) -> None:
+def test_progress_counts_what_the_helper_writes_once(
+    server, tmp_path: Path, helper_starter
+) -> None:
     client, _ = _backed_up(server, tmp_path)
     seen: list[int] = []
     root = client.snapshots()[-1].root
     with client.connection() as remote:
         restorer = Restorer(
-            remote, client.key, lambda p: seen.append(p.bytes_done), helper=_Helpers(client)
+            remote,
+            client.key,
+            lambda p: seen.append(p.bytes_done),
+            helper=helper_starter(client, LargeFileHelper),
         )
         result = restorer.restore(root, tmp_path / "out")
 
