@@ -466,9 +466,10 @@ class Archiver:
         if asked:
             self.uploader.send_checks()
         self.progress.uploaded_bytes += helper.uploaded_bytes - uploaded
-        self.progress.bytes_done += helper.bytes_read - self._helper_bytes
-        self._helper_bytes = helper.bytes_read
-        self.report(self.progress)
+        if helper.bytes_read != self._helper_bytes:
+            self.progress.bytes_done += helper.bytes_read - self._helper_bytes
+            self._helper_bytes = helper.bytes_read
+            self.report(self.progress)
 
     def _read_unreported(self) -> None:
         """The helper stopped: the files it had not reported are read here."""

@@ -886,9 +886,10 @@ class Restorer:
             if outcome is not None:
                 self._finish_handed(outcome)
         # Progress shows what the helper wrote; finished files count once (``_merge``).
-        self.progress.bytes_done += helper.written - self._helper_written
-        self._helper_written = helper.written
-        self.report(self.progress)
+        if helper.written != self._helper_written:
+            self.progress.bytes_done += helper.written - self._helper_written
+            self._helper_written = helper.written
+            self.report(self.progress)
 
     def _finish_handed(self, outcome: HelperOutcome) -> None:
         handed = self._handed.pop(outcome.shown, None)
