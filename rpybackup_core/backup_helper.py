@@ -22,7 +22,6 @@ end of the helper ends the report reader.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .archiver import Archiver
 from .crypto import MasterKey
 from .errors import RPyBackupError
-from .helper_process import start_helper
+from .helper_process import start_helper, take_messages
 from .progress import Progress
 from .remote import RemoteRepository
 from .tree import Node
@@ -119,16 +118,10 @@ class LargeFileReader:
         """The reports that arrived, in the order the files were handed over; with ``wait``,
         after at least one message (maybe only news of progress). ``None`` means the helper
         stopped: nothing more will come. Once stopped, nothing."""
-        taken: list[_Synced | _Reading | None] = []
         if self.stopped:
             return []
-        with contextlib.suppress(queue.Empty):
-            if wait:
-                taken.append(self._received.get())
-            while not taken or taken[-1] is not None:
-                taken.append(self._received.get_nowait())
         reports: list[FileRead | None] = []
-        for message in taken:
+        for message in take_messages(self._received, wait):
             if message is None:
                 self.stopped = True
                 # What it read of files it never reported does not count: they are read again.

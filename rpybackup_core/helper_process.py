@@ -3,12 +3,16 @@ would otherwise wait for the GIL behind the other half (backup_helper.py, restor
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+_Message = TypeVar("_Message")
 
 
 def helper_wanted() -> bool:
@@ -27,3 +31,15 @@ def start_helper(target: Callable[..., None], args: tuple[Any, ...], name: str) 
     )
     process.start()
     return process
+
+
+def take_messages(messages: queue.SimpleQueue[_Message], wait: bool) -> list[_Message]:
+    """What a helper's reader thread has queued, after waiting for one message with ``wait``.
+    The reader puts ``None`` last, when the helper is gone: nothing is taken after it."""
+    taken: list[_Message] = []
+    with contextlib.suppress(queue.Empty):
+        if wait:
+            taken.append(messages.get())
+        while not taken or taken[-1] is not None:
+            taken.append(messages.get_nowait())
+    return taken

@@ -39,7 +39,7 @@ from typing import Any
 from .crypto import ID_SIZE, MasterKey, file_hash
 from .directio import DirectWriter
 from .errors import IntegrityError, RestoreError, RPyBackupError
-from .helper_process import start_helper
+from .helper_process import start_helper, take_messages
 from .remote import RemoteRepository
 from .restorer import (
     _DIRECT_DEPTH,
@@ -113,16 +113,10 @@ class LargeFileHelper:
         news of progress). ``None`` means the helper stopped: nothing more will come (the
         reader thread puts it last, whatever ends the helper, since its end of the socket
         closes with it). Once stopped, nothing."""
-        taken: list[HelperOutcome | int | None] = []
         if self.stopped:
             return []
-        with contextlib.suppress(queue.Empty):
-            if wait:
-                taken.append(self._outcomes.get())
-            while not taken or taken[-1] is not None:
-                taken.append(self._outcomes.get_nowait())
         outcomes: list[HelperOutcome | None] = []
-        for message in taken:
+        for message in take_messages(self._outcomes, wait):
             if isinstance(message, int):
                 self.written = message
                 continue
