@@ -47,6 +47,22 @@ def is_racy(st: os.stat_result) -> bool:
     return st.st_ctime_ns > time.time_ns() - window
 
 
+def _unchanged(st: os.stat_result, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bool:
+    return (
+        st.st_mtime_ns == mtime_ns
+        and st.st_ctime_ns == ctime_ns
+        and st.st_size == size
+        and st.st_ino == inode
+    )
+
+
+def _split_ids(ids: bytes) -> list[bytes]:
+    # Most files are one chunk: no slicing loop for them (a no-change run looks up every file).
+    if len(ids) == ID_SIZE:
+        return [ids]
+    return [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
+
+
 class FilesCache:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -86,15 +102,9 @@ class FilesCache:
         if row is None:
             return None
         size, mtime_ns, ctime_ns, inode, digest, ids = row
-        if (size, mtime_ns, ctime_ns, inode) != (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_ino,
-        ):
+        if not _unchanged(st, size, mtime_ns, ctime_ns, inode):
             return None
-        raw = bytes(ids)
-        return CachedFile(digest, size, [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)])
+        return CachedFile(digest, size, _split_ids(ids))
 
     def lookup_many(self, files: list[tuple[str, os.stat_result]]) -> dict[str, CachedFile]:
         """``lookup`` for many files (a directory's) with one query per few hundred paths."""
@@ -107,16 +117,8 @@ class FilesCache:
                 f"WHERE path IN ({marks})",
                 list(stats),
             ):
-                st = stats[path]
-                if (size, mtime_ns, ctime_ns, inode) == (
-                    st.st_size,
-                    st.st_mtime_ns,
-                    st.st_ctime_ns,
-                    st.st_ino,
-                ):
-                    raw = bytes(ids)
-                    chunks = [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]
-                    found[path] = CachedFile(digest, size, chunks)
+                if _unchanged(stats[path], size, mtime_ns, ctime_ns, inode):
+                    found[path] = CachedFile(digest, size, _split_ids(ids))
         return found
 
     def keep(self, path: str) -> None:

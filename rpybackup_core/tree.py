@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import stat
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 
 from .crypto import FILE_DIGESTS, ID_SIZE
 from .errors import IntegrityError
@@ -21,6 +22,10 @@ DIR = "dir"
 SYMLINK = "symlink"
 KINDS = (FILE, DIR, SYMLINK)
 TREE_VERSION = 1
+
+# JSON string literals as the json module writes them with ensure_ascii, which keeps names that
+# are not valid UTF-8 (surrogate escapes) round-trippable.
+_quoted = encode_basestring_ascii
 
 
 # Slots: a directory of 100,000 files holds 100,000 nodes while its tree is built.
@@ -49,24 +54,21 @@ class Node:
             gid=st.st_gid,  # type: ignore[attr-defined]
         )
 
-    def to_json(self) -> dict[str, object]:
-        doc: dict[str, object] = {
-            "name": self.name,
-            "type": self.kind,
-            "mode": self.mode,
-            "mtime_ns": self.mtime_ns,
-            "uid": self.uid,
-            "gid": self.gid,
-        }
+    def encode(self) -> str:
+        """The node's tree entry. Written out directly rather than as a dictionary through
+        the json encoder, which took twice as long (a tenth of a no-change run); the bytes are
+        the same, so an unchanged directory keeps its tree id."""
+        head = (
+            f'{{"name":{_quoted(self.name)},"type":"{self.kind}","mode":{self.mode},'
+            f'"mtime_ns":{self.mtime_ns},"uid":{self.uid},"gid":{self.gid}'
+        )
         if self.kind == FILE:
-            doc["size"] = self.size
             algorithm, _, value = self.digest.partition(":")
-            doc[algorithm] = value
-        if self.kind in (FILE, DIR):
-            doc["content"] = [chunk_id.hex() for chunk_id in self.content]
+            head += f',"size":{self.size},{_quoted(algorithm)}:{_quoted(value)}'
         if self.kind == SYMLINK:
-            doc["target"] = self.target
-        return doc
+            return f'{head},"target":{_quoted(self.target)}}}'
+        ids = '","'.join([chunk_id.hex() for chunk_id in self.content])
+        return f'{head},"content":["{ids}"]}}' if ids else f'{head},"content":[]}}'
 
 
 def check_name(name: object) -> str:
@@ -81,24 +83,20 @@ def check_name(name: object) -> str:
     return name
 
 
-# ensure_ascii keeps names that are not valid UTF-8 (surrogate escapes) round-trippable.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
-# Entries encoded per call: a few dictionaries at a time, not a whole directory's.
+# Entries encoded per call: a few hundred KiB of text at a time, not a whole directory's.
 _ENTRIES_PER_CALL = 1024
 
 
 def encode_tree(nodes: list[Node]) -> bytearray:
     """``{"version":1,"entries":[...]}``, compact, entries by name. Encoded a slice of
-    entries at a time into one buffer: the whole tree as dictionaries, or as pieces joined at
-    the end, would cost several times its encoded size (a directory can hold 100,000 files)."""
+    entries at a time into one buffer: the whole tree as text, or as pieces joined at the end,
+    would cost several times its encoded size (a directory can hold 100,000 files)."""
     ordered = sorted(nodes, key=lambda node: node.name)
     out = bytearray(b'{"version":%d,"entries":[' % TREE_VERSION)
     for start in range(0, len(ordered), _ENTRIES_PER_CALL):
         if start:
             out += b","
-        # A list encodes as "[entry,entry,...]": its brackets are left off.
-        encoded = _ENCODER.encode([n.to_json() for n in ordered[start : start + _ENTRIES_PER_CALL]])
-        out += encoded[1:-1].encode()
+        out += ",".join([n.encode() for n in ordered[start : start + _ENTRIES_PER_CALL]]).encode()
     out += b"]}"
     return out
 

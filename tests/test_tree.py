@@ -26,6 +26,21 @@ def test_encode_decode_round_trip_sorted_by_name() -> None:
     assert {n.name: n for n in decoded} == {n.name: n for n in sample_nodes()}
 
 
+def sample_documents() -> list[dict[str, object]]:
+    """``sample_nodes`` as tree entries, by name, keys in the order they are written."""
+    common = {"uid": 0, "gid": 0}
+    return [
+        {"name": "a-dir", "type": "dir", "mode": 0o755, "mtime_ns": 456, **common,
+         "content": ["02" * 32]},
+        {"name": "b.txt", "type": "file", "mode": 0o644, "mtime_ns": 123, "uid": 1000,
+         "gid": 1000, "size": 5, "blake3": "a" * 64, "content": ["01" * 32]},
+        {"name": "caf\udce9-latin1", "type": "file", "mode": 0o600, "mtime_ns": 1, **common,
+         "size": 0, "sha256": "e" * 64, "content": []},
+        {"name": "link", "type": "symlink", "mode": 0o777, "mtime_ns": 789, **common,
+         "target": "../elsewhere"},
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("per_call", [1, 3, 1024])
 def test_the_encoding_is_compact_json_of_the_whole_document(
     per_call: int, monkeypatch: pytest.MonkeyPatch
@@ -34,14 +49,25 @@ def test_the_encoding_is_compact_json_of_the_whole_document(
     encoded per call: a tree's chunk ids (and so dedup of unchanged directories across
     versions) depend on these bytes."""
     monkeypatch.setattr(tree, "_ENTRIES_PER_CALL", per_call)
-    nodes = sample_nodes()
-    document = {
-        "version": 1,
-        "entries": [node.to_json() for node in sorted(nodes, key=lambda node: node.name)],
-    }
+    document = {"version": 1, "entries": sample_documents()}
     expected = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    assert encode_tree(nodes) == expected
+    assert encode_tree(sample_nodes()) == expected
     assert encode_tree([]) == b'{"version":1,"entries":[]}'
+
+
+def test_names_and_targets_are_escaped_as_the_json_module_escapes_them() -> None:
+    name = 'quote" back\\slash \n tab\t snow\u2603 \udcff\x01'
+    nodes = [
+        Node(name, FILE, 0o644, 1, size=2, digest="blake3:" + "b" * 64,
+             content=[b"\x03" * 32, b"\x04" * 32]),
+        Node("l", SYMLINK, 0o777, 2, target=name),
+        Node("empty", DIR, 0o700, 3),
+    ]  # fmt: skip
+    entries = json.loads(encode_tree(nodes))["entries"]
+    assert [entry["name"] for entry in entries] == sorted(["l", "empty", name])
+    encoded = encode_tree(nodes).decode("ascii")
+    assert json.dumps(name, ensure_ascii=True) in encoded
+    assert {n.name: n for n in decode_tree(encode_tree(nodes))} == {n.name: n for n in nodes}
 
 
 @pytest.mark.parametrize("name", ["..", ".", "", "a/b", "nul\x00", "/abs"])
