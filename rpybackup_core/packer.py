@@ -24,9 +24,10 @@ from .repository import Repository
 
 # A new blob: its chunk id and its sealed bytes.
 Record = tuple[bytes, memoryview]
-# What the connection thread may hand over before it waits for the writer: enough to cover the
-# fsync of a full pack at disk speed, small enough that many sessions at once stay bounded.
-MAX_QUEUED_BYTES = 8 * 1024 * 1024
+# What the connection thread may hand over before it waits for the writer: with the client's
+# puts in flight, enough to cover the fsync of a full pack; small enough that many sessions at
+# once stay bounded (see protocol._KEPT_BYTES).
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
 MAX_QUEUED_RECORDS = 4096
 
 
