@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConnectionClosed, FrameTooLarge, InvalidRequest, ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAGIC = "rpybackup"
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 64 * 1024
@@ -229,6 +229,7 @@ class Records:
 
     def __init__(self, payload: memoryview) -> None:
         self.payload = payload
+        self._count = 0
         offset = 0
         total = len(payload)
         while offset < total:
@@ -239,6 +240,10 @@ class Records:
             if length > total - offset:
                 raise ProtocolError("record length runs past the payload")
             offset += length
+            self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
 
     def __iter__(self) -> Iterator[tuple[bytes, memoryview]]:
         offset = 0

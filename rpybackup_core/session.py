@@ -15,6 +15,7 @@ import logging
 import math
 import secrets
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -160,9 +161,15 @@ class Session:
         self.client: ClientRecord | None = None
         self.packer: Packer | None = None
         # Chunks accepted from puts and not yet indexed (queued, in the open pack, committing).
+        # Every chunk put counts as referenced by the snapshot this session commits next, from
+        # the moment its pack is indexed: a client uploads only what its snapshot refers to.
         self.pending: set[bytes] = set()
-        self.refs: set[int] = set()
-        self.pending_refs: set[bytes] = set()
+        # Row ids, duplicates allowed until the commit: 8 bytes each rather than a set's ~55,
+        # since a session may put millions of tiny chunks.
+        self.refs = array("q")
+        # Chunks put but lost to a storage failure before they were indexed: a commit waits
+        # until each is put again.
+        self.lost: set[bytes] = set()
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -278,17 +285,16 @@ class Session:
         try:
             return step(self.packer)
         except StorageError:
-            # pending_refs keeps the lost ids, so a commit that relies on them is refused.
+            self.lost.update(self.pending)
             self.pending.clear()
             raise
 
     def _indexed(self, committed: list[dict[bytes, int]]) -> None:
-        """Packs the writer committed: their chunks now have row ids."""
+        """Packs the writer committed: their chunks now have row ids (pinned for this session)
+        and are referenced."""
         for rowids in committed:
             self.pending.difference_update(rowids)
-            for chunk_id in self.pending_refs.intersection(rowids):
-                self.refs.add(rowids[chunk_id])
-                self.pending_refs.discard(chunk_id)
+            self.refs.extend(rowids.values())
 
     # ---- handlers ---------------------------------------------------------------------------
 
@@ -343,6 +349,7 @@ class Session:
         records = unpack_records(frame.payload)
         if any(len(sealed) > MAX_SEALED for _, sealed in records):
             raise InvalidRequest("a sealed chunk exceeds the maximum chunk size")
+        self._check_refs_bound(len(records))
         if self.packer is None:
             self.packer = Packer(
                 self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
@@ -352,6 +359,7 @@ class Session:
         for chunk_id, sealed in records:
             if chunk_id in self.pending:
                 continue
+            self.lost.discard(chunk_id)
             self.pending.add(chunk_id)
             batch.append((chunk_id, sealed))
             stored += 1
@@ -380,18 +388,17 @@ class Session:
         return {"count": len(ids)}, b""
 
     def _add_refs(self, ids: list[bytes], indexed: dict[bytes, int]) -> int:
-        """Count ids as referenced by the coming snapshot; returns how many are not stored."""
-        if len(self.refs) + len(self.pending_refs) + len(ids) > MAX_REFS_PER_SNAPSHOT:
+        """Count ids as referenced by the coming snapshot; returns how many are not stored.
+        A chunk this session put is referenced once its pack is indexed."""
+        self._check_refs_bound(len(ids))
+        self.refs.extend(indexed.values())
+        return sum(
+            1 for chunk_id in ids if chunk_id not in indexed and chunk_id not in self.pending
+        )
+
+    def _check_refs_bound(self, more: int) -> None:
+        if len(self.refs) + len(self.pending) + more > MAX_REFS_PER_SNAPSHOT:
             raise InvalidRequest("too many chunk references for one snapshot")
-        missing = 0
-        for chunk_id in ids:
-            if chunk_id in indexed:
-                self.refs.add(indexed[chunk_id])
-            elif chunk_id in self.pending:
-                self.pending_refs.add(chunk_id)
-            else:
-                missing += 1
-        return missing
 
     def op_commit(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
@@ -412,13 +419,17 @@ class Session:
             "parent": parent,
         }
         self._seal_open_pack()
-        if self.pending_refs:
-            raise NotFound("snapshot references chunks that never reached the server")
+        if self.lost:
+            raise NotFound(
+                f"{len(self.lost)} chunks of this snapshot were lost to a storage failure "
+                "and not sent again"
+            )
+        refs = set(self.refs)
         root_rows = self.repo.lookup(self.client.id, root)
-        if len(root_rows) != len(root) or not set(root_rows.values()) <= self.refs:
+        if len(root_rows) != len(root) or not set(root_rows.values()) <= refs:
             raise InvalidRequest("snapshot root is not among its references")
-        snapshot_id = self.repo.add_snapshot(self.client.id, meta, self.refs)
-        self.refs = set()
+        snapshot_id = self.repo.add_snapshot(self.client.id, meta, refs)
+        self.refs = array("q")
         log.info("client %s committed snapshot %s", self.client.name, snapshot_id)
         self.repo.audit("snapshot", self.client.name, snapshot=snapshot_id)
         return {"snapshot": snapshot_id}, b""

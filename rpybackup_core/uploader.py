@@ -13,9 +13,9 @@ Nothing here waits for the server while there is other work to do: a batch's has
 answered while the next batch is read, and its seal jobs run on a small thread pool (zstd,
 AES-GCM and BLAKE3 release the GIL) while the upload thread goes on. The server answers in
 request order, so one connection carries all of it. Every id is asked about at most once per
-run; an id is counted as stored from the moment it joins a batch, and references are sent only
-after every put before them has been sent, so the server never sees a reference to a chunk it
-was not given.
+run, and an id is counted as stored from the moment it joins a batch. No references are sent:
+a has-request marked ``reference`` counts what it finds as referenced by the snapshot, and the
+server counts every chunk the session puts.
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ class _Inbox:
 
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 1024
-REFS_BATCH = 32768
 _ASKED_DEPTH = 1
 # A seal job is a run of chunks worth sealing on one thread in one go: small chunks are grouped
 # so the per-job overhead stays small next to the work.
@@ -183,7 +182,7 @@ class ChunkUploader:
             self._check, self._check_calls = None, 0
 
     def finish(self) -> None:
-        """Send everything queued and every reference, and wait for the server."""
+        """Send everything queued and wait for the server."""
         self.send_checks()
         self._ask(self._pipeline.finish).result()
 
@@ -264,13 +263,11 @@ class UploadPipeline:
         share_malloc_arena()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
         self.on_server: set[bytes] = set()
-        self.referenced: set[bytes] = set()
         self.uploaded_chunks = 0
         self._batch: dict[bytes, bytes] = {}
         self._batch_bytes = 0
         self._asked: deque[tuple[int, list[bytes], dict[bytes, bytes]]] = deque()
         self._sealing: deque[Future[SealedJob]] = deque()
-        self._refs_queue: list[bytes] = []
         self._checks: deque[tuple[list[tuple[int, list[bytes]]], Future[set[bytes]]]] = deque()
 
     def close(self) -> None:
@@ -278,24 +275,17 @@ class UploadPipeline:
 
     # ---- what the archiver calls ------------------------------------------------------------
 
-    def reference(self, chunk_id: bytes) -> None:
-        if chunk_id not in self.referenced:
-            self.referenced.add(chunk_id)
-            self._refs_queue.append(chunk_id)
-            if len(self._refs_queue) >= REFS_BATCH:
-                self._drain()
-                self._send_refs()
-
     def add(self, chunk_id: bytes, data: bytes | memoryview) -> None:
-        """Store a chunk unless it is known to be on the server; ``data`` is copied if kept."""
+        """Store a chunk unless it is known to be on the server; ``data`` is copied if kept.
+
+        The snapshot references it either way: the has-request that finds it stored says so,
+        and the server counts every chunk this session puts."""
         if chunk_id not in self.on_server:
             self.on_server.add(chunk_id)
             self._batch[chunk_id] = bytes(data)
             self._batch_bytes += len(data)
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
                 self._ask()
-        # Only now: a full reference queue drains the pipeline, which must include this chunk.
-        self.reference(chunk_id)
 
     def check(self, ids: list[bytes], done: Future[set[bytes]]) -> None:
         """Ask which of these ids (believed stored) the server lacks, without waiting; ``done``
@@ -332,7 +322,6 @@ class UploadPipeline:
                 for chunk_id, present in zip(batch, answer, strict=True):
                     if present:
                         self.on_server.add(chunk_id)
-                        self.referenced.add(chunk_id)
                     else:
                         missing.add(chunk_id)
         except BaseException as exc:
@@ -345,11 +334,10 @@ class UploadPipeline:
             self._checks.popleft()[1].set_exception(exc)
 
     def finish(self) -> None:
-        """Send everything still queued and every reference; then wait for the server."""
+        """Send everything still queued; then wait for the server."""
         while self._checks:
             self.collect_check()
         self._drain()
-        self._send_refs()
         self.remote.flush()
 
     # ---- the pipeline -----------------------------------------------------------------------
@@ -357,7 +345,7 @@ class UploadPipeline:
     def _ask(self) -> None:
         if self._batch:
             ids = list(self._batch)
-            self._asked.append((self.remote.ask_has(ids), ids, self._batch))
+            self._asked.append((self.remote.ask_has(ids, reference=True), ids, self._batch))
             self._batch = {}
             self._batch_bytes = 0
         while len(self._asked) > _ASKED_DEPTH:
@@ -402,8 +390,3 @@ class UploadPipeline:
             self._seal_oldest()
         while self._sealing:
             self._send_oldest()
-
-    def _send_refs(self) -> None:
-        for start in range(0, len(self._refs_queue), REFS_BATCH):
-            self.remote.refs(self._refs_queue[start : start + REFS_BATCH])
-        self._refs_queue = []

@@ -78,19 +78,34 @@ def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(server, tmp_p
     assert second.uploaded_chunks <= 1 + len((source / "small").parts)
 
 
-def test_references_wait_for_their_chunks_when_the_queue_fills(
+def test_a_snapshot_references_every_chunk_without_a_refs_request(
     server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tiny batches and reference flushes: the server must never see a reference first."""
-    monkeypatch.setattr(uploader, "REFS_BATCH", 7)
+    """The chunks a backup puts and those its has-requests find count as the snapshot's
+    references on the server: tiny batches, a large file for the helper process, and a second
+    run that finds everything stored all leave the snapshot referring to every chunk it needs."""
+
+    def no_refs(self: RemoteRepository, ids: list[bytes]) -> None:
+        raise AssertionError("a backup sent a refs request")
+
+    monkeypatch.setattr(RemoteRepository, "refs", no_refs)
     monkeypatch.setattr(uploader, "BATCH_CHUNKS", 3)
     source = _tree(tmp_path / "src", 120)
     server.enroll("alice")
     client = server.client("alice")
+    alice = server.repo.client_by_name("alice").id
 
-    client.backup([str(source)])
+    first = client.backup([str(source)])
+    stored = {
+        row[0] for row in server.repo._query("SELECT id FROM chunks WHERE client_id = ?", (alice,))
+    }
+    assert set(server.repo.snapshot_refs(alice, first.snapshot)) == stored
+
+    second = client.backup([str(source)], use_cache=False)
+    assert second.uploaded_chunks == 0
+    assert set(server.repo.snapshot_refs(alice, second.snapshot)) == stored
     target = tmp_path / "restored"
-    client.restore("latest", target)
+    client.restore(second.snapshot, target)
     assert compare_trees(source, target / source.relative_to("/")) == []
 
 
@@ -256,19 +271,19 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
     cache.close()
     read: list[str] = []
     checks: list[int] = []
-    original_read, original_ask = Archiver._read_file, RemoteRepository.ask_has
+    original_read, original_check = Archiver._read_file, uploader.UploadPipeline.check
 
     def counting_read(self: Archiver, path: str, st: os.stat_result) -> object:
         read.append(path)
         return original_read(self, path, st)
 
-    def counting_ask(self: RemoteRepository, ids: list[bytes], reference: bool = False) -> int:
-        if reference:
-            checks.append(len(ids))
-        return original_ask(self, ids, reference)
+    def counting_check(self: uploader.UploadPipeline, ids: list[bytes], done: object) -> None:
+        # One has-request per call at this size.
+        checks.append(len(ids))
+        original_check(self, ids, done)
 
     monkeypatch.setattr(Archiver, "_read_file", counting_read)
-    monkeypatch.setattr(RemoteRepository, "ask_has", counting_ask)
+    monkeypatch.setattr(uploader.UploadPipeline, "check", counting_check)
     client.backup([str(source)])
     assert read == [str(lacking)]
     assert sum(checks) == 80 and len(checks) <= 40 // uploader._CHECK_CALLS + 1

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.checker import Checker
 from rpybackup_core.config import ServerConfig
-from rpybackup_core.errors import RPyBackupError
+from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.errors import NotFound, RPyBackupError
 from rpybackup_core.faults import FaultyBackend
+from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.repository import Repository
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
@@ -105,3 +108,39 @@ def test_a_read_error_fails_the_restore_clearly_and_passes(
     backend.heal()
     harness.client("alice").restore(snapshot, tmp_path / "after")
     assert restored_manifest(tmp_path / "after", tree.root) == want
+
+
+def test_a_commit_waits_until_chunks_lost_to_a_storage_failure_are_put_again(
+    faulty: tuple[ServerHarness, FaultyBackend],
+) -> None:
+    """Every chunk a session puts counts as referenced by its snapshot; one whose pack failed
+    to store is not there, so the commit is refused until the client puts it again."""
+    harness, backend = faulty
+    config = harness.enroll("alice")
+    sealer = Sealer(MasterKey.from_text(config.key))
+    plain = b"a chunk whose first pack never reached the disk"
+    chunk_id = sealer.chunk_id(plain)
+    snapshot = {
+        "time": "2026-01-01T00:00:00Z",
+        "tags": [],
+        "stats": {},
+        "parent": None,
+        "root": [chunk_id.hex()],
+        "meta": sealer.seal_document(SNAPSHOT_META, {}),
+    }
+    with RemoteRepository.connect(
+        config.server, config.fingerprint, config.name, config.token
+    ) as remote:
+        backend.fail("put_file", errno.EIO)
+        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
+        with pytest.raises(RPyBackupError, match="server storage failed"):
+            remote.sync()
+        backend.heal()
+        with pytest.raises(NotFound, match="lost to a storage failure"):
+            remote.commit(snapshot)
+
+        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
+        snapshot_id = remote.commit(snapshot)
+    alice = harness.repo.client_by_name("alice").id
+    [row] = harness.repo.lookup(alice, [chunk_id]).values()
+    assert harness.repo.snapshot_refs(alice, snapshot_id) == [row]
