@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .chunker import MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
-from .files_cache import FilesCache
+from .files_cache import CachedFile, FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, encode_tree
@@ -331,7 +331,7 @@ class Archiver:
             self._defer(None, None, lambda _: done([]))
             return
         listing = _Listing()
-        cached: list[tuple[str, Node]] = []
+        cached: list[tuple[str, Node, CachedFile]] = []
         entries.reverse()
         while entries:
             taken = [entries.pop() for _ in range(min(_WALK_SLICE, len(entries)))]
@@ -345,7 +345,7 @@ class Archiver:
                 if hit is not None:
                     node = Node.from_stat(os.path.basename(child), FILE, st)
                     node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
-                    cached.append((child, node))
+                    cached.append((child, node, hit))
                     continue
                 if self._to_helper(st):
                     self._hand_to_helper(child, listing)
@@ -354,7 +354,7 @@ class Archiver:
                 if walked is not None:
                     listing.nodes.append(walked)
         answer = (
-            self.uploader.ask_missing([cid for _, node in cached for cid in node.content])
+            self.uploader.ask_missing([cid for _, node, _ in cached for cid in node.content])
             if cached
             else None
         )
@@ -512,14 +512,16 @@ class Archiver:
             return None
         return self._read_file(path, st)
 
-    def _cached_files(self, cached: list[tuple[str, Node]], missing: set[bytes]) -> list[Node]:
+    def _cached_files(
+        self, cached: list[tuple[str, Node, CachedFile]], missing: set[bytes]
+    ) -> list[Node]:
         """Unchanged files: keep their nodes unless the server lost one of their chunks (then
         the file is read again)."""
         if not cached:
             return []
         nodes = []
-        for path, node in cached:
-            if missing.intersection(node.content):
+        for path, node, entry in cached:
+            if missing and missing.intersection(node.content):
                 reread = self._read_again(path)
                 if reread is not None:
                     nodes.append(reread)
@@ -529,7 +531,7 @@ class Archiver:
             self.progress.files_done += 1
             self.progress.bytes_done += node.size
             if self.cache is not None:
-                self.cache.keep(path)
+                self.cache.keep(path, entry)
         self.report(self.progress)
         return nodes
 

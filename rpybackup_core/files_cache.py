@@ -18,7 +18,11 @@ from pathlib import Path
 
 from .crypto import ID_SIZE
 
-_KEEP_GENERATIONS = 3
+# A path unseen for this many runs is forgotten. A path seen again has its generation moved on
+# only once it is _REFRESH_AFTER runs old: rewriting every row on every run made an unchanged
+# run's commit (and the WAL checkpoint at close) rewrite the whole cache.
+_FORGET_AFTER = 16
+_REFRESH_AFTER = 8
 _SQL_BATCH = 500
 # Staged rows (~300 bytes) and kept paths (~100) held in memory before they go to the
 # temporary tables; a run that stays below both writes straight into the cache at commit.
@@ -34,6 +38,8 @@ class CachedFile:
     digest: str
     size: int
     ids: list[bytes]
+    # The run that last recorded the entry.
+    generation: int
 
 
 def is_racy(st: os.stat_result) -> bool:
@@ -96,15 +102,16 @@ class FilesCache:
 
     def lookup(self, path: str, st: os.stat_result) -> CachedFile | None:
         row = self._db.execute(
-            "SELECT size, mtime_ns, ctime_ns, inode, digest, ids FROM files WHERE path = ?",
+            "SELECT size, mtime_ns, ctime_ns, inode, digest, ids, generation FROM files "
+            "WHERE path = ?",
             (path,),
         ).fetchone()
         if row is None:
             return None
-        size, mtime_ns, ctime_ns, inode, digest, ids = row
+        size, mtime_ns, ctime_ns, inode, digest, ids, generation = row
         if not _unchanged(st, size, mtime_ns, ctime_ns, inode):
             return None
-        return CachedFile(digest, size, _split_ids(ids))
+        return CachedFile(digest, size, _split_ids(ids), generation)
 
     def lookup_many(self, files: list[tuple[str, os.stat_result]]) -> dict[str, CachedFile]:
         """``lookup`` for many files (a directory's) with one query per few hundred paths."""
@@ -112,17 +119,20 @@ class FilesCache:
         for start in range(0, len(files), _SQL_BATCH):
             stats = dict(files[start : start + _SQL_BATCH])
             marks = ",".join("?" * len(stats))
-            for path, size, mtime_ns, ctime_ns, inode, digest, ids in self._db.execute(
-                "SELECT path, size, mtime_ns, ctime_ns, inode, digest, ids FROM files "
+            for path, size, mtime_ns, ctime_ns, inode, digest, ids, generation in self._db.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, digest, ids, generation FROM files "
                 f"WHERE path IN ({marks})",
                 list(stats),
             ):
                 if _unchanged(stats[path], size, mtime_ns, ctime_ns, inode):
-                    found[path] = CachedFile(digest, size, _split_ids(ids))
+                    found[path] = CachedFile(digest, size, _split_ids(ids), generation)
         return found
 
-    def keep(self, path: str) -> None:
-        """An entry ``lookup`` matched stays as it is; at commit only its generation moves on."""
+    def keep(self, path: str, entry: CachedFile) -> None:
+        """An entry ``lookup`` matched stays as it is; at commit its generation moves on if it
+        has grown old."""
+        if entry.generation > self.generation - _REFRESH_AFTER:
+            return
         self._kept.append(path)
         if len(self._kept) >= _SPILL_KEPT:
             self._spill()
@@ -183,7 +193,7 @@ class FilesCache:
             self._db.execute("DELETE FROM temp.staged")
             self._db.execute("DELETE FROM temp.kept")
         self._db.execute(
-            "DELETE FROM files WHERE generation < ?", (self.generation - _KEEP_GENERATIONS,)
+            "DELETE FROM files WHERE generation <= ?", (self.generation - _FORGET_AFTER,)
         )
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,))
         self._db.execute("COMMIT")

@@ -40,6 +40,8 @@ def test_a_run_larger_than_memory_holds_spills_and_commits_the_same(
     leaves is the one an in-memory run leaves, and kept entries keep surviving generations."""
     monkeypatch.setattr(files_cache, "_SPILL_STAGED", 3)
     monkeypatch.setattr(files_cache, "_SPILL_KEPT", 2)
+    monkeypatch.setattr(files_cache, "_FORGET_AFTER", 3)
+    monkeypatch.setattr(files_cache, "_REFRESH_AFTER", 1)
     monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
     files = _files(tmp_path / "src", 10)
     cache = FilesCache(tmp_path / "cache")
@@ -50,8 +52,8 @@ def test_a_run_larger_than_memory_holds_spills_and_commits_the_same(
         # Every later run finds all ten unchanged and keeps them.
         hits = cache.lookup_many(files)
         assert sorted(hits) == sorted(path for path, _ in files)
-        for path in hits:
-            cache.keep(path)
+        for path, entry in hits.items():
+            cache.keep(path, entry)
         cache.commit()
     assert cache.lookup_many(files)[files[7][0]].ids == [bytes([7]) * 32]
     cache.close()
@@ -70,3 +72,28 @@ def test_what_a_run_stages_is_gone_if_it_never_commits(
     reopened = FilesCache(tmp_path / "cache")
     assert reopened.lookup_many(files) == {}
     reopened.close()
+
+
+def test_an_entry_is_rewritten_only_once_it_has_aged_and_forgotten_once_long_unseen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that finds a file unchanged leaves its row alone unless the row has grown old;
+    a path no run has seen for _FORGET_AFTER runs is dropped."""
+    monkeypatch.setattr(files_cache, "_FORGET_AFTER", 4)
+    monkeypatch.setattr(files_cache, "_REFRESH_AFTER", 2)
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
+    (seen, seen_st), (gone, gone_st) = _files(tmp_path / "src", 2)
+    cache = FilesCache(tmp_path / "cache")
+    cache.stage(seen, seen_st, "blake3:" + "0" * 64, [b"\x01" * 32])
+    cache.stage(gone, gone_st, "blake3:" + "0" * 64, [b"\x02" * 32])
+    cache.commit()
+    generations = []
+    for _ in range(8):
+        entry = cache.lookup_many([(seen, seen_st)])[seen]
+        generations.append(entry.generation)
+        cache.keep(seen, entry)
+        cache.commit()
+    assert generations == [1, 1, 3, 3, 5, 5, 7, 7]
+    assert seen in cache.lookup_many([(seen, seen_st)])
+    assert cache.lookup_many([(gone, gone_st)]) == {}
+    cache.close()
