@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.cli.main import main
 from rpybackup_core.client import BackupClient, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
+from rpybackup_core.crypto import Sealer
 from rpybackup_core.server import BackupServer
 from rpybackup_core.tls import create_identity
 
@@ -117,6 +119,21 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+def commit_header(
+    sealer: Sealer, root: list[bytes], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A minimal ``commit`` request for a snapshot whose root tree is ``root``, as a test
+    talking the protocol directly sends it."""
+    return {
+        "time": "2026-01-01T00:00:00Z",
+        "tags": [],
+        "stats": {},
+        "parent": None,
+        "root": [chunk_id.hex() for chunk_id in root],
+        "meta": sealer.seal_document(SNAPSHOT_META, meta or {}),
+    }
 
 
 @pytest.fixture

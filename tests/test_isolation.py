@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.client import enroll
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import CryptoError, EnrollmentFailed, InvalidRequest, NotFound
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.tree import DIR, FILE, Node, encode_tree
+from tests.conftest import commit_header
 
 
 def connect(server, name: str) -> RemoteRepository:
@@ -71,16 +71,7 @@ def test_a_hostile_tree_with_dot_dot_is_refused_at_restore(server, tmp_path: Pat
             ]
         )
         remote.refs([data_id, inner_id, root_id])
-        remote.commit(
-            {
-                "time": "2026-01-01T00:00:00Z",
-                "tags": [],
-                "stats": {},
-                "parent": None,
-                "root": [root_id.hex()],
-                "meta": sealer.seal_document(SNAPSHOT_META, {"hostname": "h", "paths": ["/x"]}),
-            }
-        )
+        remote.commit(commit_header(sealer, [root_id], {"hostname": "h", "paths": ["/x"]}))
 
     target = tmp_path / "target" / "inner"
     target.mkdir(parents=True)
@@ -99,16 +90,7 @@ def test_a_commit_referencing_chunks_the_server_lacks_is_refused(server) -> None
         with pytest.raises(NotFound):
             remote.refs([missing])
         with pytest.raises(InvalidRequest):
-            remote.commit(
-                {
-                    "time": "2026-01-01T00:00:00Z",
-                    "tags": [],
-                    "stats": {},
-                    "parent": None,
-                    "root": [missing.hex()],
-                    "meta": sealer.seal_document(SNAPSHOT_META, {}),
-                }
-            )
+            remote.commit(commit_header(sealer, [missing]))
         assert remote.snapshots() == []
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.checker import Checker
 from rpybackup_core.config import ServerConfig
 from rpybackup_core.crypto import MasterKey, Sealer
@@ -24,7 +23,7 @@ from rpybackup_core.repository import Repository
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
-from tests.conftest import ServerHarness
+from tests.conftest import ServerHarness, commit_header
 
 from .conftest import Profile
 from .harness import ChangingTree, assert_clean, manifest, restored_manifest
@@ -120,14 +119,7 @@ def test_a_commit_waits_until_chunks_lost_to_a_storage_failure_are_put_again(
     sealer = Sealer(MasterKey.from_text(config.key))
     plain = b"a chunk whose first pack never reached the disk"
     chunk_id = sealer.chunk_id(plain)
-    snapshot = {
-        "time": "2026-01-01T00:00:00Z",
-        "tags": [],
-        "stats": {},
-        "parent": None,
-        "root": [chunk_id.hex()],
-        "meta": sealer.seal_document(SNAPSHOT_META, {}),
-    }
+    snapshot = commit_header(sealer, [chunk_id])
     with RemoteRepository.connect(
         config.server, config.fingerprint, config.name, config.token
     ) as remote:
