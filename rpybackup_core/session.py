@@ -328,7 +328,12 @@ class Session:
         except AuthenticationFailed:
             self.limiter.failure(self.host, f"authentication as {name!r} refused")
             raise
-        self.repo.touch(self.client.id)
+        try:
+            self.repo.touch(self.client.id)
+        except StorageError as exc:
+            # When a client was last seen is for `status`: a full disk must not lock clients out
+            # of listing and restoring what is stored.
+            log.warning("%s: could not record that %s was seen: %s", self.peer, name, exc)
         self.framed.sock.settimeout(self.idle_timeout)
         log.info("%s authenticated as %s", self.peer, name)
         return {"client": self.client.name, "admin": self.client.admin}, b""

@@ -312,6 +312,12 @@ def test_disk_full_on_the_server_fails_cleanly_and_keeps_earlier_snapshots(
         failed = cli("--config", str(client_config.path), "run", str(big))
         assert failed.code == 1
         assert "full" in one_line_error(failed.err)
+        # Whatever the failed run left behind, the disk stays full: what is stored can still
+        # be listed and restored.
+        filler = small / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as handle:
+            while handle.write(b"\0" * 65536):
+                handle.flush()
         snapshots = json.loads(cli("--config", str(client_config.path), "snapshots", "--json").out)
         assert len(snapshots) == 1
 
@@ -324,6 +330,7 @@ def test_disk_full_on_the_server_fails_cleanly_and_keeps_earlier_snapshots(
         )
         assert compare_trees(first, target / first.relative_to("/")) == []
 
+        filler.unlink()
         subprocess.run(["mount", "-o", "remount,size=128m", str(small)], check=True)
         again = cli("--config", str(client_config.path), "run", str(big))
         assert again.code == 0, again.err
