@@ -1,10 +1,11 @@
 """The client's files cache: lets a run skip reading files unchanged since an earlier run.
 
-Keyed on path; an entry is used only if size, mtime_ns, ctime_ns and inode all still match.
-Entries are staged during a run and written only after the snapshot is committed, so a failed
-run never leaves the cache pointing at chunks the server did not accept. Past a few MiB of
-staged rows, what a run stages waits in temporary tables (SQLite spills them to disk), so the
-client's memory does not grow with the number of files in the tree.
+Keyed on path (a name that is not valid UTF-8 by its bytes); an entry is used only if size,
+mtime_ns, ctime_ns and inode all still match. Entries are staged during a run and written only
+after the snapshot is committed, so a failed run never leaves the cache pointing at chunks the
+server did not accept. Past a few MiB of staged rows, what a run stages waits in temporary
+tables (SQLite spills them to disk), so the client's memory does not grow with the number of
+files in the tree.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ def _unchanged(st: os.stat_result, size: int, mtime_ns: int, ctime_ns: int, inod
     )
 
 
+def _key(path: str) -> str | bytes:
+    """A path as the cache stores it: its text, or its bytes for a name that is not valid
+    UTF-8 (a surrogate escape, which SQLite refuses as text)."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _path(key: str | bytes) -> str:
+    return key if isinstance(key, str) else os.fsdecode(key)
+
+
 def _split_ids(ids: bytes) -> list[bytes]:
     # Most files are one chunk: no slicing loop for them (a no-change run looks up every file).
     if len(ids) == ID_SIZE:
@@ -93,7 +110,7 @@ class FilesCache:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         self.generation = (row[0] if row else 0) + 1
         self._staged: list[tuple[object, ...]] = []
-        self._kept: list[str] = []
+        self._kept: list[str | bytes] = []
         self._spilled = False
 
     def close(self) -> None:
@@ -104,7 +121,7 @@ class FilesCache:
         row = self._db.execute(
             "SELECT size, mtime_ns, ctime_ns, inode, digest, ids, generation FROM files "
             "WHERE path = ?",
-            (path,),
+            (_key(path),),
         ).fetchone()
         if row is None:
             return None
@@ -119,11 +136,12 @@ class FilesCache:
         for start in range(0, len(files), _SQL_BATCH):
             stats = dict(files[start : start + _SQL_BATCH])
             marks = ",".join("?" * len(stats))
-            for path, size, mtime_ns, ctime_ns, inode, digest, ids, generation in self._db.execute(
+            for key, size, mtime_ns, ctime_ns, inode, digest, ids, generation in self._db.execute(
                 "SELECT path, size, mtime_ns, ctime_ns, inode, digest, ids, generation FROM files "
                 f"WHERE path IN ({marks})",
-                list(stats),
+                [_key(path) for path in stats],
             ):
+                path = _path(key)
                 if _unchanged(stats[path], size, mtime_ns, ctime_ns, inode):
                     found[path] = CachedFile(digest, size, _split_ids(ids), generation)
         return found
@@ -133,7 +151,7 @@ class FilesCache:
         has grown old."""
         if entry.generation > self.generation - _REFRESH_AFTER:
             return
-        self._kept.append(path)
+        self._kept.append(_key(path))
         if len(self._kept) >= _SPILL_KEPT:
             self._spill()
 
@@ -147,7 +165,7 @@ class FilesCache:
             return
         self._staged.append(
             (
-                path,
+                _key(path),
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,

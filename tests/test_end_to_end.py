@@ -84,3 +84,31 @@ def test_a_file_rewritten_right_after_its_backup_is_read_again(server, tmp_path:
     client.get_file(str(target_file), restored)
     assert restored.read_text() == "BBBB\n"
     assert config.name == "alice"
+
+
+def test_names_that_are_not_utf8_are_backed_up_cached_and_restored(
+    server, cli, tmp_path: Path
+) -> None:
+    """A name in another encoding (Latin-1 here) is bytes Python carries as a surrogate escape;
+    it is stored, found unchanged by the files cache on the next run and restored as the same
+    bytes."""
+    source = tmp_path / "src"
+    source.mkdir()
+    latin1 = os.path.join(os.fsencode(source), b"caf\xe9.txt")
+    with open(latin1, "wb") as handle:
+        handle.write(b"latin-1 name")
+    (source / "naïve.txt").write_bytes(b"utf-8 name")
+    config = server.enroll("alice")
+    for _ in range(2):
+        run = cli("--config", str(config.path), "run", str(source), "--json")
+        assert run.code == 0, run.err
+    listed = cli("--config", str(config.path), "list", str(source), "--json")
+    assert {entry["state"] for entry in json.loads(listed.out)["entries"]} == {"backed up"}
+
+    target = tmp_path / "restored"
+    restored = cli("--config", str(config.path), "restore", "latest", "--target", str(target))
+    assert restored.code == 0, restored.err
+    back = os.path.join(os.fsencode(target / source.relative_to("/")), b"caf\xe9.txt")
+    with open(back, "rb") as handle:
+        assert handle.read() == b"latin-1 name"
+    assert compare_trees(source, target / source.relative_to("/")) == []
