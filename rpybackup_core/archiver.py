@@ -339,7 +339,7 @@ class Archiver:
             hits = {}
             if self.cache is not None:
                 regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
-                hits = self.cache.lookup_many(regular)
+                hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(taken))
             for child, st in listed:
                 hit = hits.get(child)
                 if hit is not None:

@@ -97,3 +97,31 @@ def test_an_entry_is_rewritten_only_once_it_has_aged_and_forgotten_once_long_uns
     assert seen in cache.lookup_many([(seen, seen_st)])
     assert cache.lookup_many([(gone, gone_st)]) == {}
     cache.close()
+
+
+def test_adjacent_files_are_read_as_a_range_and_found_as_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read as one range, a directory's files find the same entries as looked up one by one:
+    rows in between that belong to no file asked about (a subdirectory since removed) are not
+    taken, and a name kept by its bytes is found too."""
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
+    files = _files(tmp_path / "src", 6)
+    latin1 = os.path.join(os.fsencode(tmp_path / "src"), b"f3\xe9")
+    with open(latin1, "wb") as handle:
+        handle.write(b"x")
+    files.insert(4, (os.fsdecode(latin1), os.stat(latin1)))
+    gone = str(tmp_path / "src" / "f2" / "inside-a-removed-directory")
+    cache = FilesCache(tmp_path / "cache")
+    for index, (path, st) in enumerate([*files, (gone, files[2][1])]):
+        cache.stage(path, st, "blake3:" + "0" * 64, [bytes([index]) * 32])
+    cache.commit()
+    asked = [files[index] for index in (1, 2, 3, 4, 5)]
+    changed = files[5][0], os.stat(tmp_path / "src" / "f0")
+    text_only = [files[index] for index in (1, 2, 3)]
+
+    for lookup in (asked, text_only, [*text_only, changed]):
+        ranged = cache.lookup_many(lookup, adjacent=True)
+        assert ranged == cache.lookup_many(lookup)
+        assert sorted(ranged) == sorted(path for path, st in lookup if st is not changed[1])
+    cache.close()
