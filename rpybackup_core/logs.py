@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .terminal import printable
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -30,6 +32,15 @@ class _OwnFileHandler(logging.FileHandler):
     pass
 
 
+class _Formatter(logging.Formatter):
+    """A record's line with what a terminal would act on escaped (a file's name can hold an
+    escape sequence or a newline that would forge a line); a traceback after it is left as
+    it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
 def setup_logging(level: str = "warning", log_file: str = "") -> None:
     root = logging.getLogger()
     root.setLevel(level.upper())
@@ -38,11 +49,11 @@ def setup_logging(level: str = "warning", log_file: str = "") -> None:
             root.removeHandler(handler)
             handler.close()
     stderr = _OwnHandler()
-    stderr.setFormatter(logging.Formatter(_FORMAT))
+    stderr.setFormatter(_Formatter(_FORMAT))
     root.addHandler(stderr)
     if log_file:
         file_handler = _OwnFileHandler(log_file)
-        file_handler.setFormatter(logging.Formatter(_FORMAT))
+        file_handler.setFormatter(_Formatter(_FORMAT))
         root.addHandler(file_handler)
 
 
@@ -50,10 +61,10 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_MESSAGE = 2000
 
 
-def printable(text: str) -> str:
-    """Control characters (escape sequences included) shown as U+FFFD: log text can carry what
-    a client sent, and it ends up in an admin's terminal."""
-    return "".join(c if c.isprintable() else "\ufffd" for c in text[:_MAX_MESSAGE])
+def _shown(text: str) -> str:
+    """Log text as an admin's terminal may show it (it can carry what a client sent, or a
+    file's name), cut to a bounded length."""
+    return printable(text[:_MAX_MESSAGE])
 
 
 @dataclass(frozen=True)
@@ -83,8 +94,8 @@ class LogLine:
         return cls(
             float(doc["created"]),
             level,
-            printable(str(doc["source"])),
-            printable(str(doc["message"])),
+            _shown(str(doc["source"])),
+            _shown(str(doc["message"])),
         )
 
 
@@ -106,7 +117,7 @@ class RecentLog(logging.Handler):
         if error is not None:
             message += f" ({type(error).__name__}: {error})"
         level = record.levelname if record.levelname in LEVELS else "ERROR"
-        self.keep(LogLine(record.created, level, record.name, printable(message)))
+        self.keep(LogLine(record.created, level, record.name, _shown(message)))
 
     def keep(self, line: LogLine) -> None:
         with self._guard:

@@ -16,6 +16,7 @@ from textual.worker import Worker
 
 from rpybackup_core.config import ClientConfig, default_client_config
 from rpybackup_core.errors import RPyBackupError
+from rpybackup_core.terminal import printable
 
 from .data.backend import Backend
 from .data.log_buffer import LogBuffer
@@ -32,13 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def describe_failure(error: BaseException) -> str:
-    """One line for the user; a traceback only for bugs, and only in the log."""
+    """One line for the user (it may name a file: shown printable); a traceback only for
+    bugs, and only in the log."""
     if isinstance(error, RPyBackupError):
-        return str(error)
+        return printable(str(error))
     if isinstance(error, OSError):
-        return error.strerror or str(error)
+        return printable(error.strerror or str(error))
     log.error("unexpected failure in the console", exc_info=error)
-    return f"unexpected {type(error).__name__}: {error} (details on the logs screen)"
+    return printable(f"unexpected {type(error).__name__}: {error} (details on the logs screen)")
 
 
 class ConsoleApp(App[None]):
@@ -82,7 +84,7 @@ class ConsoleApp(App[None]):
         message = describe_failure(error) if error is not None else "failed"
         log.warning("%s: %s", worker.group, message)
         if message not in self._shown_failures.values():
-            self.notify(message, title="Error", severity="error", timeout=8)
+            self.notify(message, title="Error", severity="error", timeout=8, markup=False)
         self._shown_failures[worker.group] = message
         return message
 

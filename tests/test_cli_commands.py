@@ -37,6 +37,29 @@ def test_list_shows_local_files_and_their_backup_state(server, cli, tmp_path: Pa
     assert states == {"kept.txt": "backed up", "fresh.txt": "new or changed"}
 
 
+def test_names_reach_the_terminal_printable_and_never_as_markup(
+    server, cli, tmp_path: Path
+) -> None:
+    """A stored name with an escape sequence (it would retitle the window) or Rich markup is
+    listed as text a person can read, by rlist from the snapshot and by list from the disk;
+    --json keeps the exact name."""
+    config = server.enroll("alice")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    hostile = "t\x1b]0;x\x07[b]y"
+    (folder / hostile).write_text("x\n")
+    assert cli("--config", str(config.path), "run", str(folder)).code == 0
+
+    remote = cli("--config", str(config.path), "rlist", str(folder))
+    local = cli("--config", str(config.path), "list", str(folder))
+    for listed in (remote, local):
+        assert listed.code == 0, listed.err
+        assert "\x1b" not in listed.out and "\x07" not in listed.out
+        assert "t\\x1b]0;x\\x07[b]y" in listed.out
+    exact = cli("--config", str(config.path), "rlist", str(folder), "--json")
+    assert str(folder / hostile) in [e["path"] for e in json.loads(exact.out)["entries"]]
+
+
 def test_list_of_a_missing_directory_is_a_usage_error(cli, tmp_path: Path) -> None:
     result = cli("--config", str(tmp_path / "none.toml"), "list", str(tmp_path / "nope"))
     assert result.code == 2

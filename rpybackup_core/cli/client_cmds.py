@@ -14,6 +14,7 @@ from ..client import BackupClient, enroll
 from ..config import ClientConfig
 from ..errors import BackupIncomplete, RestoreError, RPyBackupError, UsageError
 from ..files_cache import FilesCache
+from ..terminal import printable
 from .output import human_bytes, print_json, progress_bar, stderr, stdout, table
 
 
@@ -126,7 +127,7 @@ def _backup(args: argparse.Namespace, paths: list[str], tags: list[str], when: s
             result = exc.result
             code = exc.exit_code
             for error in result.errors:
-                stderr.print(f"skipped: {error}")
+                stderr.print(f"skipped: {printable(error)}", markup=False)
     if args.json:
         print_json(result.to_json())
     else:
@@ -152,7 +153,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     client = load_client(args)
     dest = Path(args.output) if args.output else None
     written = client.get_file(args.path, dest, args.snapshot)
-    stdout.print(f"{written} (verified)")
+    stdout.print(f"{printable(str(written))} (verified)", markup=False)
     return 0
 
 
@@ -185,8 +186,8 @@ def cmd_rlist(args: argparse.Namespace) -> int:
     for entry in entries:
         suffix = "/" if entry.node.kind == "dir" else ""
         if entry.node.kind == "symlink":
-            suffix = f" -> {entry.node.target}"
-        stdout.print(f"{entry.path}{suffix}", markup=False)
+            suffix = f" -> {printable(entry.node.target)}"
+        stdout.print(f"{printable(entry.path)}{suffix}", markup=False)
     return 0
 
 
@@ -203,7 +204,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         )
     if result.errors:
         for error in result.errors:
-            stderr.print(f"failed: {error}", markup=False)
+            stderr.print(f"failed: {printable(error)}", markup=False)
         raise RestoreError(f"{len(result.errors)} item(s) could not be restored")
     return 0
 

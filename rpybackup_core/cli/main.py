@@ -10,6 +10,7 @@ from .. import __version__
 from ..config import default_client_config, default_server_config
 from ..errors import RPyBackupError
 from ..logs import setup_logging
+from ..terminal import printable
 
 # Command modules in the order `--help` lists them, and the module of each command. Only the
 # invoked command's module is imported: loading every module (server, prune, watchdog, ...)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RPyBackupError as exc:
-        print(f"rpybackup-core: error: {exc}", file=sys.stderr)
+        print(f"rpybackup-core: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("rpybackup-core: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..progress import Progress, ProgressCallback, ignore_progress
+from ..terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -61,13 +62,16 @@ def human_bytes(count: float) -> str:
 
 
 def table(columns: list[str], rows: list[list[str]]) -> None:
+    """Rows of plain text: names in cells are never read as Rich markup or sent raw to the
+    terminal."""
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(box=None, pad_edge=False, show_edge=False)
     for column in columns:
         grid.add_column(column, overflow="fold")
     for row in rows:
-        grid.add_row(*row)
+        grid.add_row(*(Text(printable(cell)) for cell in row))
     stdout.print(grid)
 
 

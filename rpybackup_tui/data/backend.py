@@ -20,6 +20,7 @@ from rpybackup_core.progress import Progress, ProgressCallback
 from rpybackup_core.pruner import PruneRecord, PruneResult, RetentionSetting
 from rpybackup_core.restorer import RestoreResult
 from rpybackup_core.retention import RetentionPolicy
+from rpybackup_core.terminal import printable
 
 from .fleet import Fleet, own_row, status_row
 from .runs import CANCELLED, INCOMPLETE, OK, RunRecord
@@ -136,7 +137,8 @@ class Backend:
         except BackupIncomplete as exc:
             if not isinstance(exc.result, BackupResult):
                 raise
-            return _record(started, INCOMPLETE, exc.result, str(exc))
+            # It names an unreadable file: shown printable wherever the run is listed.
+            return _record(started, INCOMPLETE, exc.result, printable(str(exc)))
         return _record(started, OK, result, "")
 
 

@@ -36,7 +36,7 @@ class RestoreDialog(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(f"Restore {self.what}", classes="dialog-title")
+            yield Static(f"Restore {self.what}", classes="dialog-title", markup=False)
             yield Static("Into directory (created if missing; existing files are replaced):")
             yield Input(self.suggestion, id="target")
             yield Static("", id="target-error", classes="field-error")

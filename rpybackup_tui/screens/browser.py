@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from rpybackup_core.client import ListedEntry, SnapshotInfo
+from rpybackup_core.terminal import printable
 from rpybackup_core.tree import DIR, FILE, SYMLINK
 
 from ..data.format import display_path, human_bytes, short_time
@@ -50,11 +51,11 @@ def describe_entry(listed: ListedEntry) -> str:
     node = listed.node
     when = datetime.datetime.fromtimestamp(node.mtime_ns / 1e9, datetime.UTC)
     mode = stat.filemode(_type_bits(node.kind) | node.mode)
-    lines = [listed.path, f"{node.kind} · {mode} · {when:%Y-%m-%d %H:%M} UTC"]
+    lines = [printable(listed.path), f"{node.kind} · {mode} · {when:%Y-%m-%d %H:%M} UTC"]
     if node.kind == FILE:
         lines.append(f"{human_bytes(node.size)} ({node.size:,} bytes) · {node.digest[:23]}…")
     if node.kind == SYMLINK:
-        lines.append(f"→ {node.target}")
+        lines.append(f"→ {printable(node.target)}")
     return "\n".join(lines)
 
 
@@ -64,11 +65,11 @@ def _type_bits(kind: str) -> int:
 
 def label_for(listed: ListedEntry) -> Text:
     node = listed.node
-    name = os.path.basename(listed.path)
+    name = printable(os.path.basename(listed.path))
     if node.kind == DIR:
         return Text(f"{name}/", style="bold")
     if node.kind == SYMLINK:
-        return Text(f"{name} → {node.target}", style="italic")
+        return Text(f"{name} → {printable(node.target)}", style="italic")
     return Text.assemble(name, (f"  {human_bytes(node.size)}", "dim"))
 
 
@@ -222,7 +223,7 @@ class BrowserScreen(AreaScreen):
             return
         listed = entry.listed
         size = listed.node.size if listed.node.kind == FILE else None
-        self.ask_target(listed.path, listed.path, size)
+        self.ask_target(printable(listed.path), listed.path, size)
 
     def action_restore_all(self) -> None:
         if self.current is None:
@@ -232,6 +233,7 @@ class BrowserScreen(AreaScreen):
         self.ask_target(f"snapshot {self.current.id[:8]}", None, size)
 
     def ask_target(self, what: str, include: str | None, size: int | None) -> None:
+        """Restore ``include`` (all with None), shown as ``what``, where the user chooses."""
         assert self.current is not None
         snapshot = self.current.id
         suggestion = display_path(Path.home() / "restore" / snapshot[:8])
@@ -266,13 +268,12 @@ class BrowserScreen(AreaScreen):
             f"{human_bytes(result.bytes)}"
         )
         if result.errors:
-            self.set_status(
-                f"{summary}; {len(result.errors)} failed: {result.errors[0]}", error=True
-            )
-            self.notify(result.errors[0], title="Restore incomplete", severity="error")
+            first_error = printable(result.errors[0])
+            self.set_status(f"{summary}; {len(result.errors)} failed: {first_error}", error=True)
+            self.notify(first_error, title="Restore incomplete", severity="error", markup=False)
         else:
             self.set_status(f"{summary}, every file verified")
-            self.notify(summary, title="Restore done")
+            self.notify(summary, title="Restore done", markup=False)
 
     def forget_loading(self, node: TreeNode[Entry]) -> None:
         """After a failed load, expanding those folders again asks again."""

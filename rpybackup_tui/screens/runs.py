@@ -192,9 +192,9 @@ class RunsScreen(AreaScreen):
                 title="Backup done",
             )
         elif run.outcome == CANCELLED:
-            self.notify(run.message, title="Backup cancelled", severity="warning")
+            self.notify(run.message, title="Backup cancelled", severity="warning", markup=False)
         else:
-            self.notify(run.message, title="Backup incomplete", severity="error")
+            self.notify(run.message, title="Backup incomplete", severity="error", markup=False)
 
     def worker_failed(self, group: str, message: str) -> None:
         if group == "backup":

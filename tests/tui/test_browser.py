@@ -7,9 +7,11 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Tree
 from textual.widgets.tree import TreeNode
 
+from rpybackup_core.client import ListedEntry
 from rpybackup_core.demo import compare_trees
+from rpybackup_core.tree import SYMLINK, Node
 from rpybackup_tui.app import ConsoleApp
-from rpybackup_tui.screens.browser import PAGE
+from rpybackup_tui.screens.browser import PAGE, describe_entry, label_for
 
 from .conftest import drive, outage, text_of, wait_for
 
@@ -139,3 +141,17 @@ def test_the_browser_survives_a_server_restart(server, alice, sample_tree: Path)
         assert len(docs.children) == 41
 
     drive(alice, scenario)
+
+
+def test_a_stored_name_is_shown_printable_in_the_tree_and_the_details() -> None:
+    """Names come from a snapshot, which another machine wrote: an escape sequence in one is
+    shown as text, never sent to the admin's terminal."""
+    link = ListedEntry(
+        "/srv/a\x1b[2J[@click=app.quit]b",
+        Node("a\x1b[2J[@click=app.quit]b", SYMLINK, 0o777, 0, target="\x1b]0;owned\x07"),
+    )
+    label = label_for(link)
+    assert label.plain == "a\\x1b[2J[@click=app.quit]b → \\x1b]0;owned\\x07"
+    details = describe_entry(link)
+    assert "\x1b" not in details and "\x07" not in details
+    assert details.startswith("/srv/a\\x1b[2J[@click=app.quit]b\n")
