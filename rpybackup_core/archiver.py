@@ -19,6 +19,7 @@ unchanged files, and a directory's tree waits for its files' reports.
 from __future__ import annotations
 
 import datetime
+import errno
 import fnmatch
 import logging
 import os
@@ -57,7 +58,15 @@ HELPER_FILE = 4 * 1024 * 1024
 _HELPER_FILES = 64
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Non-blocking: a path the walk saw as a regular file may be a FIFO by the time it is opened,
+# and opening a FIFO would wait for a writer that may never come. Reads of a regular file are
+# not affected by the flag.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 @dataclass
@@ -554,6 +563,8 @@ class Archiver:
         size = 0
         try:
             before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise OSError(errno.EINVAL, "it is no longer a regular file")
             for chunk_id, piece in self._pieces(fd, before.st_size, digest):
                 self.uploader.add(chunk_id, piece)
                 ids.append(chunk_id)

@@ -18,7 +18,7 @@ from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
 from rpybackup_core.crypto import MasterKey, Sealer, storage_hash
 from rpybackup_core.demo import compare_trees
-from rpybackup_core.errors import CryptoError
+from rpybackup_core.errors import BackupIncomplete, CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
@@ -249,6 +249,35 @@ def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
     _, result = client.restore("latest", target)
     assert result.errors == []
     assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_file_that_became_a_fifo_before_its_read_is_named_and_the_backup_goes_on(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a FIFO for reading waits for a writer, which may never come: a file the walk
+    saw as regular but that is a FIFO by the time it is opened is named as skipped, and the
+    rest of the tree is stored."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("stays a file\n")
+    (source / "b.txt").write_text("becomes a FIFO\n")
+    original = Archiver._read_file
+
+    def replacing(self: Archiver, path: str, st: os.stat_result) -> object:
+        if path.endswith("b.txt"):
+            os.unlink(path)
+            os.mkfifo(path)
+        return original(self, path, st)
+
+    monkeypatch.setattr(Archiver, "_read_file", replacing)
+    server.enroll("alice")
+    client = server.client("alice")
+    with pytest.raises(BackupIncomplete) as raised:
+        client.backup([str(source)])
+    result = raised.value.result
+    assert result.files == 1
+    assert [error.split(": ", 1)[0] for error in result.errors] == [str(source / "b.txt")]
 
 
 def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_again(
