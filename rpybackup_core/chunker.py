@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-from pyfastcdc import FastCDC
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 # pyfastcdc's real average is avg + min (cut-point skipping): about 2 MiB, like borg's. Larger
 # than restic's 1 MiB: zstd sees more context per chunk (3 % smaller on text) and there is less
@@ -21,7 +22,17 @@ class Chunker:
     """Splits data into content-defined chunks. Not thread-safe: use one per thread."""
 
     def __init__(self) -> None:
-        self._cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+        self._fastcdc: FastCDC | None = None
+
+    @property
+    def _cdc(self) -> FastCDC:
+        """Made when first needed: pyfastcdc takes ~9 ms to import (typing_extensions), and a
+        run that reads only small files, or none (no change), never cuts anything."""
+        if self._fastcdc is None:
+            from pyfastcdc import FastCDC
+
+            self._fastcdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+        return self._fastcdc
 
     def stream(self, reader: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
         """Chunks of a file, read as it goes; each view is valid only until the next one.
