@@ -165,9 +165,10 @@ class FilesCache:
             f"WHERE {where}",
             keys,
         ):
-            st = stats.get(_path(key))
+            path = _path(key)
+            st = stats.get(path)
             if st is not None and _unchanged(st, size, mtime_ns, ctime_ns, inode):
-                found[_path(key)] = CachedFile(digest, size, _split_ids(ids), generation)
+                found[path] = CachedFile(digest, size, _split_ids(ids), generation)
 
     def keep(self, path: str, entry: CachedFile) -> None:
         """An entry ``lookup`` matched stays as it is; at commit its generation moves on if it
