@@ -130,7 +130,8 @@ class BrowserScreen(AreaScreen):
                 short_time(snap.time),
                 f"{int(snap.stats.get('files', 0)):,}",
                 human_bytes(int(snap.stats.get("bytes", 0))),
-                ",".join(snap.tags) or "—",
+                # Tags are any short text a client chose: shown as text, never as markup.
+                Text(printable(",".join(snap.tags)) or "—"),
                 key=snap.id,
             )
         ids = [snap.id for snap in self.snapshots]

@@ -13,7 +13,7 @@ from rpybackup_core.tree import SYMLINK, Node
 from rpybackup_tui.app import ConsoleApp
 from rpybackup_tui.screens.browser import PAGE, describe_entry, label_for
 
-from .conftest import drive, outage, text_of, wait_for
+from .conftest import day, drive, outage, text_of, wait_for
 
 
 def loaded(node: TreeNode) -> bool:
@@ -62,6 +62,20 @@ def test_snapshots_then_a_lazy_tree_then_details(server, alice, sample_tree: Pat
         details = text_of(app, "#details")
         assert f"{sample_tree}/photo.raw" in details
         assert "6.0 MiB" in details and "blake3:" in details
+
+    drive(alice, scenario)
+
+
+def test_a_snapshots_tags_show_as_text_not_as_markup(server, alice) -> None:
+    """A tag is any short text the client chose: a markup link in one stays text (it would
+    otherwise be an action to click) and an escape sequence is shown escaped."""
+    server.client("alice").backup(when=day(3), tags=["[@click=app.quit]x", "a\x1b[2Jb"])
+
+    async def scenario(app: ConsoleApp, pilot) -> None:
+        await pilot.press("3")
+        table = app.screen.query_one("#snapshots", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2, "the snapshot list")
+        assert str(table.get_row_at(0)[3]) == "[@click=app.quit]x,a\\x1b[2Jb"
 
     drive(alice, scenario)
 
