@@ -36,11 +36,13 @@ def describe_failure(error: BaseException) -> str:
     """One line for the user (it may name a file: shown printable); a traceback only for
     bugs, and only in the log."""
     if isinstance(error, RPyBackupError):
-        return printable(str(error))
-    if isinstance(error, OSError):
-        return printable(error.strerror or str(error))
-    log.error("unexpected failure in the console", exc_info=error)
-    return printable(f"unexpected {type(error).__name__}: {error} (details on the logs screen)")
+        text = str(error)
+    elif isinstance(error, OSError):
+        text = error.strerror or str(error)
+    else:
+        log.error("unexpected failure in the console", exc_info=error)
+        text = f"unexpected {type(error).__name__}: {error} (details on the logs screen)"
+    return printable(text)
 
 
 class ConsoleApp(App[None]):
