@@ -118,17 +118,7 @@ class FilesCache:
             self._db.close()
 
     def lookup(self, path: str, st: os.stat_result) -> CachedFile | None:
-        row = self._db.execute(
-            "SELECT size, mtime_ns, ctime_ns, inode, digest, ids, generation FROM files "
-            "WHERE path = ?",
-            (_key(path),),
-        ).fetchone()
-        if row is None:
-            return None
-        size, mtime_ns, ctime_ns, inode, digest, ids, generation = row
-        if not _unchanged(st, size, mtime_ns, ctime_ns, inode):
-            return None
-        return CachedFile(digest, size, _split_ids(ids), generation)
+        return self.lookup_many([(path, st)]).get(path)
 
     def lookup_many(
         self, files: list[tuple[str, os.stat_result]], adjacent: bool = False
