@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import dataset
+import tls_ceiling
 from tools import Borg, Measured, Restic, RPyBackup, ensure_installed
 
 import rpybackup_core
@@ -181,7 +182,8 @@ def run_repeat(
 
 
 def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[float]]:
-    """One large incompressible file through `put` and `get` over loopback TLS."""
+    """One large incompressible file through `put` and `get` over loopback TLS, and the same
+    number of bytes over bare loopback TLS (tls_ceiling.py): the most either could reach."""
     big = work / "big" / "one-big-file.bin"
     big.parent.mkdir(parents=True)
     rng = random.Random(3)
@@ -205,6 +207,10 @@ def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[floa
         dest.unlink()
         shutil.rmtree(rpy.work)
         size = big.stat().st_size
+        bare = tls_ceiling.measure(work / f"bare-tls-{index}", size)
+        shutil.rmtree(work / f"bare-tls-{index}")
+        samples.setdefault("bare_tls_mbps", []).append(size / bare.seconds / MB)
+        samples.setdefault("bare_tls_cpu_per_gib", []).append(bare.cpu_seconds * 2**30 / size)
         samples.setdefault("put_mbps", []).append(size / put.seconds / MB)
         samples.setdefault("get_mbps", []).append(size / get.seconds / MB)
         samples.setdefault("put_client_rss", []).append(put.peak_rss)
@@ -213,7 +219,7 @@ def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[floa
         samples.setdefault("get_server_rss", []).append(get_server)
         _log(
             f"  big file: put {size / put.seconds / MB:.0f} MB/s, "
-            f"get {size / get.seconds / MB:.0f} MB/s"
+            f"get {size / get.seconds / MB:.0f} MB/s, bare TLS {size / bare.seconds / MB:.0f} MB/s"
         )
     shutil.rmtree(big.parent)
     return samples
@@ -267,6 +273,7 @@ def summarize(
                 "met": peak <= rss_limit,
             }
         )
+    bare_tls = statistics.median(big["bare_tls_mbps"]) if big else None
     for label, key in ((f"{big_label} put", "put_mbps"), (f"{big_label} get", "get_mbps")):
         if key in big:
             value = statistics.median(big[key])
@@ -274,15 +281,16 @@ def summarize(
                 {
                     "metric": label,
                     "rpybackup": value,
-                    "other": None,
-                    "other_tool": "",
+                    "other": bare_tls,
+                    "other_tool": "bare TLS",
                     "unit": "MB/s",
                     "ratio": value / 700,
                     "goal": ">= 700 MB/s",
                     "met": value >= 700,
                 }
             )
-    return {"medians": med, "rows": rows}
+    big_medians = {key: statistics.median(values) for key, values in big.items()}
+    return {"medians": med, "big_medians": big_medians, "rows": rows}
 
 
 def _show(value: float | None, unit: str) -> str:
@@ -298,7 +306,7 @@ def _show(value: float | None, unit: str) -> str:
 
 
 def print_table(summary: dict[str, Any], data_bytes: float) -> None:
-    header = f"{'metric':<18} {'rPyBackup':>12} {'reference':>18} {'ratio':>7}  {'goal':<17} met"
+    header = f"{'metric':<18} {'rPyBackup':>12} {'reference':>20} {'ratio':>7}  {'goal':<17} met"
     print(header)
     print("-" * len(header))
     for row in summary["rows"]:
@@ -306,7 +314,7 @@ def print_table(summary: dict[str, Any], data_bytes: float) -> None:
         if row["other_tool"]:
             other = f"{other} ({row['other_tool']})"
         print(
-            f"{row['metric']:<18} {_show(row['rpybackup'], row['unit']):>12} {other:>18} "
+            f"{row['metric']:<18} {_show(row['rpybackup'], row['unit']):>12} {other:>20} "
             f"{row['ratio']:>6.2f}x  {row['goal']:<17} {'yes' if row['met'] else 'NO'}"
         )
     med = summary["medians"]
@@ -330,6 +338,12 @@ def print_table(summary: dict[str, Any], data_bytes: float) -> None:
     ]
     if cpu:
         print("CPU seconds, rPyBackup vs restic: " + ", ".join(cpu))
+    bare = summary["big_medians"]
+    if "bare_tls_mbps" in bare:
+        print(
+            f"bare loopback TLS 1.3 (Python's ssl, nothing else): {bare['bare_tls_mbps']:.0f} "
+            f"MB/s, {bare['bare_tls_cpu_per_gib']:.2f} CPU-s per GiB: put/get cannot pass it"
+        )
 
 
 def main() -> int:
