@@ -352,8 +352,9 @@ class Archiver:
             for child, st in listed:
                 hit = hits.get(child)
                 if hit is not None:
-                    node = Node.from_stat(os.path.basename(child), FILE, st)
-                    node.size, node.digest, node.content = hit.size, hit.digest, list(hit.ids)
+                    # A name never holds a "/": the entry's name is what follows the last one.
+                    name = child.rpartition("/")[2]
+                    node = Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids)
                     cached.append((child, node, hit))
                     continue
                 if self._to_helper(st):
@@ -574,8 +575,9 @@ class Archiver:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        node = Node.from_stat(os.path.basename(path), FILE, before)
-        node.size, node.digest, node.content = size, f"{FILE_DIGEST}:{digest.hexdigest()}", ids
+        node = Node.from_stat(
+            os.path.basename(path), FILE, before, size, f"{FILE_DIGEST}:{digest.hexdigest()}", ids
+        )
         return node, before, after
 
     def _count_file(

@@ -34,7 +34,9 @@ _RACY_COARSE_NS = 2_000_000_000
 _STALE_FILES = ("files.sqlite", "files.sqlite-wal", "files.sqlite-shm")
 
 
-@dataclass(frozen=True)
+# Not frozen: a no-change run makes one per file, and a frozen dataclass sets each field
+# through object.__setattr__ (1.8 against 0.55 µs). Its ids are a list of its own.
+@dataclass(slots=True)
 class CachedFile:
     digest: str
     size: int

@@ -10,6 +10,7 @@ path separator, be empty, ``.`` or ``..``.
 from __future__ import annotations
 
 import json
+import os
 import stat
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -44,14 +45,27 @@ class Node:
     target: str = ""
 
     @classmethod
-    def from_stat(cls, name: str, kind: str, st: object) -> Node:
+    def from_stat(
+        cls,
+        name: str,
+        kind: str,
+        st: os.stat_result,
+        size: int = 0,
+        digest: str = "",
+        content: list[bytes] | None = None,
+    ) -> Node:
+        # Every field given in order: a no-change run makes a node per file, and keywords,
+        # defaults and setting the content afterwards took three times as long.
         return cls(
-            name=name,
-            kind=kind,
-            mode=stat.S_IMODE(st.st_mode),  # type: ignore[attr-defined]
-            mtime_ns=st.st_mtime_ns,  # type: ignore[attr-defined]
-            uid=st.st_uid,  # type: ignore[attr-defined]
-            gid=st.st_gid,  # type: ignore[attr-defined]
+            name,
+            kind,
+            stat.S_IMODE(st.st_mode),
+            st.st_mtime_ns,
+            st.st_uid,
+            st.st_gid,
+            size,
+            digest,
+            [] if content is None else content,
         )
 
     def encode(self) -> str:
