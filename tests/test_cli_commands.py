@@ -169,6 +169,33 @@ def test_a_client_command_loads_only_its_own_command_module() -> None:
     assert "pyfastcdc" not in loaded
 
 
+def test_a_restore_into_a_pipe_prints_its_summary_as_plain_text_without_rich(
+    server, tmp_path: Path
+) -> None:
+    """Output for a script or a log is written as it is: the target's brackets are not read
+    as markup, and the command does not import Rich (~25 ms) to print one line."""
+    config = server.enroll("alice")
+    note = tmp_path / "n.txt"
+    note.write_text("x\n")
+    assert main(["--config", str(config.path), "put", str(note)]) == 0
+    target = tmp_path / "out[b]x[/b]"
+    probe = (
+        "import sys\n"
+        "from rpybackup_core.cli.main import main\n"
+        f"code = main(['--config', {str(config.path)!r}, 'restore', 'latest', '--target', "
+        f"{str(target)!r}])\n"
+        "print('rich loaded' if 'rich' in sys.modules else 'rich not loaded', file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    restored = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert f"to {target}: 1 files" in restored.stdout
+    assert restored.stderr.strip().endswith("rich not loaded")
+    assert (target / note.relative_to("/")).read_text() == "x\n"
+
+
 def test_help_and_a_mistyped_command_list_every_command(capsys) -> None:
 
     with pytest.raises(SystemExit):

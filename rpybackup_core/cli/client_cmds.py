@@ -134,7 +134,8 @@ def _backup(args: argparse.Namespace, paths: list[str], tags: list[str], when: s
         stdout.print(
             f"snapshot {result.snapshot[:8]} saved: {result.files} files, "
             f"{human_bytes(result.bytes)}, uploaded {human_bytes(result.uploaded_bytes)} "
-            f"in {result.seconds:.1f}s"
+            f"in {result.seconds:.1f}s",
+            markup=False,
         )
     if code:
         stderr.print(f"error: {len(result.errors)} item(s) could not be read")
@@ -199,8 +200,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print_json({"snapshot": snap.id, **result.to_json()})
     else:
         stdout.print(
-            f"restored snapshot {snap.id[:8]} to {args.target}: {result.files} files, "
-            f"{result.dirs} dirs, {result.symlinks} symlinks, {human_bytes(result.bytes)}"
+            f"restored snapshot {snap.id[:8]} to {printable(args.target)}: {result.files} files, "
+            f"{result.dirs} dirs, {result.symlinks} symlinks, {human_bytes(result.bytes)}",
+            markup=False,
         )
     if result.errors:
         for error in result.errors:
