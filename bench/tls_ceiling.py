@@ -47,11 +47,13 @@ def measure(directory: Path, size: int) -> Transfer:
             socket.create_connection(("127.0.0.1", port), timeout=_TIMEOUT) as raw,
             client_context().wrap_socket(raw) as tls,
         ):
-            return _send(tls, size)
+            transfer = _send(tls, size)
+    except BaseException:
+        receiver.kill()
+        raise
     finally:
         receiver.join(_TIMEOUT)
-        if receiver.is_alive():
-            receiver.kill()
+    return transfer
 
 
 def _send(tls: socket.socket, size: int) -> Transfer:
