@@ -273,7 +273,7 @@ def summarize(
                 "met": peak <= rss_limit,
             }
         )
-    bare_tls = statistics.median(big["bare_tls_mbps"]) if big else None
+    big_medians = {key: statistics.median(values) for key, values in big.items()}
     for label, key in ((f"{big_label} put", "put_mbps"), (f"{big_label} get", "get_mbps")):
         if key in big:
             value = statistics.median(big[key])
@@ -281,7 +281,7 @@ def summarize(
                 {
                     "metric": label,
                     "rpybackup": value,
-                    "other": bare_tls,
+                    "other": big_medians["bare_tls_mbps"],
                     "other_tool": "bare TLS",
                     "unit": "MB/s",
                     "ratio": value / 700,
@@ -289,7 +289,6 @@ def summarize(
                     "met": value >= 700,
                 }
             )
-    big_medians = {key: statistics.median(values) for key, values in big.items()}
     return {"medians": med, "big_medians": big_medians, "rows": rows}
 
 

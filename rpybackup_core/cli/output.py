@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..progress import Progress, ProgressCallback, ignore_progress
 from ..terminal import printable
@@ -35,16 +35,20 @@ class LazyConsole:
         return self._console
 
     @property
+    def _stream(self) -> TextIO:
+        # Looked up at each use, as Rich does: a test or a caller may replace sys.stdout.
+        return sys.stderr if self._to_stderr else sys.stdout
+
+    @property
     def is_terminal(self) -> bool:
         """Asked before anything is printed; Rich is loaded only for a terminal."""
-        stream = sys.stderr if self._to_stderr else sys.stdout
-        return stream.isatty() and self.console.is_terminal
+        return self._stream.isatty() and self.console.is_terminal
 
     def print(self, *objects: Any, markup: bool = True, **options: Any) -> None:
         """Plain text (no markup, no options) goes straight to a stream that is not a terminal:
         a script or a log reading it gets the same line, and the command does not import Rich
         to write it (~25 ms of CPU at the end of a restore)."""
-        stream = sys.stderr if self._to_stderr else sys.stdout
+        stream = self._stream
         if (
             not markup
             and not options
