@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chunker import MIN_SIZE, Chunker
+from .chunker import MAX_SIZE, MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
 from .files_cache import CachedFile, FilesCache
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
-from .tree import DIR, FILE, SYMLINK, Node, encode_tree
+from .tree import DIR, FILE, SYMLINK, Node, TreeWriter, by_name
 from .uploader import ChunkUploader
 
 if TYPE_CHECKING:
@@ -47,10 +47,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Directories whose unchanged files wait for the server's answer while the walk goes on.
-_DEFERRED_DIRECTORIES = 64
-# Directory entries stat'ed and looked up in the files cache at a time.
+# Slices of directories whose unchanged files wait for the server's answer while the walk
+# goes on, and the entries they may hold together (each slice holds its nodes until then).
+_DEFERRED_SLICES = 64
+_DEFERRED_ENTRIES = 8192
+# Directory entries stat'ed, looked up in the files cache and asked about at a time.
 _WALK_SLICE = 1024
+# A directory's encoded tree stays in memory up to the largest chunk; a larger one goes to a
+# temporary file as it is encoded and is cut from there at the same points.
+_TREE_IN_MEMORY = MAX_SIZE
 
 # Files larger than this that must be read go to the helper process, if there is one.
 HELPER_FILE = 4 * 1024 * 1024
@@ -71,7 +76,7 @@ _READ_FLAGS = (
 
 @dataclass
 class _Listing:
-    """A walked directory's nodes; some of its files may still be with the helper."""
+    """A walked slice of a directory's nodes; some of its files may still be with the helper."""
 
     nodes: list[Node] = field(default_factory=list)
     # Files handed to the helper and not reported yet.
@@ -81,6 +86,22 @@ class _Listing:
 
     def ready(self) -> bool:
         return not self.reading and all(answer.done() for _, answer in self.helped)
+
+
+@dataclass
+class _Deferred:
+    """Work that waits for the server's answer (if any) and for the listing's files with the
+    helper (if any); ``entries`` is how many nodes it holds meanwhile."""
+
+    answer: Future[set[bytes]] | None
+    listing: _Listing | None
+    action: Callable[[set[bytes]], None]
+    entries: int = 0
+
+    def ready(self) -> bool:
+        return (self.answer is None or self.answer.done()) and (
+            self.listing is None or self.listing.ready()
+        )
 
 
 @dataclass
@@ -147,9 +168,8 @@ class Archiver:
         self.uploader = ChunkUploader(remote, key, self.progress)
         # Started on the first large file; one thread, so a file digest sees its pieces in order.
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="hash")
-        self._deferred: deque[
-            tuple[Future[set[bytes]] | None, _Listing | None, Callable[[set[bytes]], None]]
-        ] = deque()
+        self._deferred: deque[_Deferred] = deque()
+        self._deferred_entries = 0
         self._start_helper = helper
         self._helper: LargeFileReader | None = None
         # Files with the helper, in the order handed over (its reports come in that order).
@@ -242,9 +262,22 @@ class Archiver:
     # ---- trees ------------------------------------------------------------------------------
 
     def _store_tree(self, nodes: list[Node]) -> list[bytes]:
-        data = encode_tree(nodes)
+        with TreeWriter(_TREE_IN_MEMORY) as writer:
+            writer.add(sorted(nodes, key=by_name))
+            return self._store_written(writer)
+
+    def _store_written(self, writer: TreeWriter) -> list[bytes]:
+        """Chunk and upload a finished tree. A tree that went to a file is larger than one
+        chunk; cut from the file it has the cut points it would have in memory, so an unchanged
+        directory keeps its tree's ids."""
+        encoded = writer.finish()
+        pieces = (
+            self.chunker.buffer(encoded)
+            if isinstance(encoded, bytearray)
+            else self.chunker.stream(encoded)
+        )
         ids = []
-        for piece in self.chunker.buffer(data):
+        for piece in pieces:
             chunk_id = self.sealer.chunk_id(piece)
             self.uploader.add(chunk_id, piece)
             ids.append(chunk_id)
@@ -266,7 +299,7 @@ class Archiver:
         for name, value in sorted(layout.items()):
             if isinstance(value, Path):
                 if name == "":
-                    self._walk_directory(str(value), nodes.extend)
+                    self._walk_directory(str(value), nodes.extend, lambda: None)
                     continue
                 node = self._entry(str(value))
             else:
@@ -306,7 +339,8 @@ class Archiver:
         name = os.path.basename(path)
         if stat.S_ISDIR(st.st_mode):
             node = Node.from_stat(name, DIR, st)
-            self._walk_directory(path, lambda children: self._store_directory(node, children))
+            writer = TreeWriter(_TREE_IN_MEMORY)
+            self._walk_directory(path, writer.add, lambda: self._store_directory(node, writer))
             self.dirs += 1
             return node
         if stat.S_ISLNK(st.st_mode):
@@ -322,70 +356,88 @@ class Archiver:
         log.info("skipped %s: not a regular file, directory or symlink", path)
         return None
 
-    def _store_directory(self, node: Node, children: list[Node]) -> None:
-        node.content = self._store_tree(children)
+    def _store_directory(self, node: Node, writer: TreeWriter) -> None:
+        with writer:
+            node.content = self._store_written(writer)
 
-    def _walk_directory(self, path: str, done: Callable[[list[Node]], None]) -> None:
-        """Walk a directory; ``done`` gets its nodes once the server has answered for its
-        unchanged files (meanwhile the walk goes on, see ``_defer``).
+    def _walk_directory(
+        self, path: str, add: Callable[[list[Node]], None], done: Callable[[], None]
+    ) -> None:
+        """Walk a directory a slice of entries at a time: ``add`` gets each slice's nodes in
+        name order once the server has answered for its unchanged files (meanwhile the walk
+        goes on, see ``_defer``), and ``done`` follows the last.
 
-        Entries are stat'ed a slice at a time and let go (a directory entry keeps its stat
-        result), and an unchanged file becomes its node at once: a directory of 100,000 files
-        must not hold 100,000 entries and stat results beside its nodes."""
+        Only the names are held for the whole directory; a slice's entries are stat'ed and
+        let go, and its nodes go to ``add`` as soon as they are final: a directory of 100,000
+        files must hold neither its entries' stat results nor its nodes all at once."""
         try:
-            with os.scandir(path) as scan:
-                entries = sorted(scan, key=lambda entry: entry.name)
+            names = sorted(os.listdir(path))
         except OSError as exc:
             self._error(path, exc)
-            self._defer(None, None, lambda _: done([]))
+            names = []
+        if not names:
+            self._defer(None, None, lambda _: done())
             return
+        prefix = path if path.endswith("/") else path + "/"
+        names.reverse()
+        while names:
+            taken = [names.pop() for _ in range(min(_WALK_SLICE, len(names)))]
+            self._walk_slice(prefix, taken, add, done if not names else None)
+
+    def _walk_slice(
+        self,
+        prefix: str,
+        taken: list[str],
+        add: Callable[[list[Node]], None],
+        done: Callable[[], None] | None,
+    ) -> None:
         listing = _Listing()
         cached: list[tuple[str, Node, CachedFile]] = []
-        entries.reverse()
-        while entries:
-            taken = [entries.pop() for _ in range(min(_WALK_SLICE, len(entries)))]
-            listed = self._stat_entries(taken)
-            hits = {}
-            if self.cache is not None:
-                regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
-                hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(taken))
-            for child, st in listed:
-                hit = hits.get(child)
-                if hit is not None:
-                    # A name never holds a "/": the entry's name is what follows the last one.
-                    name = child.rpartition("/")[2]
-                    node = Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids)
-                    cached.append((child, node, hit))
-                    continue
-                if self._to_helper(st):
-                    self._hand_to_helper(child, listing)
-                    continue
-                walked = self._entry(child, st)
-                if walked is not None:
-                    listing.nodes.append(walked)
+        listed = self._stat_entries(prefix, taken)
+        hits = {}
+        if self.cache is not None:
+            regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
+            hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(taken))
+        for child, st in listed:
+            hit = hits.get(child)
+            if hit is not None:
+                # A name never holds a "/": the entry's name is what follows the last one.
+                name = child.rpartition("/")[2]
+                node = Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids)
+                cached.append((child, node, hit))
+                continue
+            if self._to_helper(st):
+                self._hand_to_helper(child, listing)
+                continue
+            walked = self._entry(child, st)
+            if walked is not None:
+                listing.nodes.append(walked)
         answer = (
             self.uploader.ask_missing([cid for _, node, _ in cached for cid in node.content])
             if cached
             else None
         )
-        self._defer(
-            answer,
-            listing,
-            lambda missing: done(
+
+        def finish(missing: set[bytes]) -> None:
+            nodes = (
                 listing.nodes
                 + self._cached_files(cached, missing)
                 + self._helped_files(listing.helped)
-            ),
-        )
+            )
+            add(sorted(nodes, key=by_name))
+            if done is not None:
+                done()
 
-    def _stat_entries(self, entries: list[os.DirEntry[str]]) -> list[tuple[str, os.stat_result]]:
+        self._defer(answer, listing, finish, len(taken))
+
+    def _stat_entries(self, prefix: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
         listed = []
-        for entry in entries:
-            child = entry.path
-            if self._excluded(child, entry.name):
+        for name in names:
+            child = prefix + name
+            if self._excluded(child, name):
                 continue
             try:
-                listed.append((child, entry.stat(follow_symlinks=False)))
+                listed.append((child, os.lstat(child)))
             except OSError as exc:
                 self._error(child, exc)
         return listed
@@ -395,29 +447,35 @@ class Archiver:
         answer: Future[set[bytes]] | None,
         listing: _Listing | None,
         action: Callable[[set[bytes]], None],
+        entries: int = 0,
     ) -> None:
         """Run ``action`` with the server's answer once it, the listing's files with the
-        helper and everything deferred before it are done. In walk order a directory comes
-        after all of its subdirectories, so every subtree is stored before its parent's tree;
-        a few answers stay outstanding while the walk goes on, so one `has` round trip per
-        directory is no longer a wait."""
-        self._deferred.append((answer, listing, action))
-        self._run_deferred(wait=len(self._deferred) > _DEFERRED_DIRECTORIES)
+        helper and everything deferred before it are done. In walk order a directory's last
+        slice comes after all of its subdirectories, so every subtree is stored before its
+        parent's tree; a few answers stay outstanding while the walk goes on, so one `has`
+        round trip per directory is no longer a wait."""
+        self._deferred.append(_Deferred(answer, listing, action, entries))
+        self._deferred_entries += entries
+        self._run_deferred(wait=False)
 
     def _run_deferred(self, wait: bool) -> None:
-        """Run what is ready at the head of the line; with ``wait``, until the line is empty."""
-        if wait:
-            self.uploader.send_checks()
+        """Run what is ready at the head of the line, and wait for the head while the line is
+        over its bounds; with ``wait``, until the line is empty."""
         while self._deferred:
-            answer, listing, action = self._deferred[0]
+            head = self._deferred[0]
             self._collect_helper(wait=False)
-            ready = (answer is None or answer.done()) and (listing is None or listing.ready())
-            if not ready and not wait:
-                return
+            if not head.ready():
+                if not wait and (
+                    len(self._deferred) <= _DEFERRED_SLICES
+                    and self._deferred_entries <= _DEFERRED_ENTRIES
+                ):
+                    return
+                self.uploader.send_checks()
             self._deferred.popleft()
-            while listing is not None and listing.reading:
+            self._deferred_entries -= head.entries
+            while head.listing is not None and head.listing.reading:
                 self._collect_helper(wait=True)
-            action(answer.result() if answer is not None else set())
+            head.action(head.answer.result() if head.answer is not None else set())
 
     # ---- the helper process -----------------------------------------------------------------
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
+from typing import BinaryIO
 
 from .crypto import FILE_DIGESTS, ID_SIZE
 from .errors import IntegrityError
@@ -99,20 +101,78 @@ def check_name(name: object) -> str:
 
 # Entries encoded per call: a few hundred KiB of text at a time, not a whole directory's.
 _ENTRIES_PER_CALL = 1024
+_HEAD = b'{"version":%d,"entries":[' % TREE_VERSION
+_TAIL = b"]}"
+# A spilled tree is written out in pieces of about this size.
+_WRITE_SIZE = 1024 * 1024
+
+
+def by_name(node: Node) -> str:
+    return node.name
+
+
+class TreeWriter:
+    """A tree encoded as its entries come, in name order: in memory up to ``in_memory`` bytes,
+    beyond that in an unnamed temporary file. A directory of a million files then costs its
+    encoded size on disk (names in plain text, as in the files cache) rather than its nodes in
+    memory."""
+
+    def __init__(self, in_memory: int) -> None:
+        self._in_memory = in_memory
+        self._buffer = bytearray(_HEAD)
+        self._file: BinaryIO | None = None
+        self._empty = True
+
+    def add(self, nodes: list[Node]) -> None:
+        """Entries for ``nodes``: in name order, and all after those added before."""
+        for start in range(0, len(nodes), _ENTRIES_PER_CALL):
+            if not self._empty:
+                self._buffer += b","
+            part = nodes[start : start + _ENTRIES_PER_CALL]
+            self._buffer += ",".join([node.encode() for node in part]).encode()
+            self._empty = False
+        if len(self._buffer) > (self._in_memory if self._file is None else _WRITE_SIZE):
+            self._write_out()
+
+    def finish(self) -> bytearray | BinaryIO:
+        """The whole tree: its bytes if it stayed in memory, otherwise the temporary file that
+        holds it (more than ``in_memory`` bytes), positioned at its start."""
+        self._buffer += _TAIL
+        if self._file is None:
+            return self._buffer
+        self._write_out()
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> TreeWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _write_out(self) -> None:
+        if self._file is None:
+            # Imported here: ~5 ms of every run's start-up, and few directories spill.
+            import tempfile
+
+            # Unnamed: nothing is left behind, whatever ends the run; closed by close().
+            self._file = tempfile.TemporaryFile(prefix="rpybackup-tree-")  # noqa: SIM115
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
 
 
 def encode_tree(nodes: list[Node]) -> bytearray:
-    """``{"version":1,"entries":[...]}``, compact, entries by name. Encoded a slice of
-    entries at a time into one buffer: the whole tree as text, or as pieces joined at the end,
-    would cost several times its encoded size (a directory can hold 100,000 files)."""
-    ordered = sorted(nodes, key=lambda node: node.name)
-    out = bytearray(b'{"version":%d,"entries":[' % TREE_VERSION)
-    for start in range(0, len(ordered), _ENTRIES_PER_CALL):
-        if start:
-            out += b","
-        out += ",".join([n.encode() for n in ordered[start : start + _ENTRIES_PER_CALL]]).encode()
-    out += b"]}"
-    return out
+    """``{"version":1,"entries":[...]}``, compact, entries by name, in memory: a tree's chunk
+    ids (so dedup of unchanged directories) depend on these bytes."""
+    writer = TreeWriter(in_memory=sys.maxsize)
+    writer.add(sorted(nodes, key=by_name))
+    encoded = writer.finish()
+    assert isinstance(encoded, bytearray)
+    return encoded
 
 
 def _int(doc: dict[str, object], key: str, default: int | None = None) -> int:

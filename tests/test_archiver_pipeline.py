@@ -6,13 +6,14 @@ import os
 import random
 import sqlite3
 import stat
+import tempfile
 import time
 from pathlib import Path
 
 import blake3
 import pytest
 
-from rpybackup_core import uploader
+from rpybackup_core import archiver, uploader
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
@@ -386,6 +387,45 @@ def test_every_file_mode_comes_back_whatever_the_umask(server, tmp_path: Path) -
     restored = tmp_path / "restored" / source.relative_to("/")
     assert {name: stat.S_IMODE((restored / name).stat().st_mode) for name in modes} == modes
     assert compare_trees(source, restored) == []
+
+
+def test_a_wide_directory_walked_in_slices_and_spilled_to_disk_keeps_its_tree(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory's tree is the same bytes (so the same chunk ids: nothing is uploaded
+    again) whether its entries come in one slice and stay in memory, or come seven at a time
+    with few held back for the server's answers and go to a temporary file; cached and read
+    files alike, with a subdirectory and a symlink among them."""
+    source = tmp_path / "src"
+    wide = source / "wide"
+    wide.mkdir(parents=True)
+    for index in range(60):
+        (wide / f"f{index:03d}").write_bytes(b"%d" % index * (index + 1))
+    (wide / "f030-sub").mkdir()
+    (wide / "f030-sub" / "inner").write_text("inside")
+    (wide / "f040-link").symlink_to("f001")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+
+    monkeypatch.setattr(archiver, "_WALK_SLICE", 7)
+    monkeypatch.setattr(archiver, "_DEFERRED_ENTRIES", 10)
+    monkeypatch.setattr(archiver, "_TREE_IN_MEMORY", 300)
+    spilled = []
+    temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr(
+        tempfile, "TemporaryFile", lambda **kw: spilled.append(kw) or temporary_file(**kw)
+    )
+    cached = client.backup([str(source)])
+    read = client.backup([str(source)], use_cache=False)
+
+    assert spilled
+    assert (cached.uploaded_chunks, read.uploaded_chunks) == (0, 0)
+    assert cached.files == read.files == 61
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
 
 
 def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(

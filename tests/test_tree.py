@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from rpybackup_core import tree
 from rpybackup_core.errors import IntegrityError
-from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, decode_tree, encode_tree
+from rpybackup_core.tree import (
+    DIR,
+    FILE,
+    SYMLINK,
+    Node,
+    TreeWriter,
+    by_name,
+    decode_tree,
+    encode_tree,
+)
 
 
 def sample_nodes() -> list[Node]:
@@ -53,6 +63,27 @@ def test_the_encoding_is_compact_json_of_the_whole_document(
     expected = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     assert encode_tree(sample_nodes()) == expected
     assert encode_tree([]) == b'{"version":1,"entries":[]}'
+
+
+@pytest.mark.parametrize("in_memory", [sys.maxsize, 300])
+def test_a_tree_written_a_slice_at_a_time_is_the_tree_encoded_at_once(in_memory: int) -> None:
+    """Entries added in name order, a few at a time, give the same bytes whether they stay in
+    memory or go to a temporary file once there are more than ``in_memory`` bytes."""
+    nodes = sorted(
+        (
+            Node(f"f{index:03d}", FILE, 0o644, index, size=index,
+                 digest="blake3:" + f"{index:064x}", content=[index.to_bytes(32, "big")])
+            for index in range(50)
+        ),
+        key=by_name,
+    )  # fmt: skip
+    with TreeWriter(in_memory) as writer:
+        for start in range(0, len(nodes), 7):
+            writer.add(nodes[start : start + 7])
+        encoded = writer.finish()
+        data = encoded if isinstance(encoded, bytearray) else encoded.read()
+    assert data == encode_tree(nodes)
+    assert isinstance(encoded, bytearray) == (in_memory == sys.maxsize)
 
 
 def test_names_and_targets_are_escaped_as_the_json_module_escapes_them() -> None:
