@@ -32,7 +32,7 @@ from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, Usag
 from .memory import share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
-from .tree import DIR, FILE, SYMLINK, Node, check_name, decode_tree
+from .tree import DIR, FILE, SYMLINK, Node, TreeDecoder, check_name, decode_tree
 
 if TYPE_CHECKING:
     from .restore_helper import HelperOutcome, LargeFileHelper
@@ -50,6 +50,8 @@ _DIRECT_DEPTH = 4
 # request, as its subdirectories are entered); the tree cache keeps 256.
 _TREES_AHEAD = 32
 _TREES_PER_FETCH = 16
+# Nodes a tree reader keeps across the trees it keeps (a restore's fetched ahead).
+_KEPT_NODES = 65536
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -109,6 +111,7 @@ class TreeReader:
         self.sealer = sealer
         self._cache: OrderedDict[tuple[bytes, ...], list[Node]] = OrderedDict()
         self._keep = keep
+        self._kept_nodes = 0
         self._before_request = before_request
 
     def load(self, ids: list[bytes]) -> list[Node]:
@@ -129,11 +132,42 @@ class TreeReader:
         return None
 
     def add(self, ids: list[bytes], sealed: dict[bytes, memoryview]) -> list[Node]:
-        """Open and decode a tree from its sealed chunks, and keep it."""
+        """Open and decode a tree from its sealed chunks, and keep it (the oldest kept trees
+        go beyond ``keep`` trees or ``_KEPT_NODES`` nodes)."""
         nodes = decode_tree(b"".join(self.sealer.open(cid, sealed[cid]) for cid in ids))
+        self._drop(tuple(ids))
         self._cache[tuple(ids)] = nodes
-        if len(self._cache) > self._keep:
-            self._cache.popitem(last=False)
+        self._kept_nodes += len(nodes)
+        while len(self._cache) > self._keep or self._kept_nodes > _KEPT_NODES:
+            self._kept_nodes -= len(self._cache.popitem(last=False)[1])
+        return nodes
+
+    def slices(self, ids: list[bytes]) -> Iterator[list[Node]]:
+        """A tree's nodes a chunk's worth at a time, for going through them once (a restore):
+        a kept tree is let go; any other is fetched, opened and decoded a chunk at a time and
+        not kept, so a directory of any size holds about one chunk's nodes at a time."""
+        key = tuple(ids)
+        if key not in self._cache:
+            self._before_request(ids)
+        nodes = self._drop(key)
+        if nodes is not None:
+            yield nodes
+            return
+        if not ids:
+            raise IntegrityError("a snapshot tree has no content")
+        decoder = TreeDecoder()
+        for index, chunk_id in enumerate(ids):
+            if index:
+                self._before_request(ids)
+            ((_, sealed),) = self.remote.get([chunk_id])
+            nodes = decoder.feed(self.sealer.open(chunk_id, sealed), final=index == len(ids) - 1)
+            if nodes:
+                yield nodes
+
+    def _drop(self, key: tuple[bytes, ...]) -> list[Node] | None:
+        nodes = self._cache.pop(key, None)
+        if nodes is not None:
+            self._kept_nodes -= len(nodes)
         return nodes
 
     def find(self, root: list[bytes], parts: list[str]) -> tuple[list[Node], Node | None]:
@@ -418,7 +452,8 @@ class Restorer:
         try:
             with self._running():
                 if node is None:
-                    self._restore_nodes(top, self.trees.load(root), "")
+                    for nodes in self.trees.slices(root):
+                        self._restore_nodes(top, nodes, "")
                 else:
                     self._restore_along(top, trail, node)
         finally:
@@ -641,8 +676,13 @@ class Restorer:
 
     def _prefetch_trees(self, where: _OpenDir, subdirs: list[Node]) -> None:
         """Ask for the trees of these subdirectories in one request (a tree of small
-        directories would otherwise cost a round trip per directory)."""
-        wanted = [node.content for node in subdirs if self.trees.cached(node.content) is None]
+        directories would otherwise cost a round trip per directory). A tree of more than one
+        chunk is left to be read a chunk at a time when its directory is entered."""
+        wanted = [
+            node.content
+            for node in subdirs
+            if len(node.content) == 1 and self.trees.cached(node.content) is None
+        ]
         if wanted:
             # A tree that fails here is asked for again when it is needed, and fails there.
             self._fetch(
@@ -660,7 +700,8 @@ class Restorer:
     def _restore_dir(self, where: _OpenDir, node: Node, shown: str) -> None:
         child = self._open_dir(where, node, shown)
         try:
-            self._restore_nodes(child, self.trees.load(node.content), shown)
+            for nodes in self.trees.slices(node.content):
+                self._restore_nodes(child, nodes, shown)
         finally:
             child.walked = True
             self._finish_if_done(child)

@@ -9,12 +9,16 @@ path separator, be empty, ``.`` or ``..``.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import re
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
+from json.scanner import make_scanner
 from typing import BinaryIO
 
 from .crypto import FILE_DIGESTS, ID_SIZE
@@ -239,23 +243,99 @@ def _decode_node(doc: object) -> Node:
     return node
 
 
-def decode_tree(data: bytes) -> list[Node]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError("a snapshot tree is not valid JSON") from exc
-    if not isinstance(doc, dict) or doc.get("version") != TREE_VERSION:
-        raise IntegrityError("a snapshot tree has an unknown version")
-    entries = doc.get("entries")
-    if not isinstance(entries, list):
-        raise IntegrityError("a snapshot tree has no entry list")
-    # Each entry's dictionary goes as its node is made: a directory of 100,000 files would
-    # otherwise hold both at once.
-    entries.reverse()
-    nodes = []
-    while entries:
-        nodes.append(_decode_node(entries.pop()))
-    names = [node.name for node in nodes]
-    if len(set(names)) != len(names):
-        raise IntegrityError("a snapshot tree holds the same name twice")
-    return nodes
+_SPACE = "[ \t\n\r]*"
+_TREE_HEAD = re.compile(
+    f'{_SPACE}{{{_SPACE}"version"{_SPACE}:{_SPACE}(-?[0-9]+){_SPACE},{_SPACE}"entries"{_SPACE}:'
+    f"{_SPACE}\\["
+)
+_TREE_TAIL = re.compile(f"{_SPACE}\\]{_SPACE}}}{_SPACE}")
+# Text that does not start a tree within this many characters is no tree.
+_HEAD_LIMIT = 256
+
+
+class TreeDecoder:
+    """Decodes a tree from its plaintext in pieces, each piece's whole entries at once,
+    holding back only the text of the entry a piece cut off: a directory of 100,000 files is
+    not one document of 100,000 dictionaries in memory.
+
+    Entries must come in strictly increasing name order, as every tree is written: that also
+    rules out a name twice without keeping the names seen."""
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        # The json module's own scanner (C), one value at a time; typeshed mistypes its argument.
+        self._scan: Callable[[str, int], tuple[object, int]] = make_scanner(
+            json.JSONDecoder()  # type: ignore[arg-type]
+        )
+        self._text = ""
+        self._in_head = True
+        self._last_name: str | None = None
+
+    def feed(self, piece: bytes | bytearray | memoryview, final: bool = False) -> list[Node]:
+        """The nodes of the whole entries so far; ``final`` marks the last piece."""
+        try:
+            text = self._text + self._utf8.decode(piece, final)
+        except UnicodeDecodeError as exc:
+            raise IntegrityError("a snapshot tree is not valid UTF-8") from exc
+        position = 0
+        if self._in_head:
+            head = _TREE_HEAD.match(text)
+            if head is None:
+                if final or len(text) > _HEAD_LIMIT:
+                    raise IntegrityError("a snapshot tree has no version and entry list")
+                self._text = text
+                return []
+            if int(head.group(1)) != TREE_VERSION:
+                raise IntegrityError("a snapshot tree has an unknown version")
+            position = head.end()
+            self._in_head = False
+        nodes, position = self._entries(text, position)
+        if final:
+            if not _TREE_TAIL.fullmatch(text, position):
+                raise IntegrityError("a snapshot tree is not valid JSON")
+            self._text = ""
+        else:
+            self._text = text[position:]
+        return nodes
+
+    def _entries(self, text: str, position: int) -> tuple[list[Node], int]:
+        """Nodes for the whole entries from ``position``, and where the rest begins."""
+        nodes: list[Node] = []
+        scan = self._scan
+        end = len(text)
+        while True:
+            start = position
+            position = _skip_space(text, position)
+            if position == end or text[position] == "]":
+                return nodes, start
+            if self._last_name is not None:
+                if text[position] != ",":
+                    raise IntegrityError("a snapshot tree is not valid JSON")
+                position = _skip_space(text, position + 1)
+            try:
+                doc, position = scan(text, position)
+            except (StopIteration, ValueError):
+                # Cut off by the end of the piece, or not JSON: the last piece tells.
+                return nodes, start
+            except RecursionError as exc:
+                raise IntegrityError("a snapshot tree is nested too deeply") from exc
+            node = _decode_node(doc)
+            if self._last_name is not None and node.name <= self._last_name:
+                raise IntegrityError(
+                    "a snapshot tree holds the same name twice"
+                    if node.name == self._last_name
+                    else "a snapshot tree's entries are out of order"
+                )
+            self._last_name = node.name
+            nodes.append(node)
+
+
+def _skip_space(text: str, position: int) -> int:
+    # Trees are written without any: one test per call.
+    while position < len(text) and text[position] in " \t\n\r":
+        position += 1
+    return position
+
+
+def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
+    return TreeDecoder().feed(data, final=True)

@@ -13,17 +13,19 @@ from pathlib import Path
 import blake3
 import pytest
 
-from rpybackup_core import archiver, uploader
+from rpybackup_core import archiver, restorer, uploader
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
-from rpybackup_core.crypto import MasterKey, Sealer, storage_hash
+from rpybackup_core.crypto import FILE_DIGEST, MasterKey, Sealer, file_hash, storage_hash
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import BackupIncomplete, CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
 from rpybackup_core.storage import LocalBackend
+from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
+from tests.conftest import commit_header
 
 
 def _tree(root: Path, files: int, seed: int = 5) -> Path:
@@ -426,6 +428,66 @@ def test_a_wide_directory_walked_in_slices_and_spilled_to_disk_keeps_its_tree(
     _, result = client.restore("latest", target)
     assert result.errors == []
     assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree of several chunks, cut anywhere (here mid-entry), is fetched, opened and decoded
+    a chunk at a time, never whole, and its files, symlink and subdirectory all come back."""
+    config = server.enroll("alice")
+    sealer = Sealer(MasterKey.from_text(config.key))
+    blobs: dict[bytes, bytes] = {}
+
+    def store(data: bytes) -> bytes:
+        chunk_id = sealer.chunk_id(data)
+        blobs[chunk_id] = data
+        return chunk_id
+
+    def file_node(name: str, payload: bytes) -> Node:
+        digest = file_hash()
+        digest.update(payload)
+        digest_text = f"{FILE_DIGEST}:{digest.hexdigest()}"
+        return Node(name, FILE, 0o640, 10**9, size=len(payload), digest=digest_text,
+                    content=[store(payload)])  # fmt: skip
+
+    nodes = [file_node(f"f{index:02d}", b"file %d\n" % index) for index in range(40)]
+    inner = bytes(encode_tree([file_node("inner", b"inside")]))
+    nodes.append(Node("sub", DIR, 0o750, 10**9, content=[store(inner)]))
+    nodes.append(Node("link", SYMLINK, 0o777, 10**9, target="f01"))
+    encoded = bytes(encode_tree(nodes))
+    third = len(encoded) // 3
+    parts = [encoded[: third + 7], encoded[third + 7 : 2 * third + 3], encoded[2 * third + 3 :]]
+    pieces = [store(part) for part in parts]
+    root = store(bytes(encode_tree([Node("wide", DIR, 0o755, 10**9, content=pieces)])))
+    with RemoteRepository.connect(
+        config.server, config.fingerprint, config.name, config.token
+    ) as remote:
+        remote.put([(chunk_id, sealer.seal(chunk_id, blob)) for chunk_id, blob in blobs.items()])
+        remote.refs(list(blobs))
+        remote.commit(commit_header(sealer, [root]))
+
+    fed: list[int] = []
+
+    class CountingDecoder(TreeDecoder):
+        def feed(self, piece: bytes | bytearray | memoryview, final: bool = False) -> list[Node]:
+            fed.append(len(piece))
+            return super().feed(piece, final)
+
+    monkeypatch.setattr(restorer, "TreeDecoder", CountingDecoder)
+    target = tmp_path / "restored"
+    _, result = server.client("alice").restore("latest", target)
+
+    assert result.errors == []
+    # The root tree and the subdirectory's were decoded whole, each one chunk.
+    assert fed == [len(part) for part in parts]
+    wide = target / "wide"
+    assert sorted(path.name for path in wide.iterdir()) == sorted(node.name for node in nodes)
+    assert [(wide / f"f{index:02d}").read_bytes() for index in range(40)] == [
+        b"file %d\n" % index for index in range(40)
+    ]
+    assert (wide / "sub" / "inner").read_bytes() == b"inside"
+    assert os.readlink(wide / "link") == "f01"
 
 
 def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(

@@ -14,6 +14,7 @@ from rpybackup_core.tree import (
     FILE,
     SYMLINK,
     Node,
+    TreeDecoder,
     TreeWriter,
     by_name,
     decode_tree,
@@ -84,6 +85,41 @@ def test_a_tree_written_a_slice_at_a_time_is_the_tree_encoded_at_once(in_memory:
         data = encoded if isinstance(encoded, bytearray) else encoded.read()
     assert data == encode_tree(nodes)
     assert isinstance(encoded, bytearray) == (in_memory == sys.maxsize)
+
+
+def test_a_tree_fed_a_byte_at_a_time_decodes_as_a_whole() -> None:
+    """Pieces may cut an entry, a name's escape or a UTF-8 character anywhere; spaces between
+    tokens (as json.dumps writes them) are allowed."""
+    # Not the entry whose name is not UTF-8: written unescaped, it would not encode.
+    documents = [doc for doc in sample_documents() if doc["name"] != "caf\udce9-latin1"]
+    documents[1]["name"] = "b.txt \u2603 snow"
+    data = json.dumps({"version": 1, "entries": documents}, ensure_ascii=False).encode()
+    decoder = TreeDecoder()
+    nodes = [node for index in range(len(data)) for node in decoder.feed(data[index : index + 1])]
+    nodes += decoder.feed(b"", final=True)
+    assert nodes == decode_tree(data)
+    assert [node.name for node in nodes] == ["a-dir", "b.txt \u2603 snow", "link"]
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda data: data[:-1], "not valid JSON"),
+        (lambda data: data[:-3], "not valid JSON"),
+        (lambda data: data[:10], "no version"),
+        (lambda data: data + b"[]", "not valid JSON"),
+        (lambda data: data.replace(b'"a-dir"', b'"zz"'), "out of order"),
+    ],
+    ids=["no-brace", "cut-entry", "cut-head", "trailing", "out-of-order"],
+)
+def test_a_cut_or_disordered_tree_is_rejected(cut, message: str) -> None:
+    data = cut(bytes(encode_tree(sample_nodes())))
+    with pytest.raises(IntegrityError, match=message):
+        decode_tree(data)
+    decoder = TreeDecoder()
+    with pytest.raises(IntegrityError, match=message):
+        for index in range(0, len(data), 40):
+            decoder.feed(data[index : index + 40], final=index + 40 >= len(data))
 
 
 def test_names_and_targets_are_escaped_as_the_json_module_escapes_them() -> None:
