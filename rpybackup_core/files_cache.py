@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .crypto import ID_SIZE
+from .sqlrows import insert_rows
 
 # A path unseen for this many runs is forgotten. A path seen again has its generation moved on
 # only once it is _REFRESH_AFTER runs old: rewriting every row on every run made an unchanged
@@ -197,10 +198,8 @@ class FilesCache:
     def _spill(self) -> None:
         """Move what is held in memory to the temporary tables (one transaction)."""
         self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
-        )
-        self._db.executemany("INSERT INTO temp.kept VALUES (?)", [(path,) for path in self._kept])
+        insert_rows(self._db, "INSERT INTO temp.staged VALUES", self._staged)
+        insert_rows(self._db, "INSERT INTO temp.kept VALUES", [(path,) for path in self._kept])
         self._db.execute("COMMIT")
         self._staged = []
         self._kept = []
@@ -209,9 +208,7 @@ class FilesCache:
     def commit(self) -> None:
         """Record the staged entries after a committed snapshot; forget long-unseen paths."""
         self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._staged
-        )
+        insert_rows(self._db, "INSERT OR REPLACE INTO files VALUES", self._staged)
         for start in range(0, len(self._kept), _SQL_BATCH):
             batch = self._kept[start : start + _SQL_BATCH]
             self._db.execute(

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .pack import PackWriter
+from .sqlrows import insert_rows, packed_rows
 from .storage import Backend, LocalBackend
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,10 @@ class Repository:
         with self._lock:
             return self._db.execute(sql, tuple(params)).fetchall()
 
+    def _query_packed(self, columns: str, clause: str, params: list[Any]) -> list[list[Any]]:
+        with self._lock:
+            return packed_rows(self._db, columns, clause, params)
+
     def audit(self, event: str, client: str | None, **detail: Any) -> None:
         with self._transaction() as db:
             db.execute(
@@ -417,11 +422,12 @@ class Repository:
         for start in range(0, len(ids), _SQL_BATCH):
             batch = ids[start : start + _SQL_BATCH]
             marks = ",".join("?" * len(batch))
-            for rowid, chunk_id in self._query(
-                f"SELECT id, chunk_id FROM chunks WHERE client_id = ? AND chunk_id IN ({marks})",
+            for rowid, chunk_hex in self._query_packed(
+                "id, hex(chunk_id)",
+                f"FROM chunks WHERE client_id = ? AND chunk_id IN ({marks})",
                 [client_id, *batch],
             ):
-                found[bytes(chunk_id)] = rowid
+                found[bytes.fromhex(chunk_hex)] = rowid
         return found
 
     def new_pack(self) -> PackWriter:
@@ -454,21 +460,17 @@ class Repository:
                 (client_id, name, writer.size, time.time()),
             )
             pack_id = cursor.lastrowid
-            for entry in writer.entries:
-                # A concurrent session may have indexed the same chunk first; its copy wins and
-                # ours becomes garbage for GC.
-                db.execute(
-                    "INSERT OR IGNORE INTO chunks(client_id, chunk_id, pack_id, offset, length, "
-                    "hash) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        client_id,
-                        entry.chunk_id,
-                        pack_id,
-                        entry.offset,
-                        entry.length,
-                        entry.storage_hash,
-                    ),
-                )
+            # A concurrent session may have indexed the same chunk first; its copy wins and
+            # ours becomes garbage for GC.
+            insert_rows(
+                db,
+                "INSERT OR IGNORE INTO chunks(client_id, chunk_id, pack_id, offset, length, "
+                "hash) VALUES",
+                [
+                    (client_id, e.chunk_id, pack_id, e.offset, e.length, e.storage_hash)
+                    for e in writer.entries
+                ],
+            )
             rowids = self.lookup(client_id, [entry.chunk_id for entry in writer.entries])
             if session is not None:
                 self._pin(db, session, rowids.values())
@@ -481,14 +483,15 @@ class Repository:
         for start in range(0, len(ids), _SQL_BATCH):
             batch = ids[start : start + _SQL_BATCH]
             marks = ",".join("?" * len(batch))
-            for row in self._query(
-                "SELECT c.id, c.chunk_id, p.name, c.offset, c.length, c.hash FROM chunks c "
-                "JOIN packs p ON p.id = c.pack_id "
+            for rowid, chunk_hex, pack, offset, length, hash_hex in self._query_packed(
+                "c.id, hex(c.chunk_id), p.name, c.offset, c.length, hex(c.hash)",
+                "FROM chunks c JOIN packs p ON p.id = c.pack_id "
                 f"WHERE c.client_id = ? AND c.chunk_id IN ({marks})",
                 [client_id, *batch],
             ):
-                found[bytes(row[1])] = ChunkLocation(
-                    row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5])
+                chunk_id = bytes.fromhex(chunk_hex)
+                found[chunk_id] = ChunkLocation(
+                    rowid, chunk_id, pack, offset, length, bytes.fromhex(hash_hex)
                 )
         return found
 
@@ -683,9 +686,10 @@ class Repository:
 
     @staticmethod
     def _pin(db: sqlite3.Connection, session: str, rowids: Iterable[int]) -> None:
-        db.executemany(
-            "INSERT OR IGNORE INTO pins(session, chunk) VALUES (?, ?)",
-            ((session, rowid) for rowid in rowids),
+        # One statement, one step (see sqlrows.py).
+        db.execute(
+            "INSERT OR IGNORE INTO pins(session, chunk) SELECT ?, value FROM json_each(?)",
+            (session, json.dumps(list(rowids))),
         )
 
     @contextlib.contextmanager
@@ -716,13 +720,16 @@ class Repository:
             for start in range(0, len(ordered), _SQL_BATCH):
                 batch = ordered[start : start + _SQL_BATCH]
                 marks = ",".join("?" * len(batch))
-                for rowid, chunk_id in db.execute(
-                    f"SELECT id, chunk_id FROM chunks WHERE +client_id = ? AND id IN ({marks})",
+                for rowid, chunk_hex in packed_rows(
+                    db,
+                    "id, hex(chunk_id)",
+                    f"FROM chunks WHERE +client_id = ? AND id IN ({marks})",
                     [client_id, *batch],
                 ):
                     # Row ids can be reused after a delete: the chunk id must match too.
-                    if by_rowid[rowid] == bytes(chunk_id):
-                        confirmed[bytes(chunk_id)] = rowid
+                    chunk_id = bytes.fromhex(chunk_hex)
+                    if by_rowid[rowid] == chunk_id:
+                        confirmed[chunk_id] = rowid
             self._pin(db, session, confirmed.values())
         return confirmed
 
