@@ -103,6 +103,29 @@ class _Inbox:
         return not self._messages
 
 
+# Chunk ids remembered as stored or sent: between this many and twice as many.
+RECENT_IDS = 32768
+
+
+class RecentIds:
+    """The chunk ids a run has seen stored or sent, the most recent ones only: forgetting an
+    older one costs no more than asking the server about it again (it answers for what this
+    session put), and a run of millions of chunks must not hold them all (~100 bytes each)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._young: set[bytes] = set()
+        self._old: set[bytes] = set()
+
+    def __contains__(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._young or chunk_id in self._old
+
+    def add(self, chunk_id: bytes) -> None:
+        self._young.add(chunk_id)
+        if len(self._young) >= self._limit:
+            self._old, self._young = self._young, set()
+
+
 BATCH_BYTES = 2 * 1024 * 1024
 BATCH_CHUNKS = 1024
 _ASKED_DEPTH = 1
@@ -262,7 +285,7 @@ class UploadPipeline:
         self._workers = workers or seal_workers()
         share_malloc_arena()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
-        self.on_server: set[bytes] = set()
+        self.on_server = RecentIds(RECENT_IDS)
         self.uploaded_chunks = 0
         self._batch: dict[bytes, bytes] = {}
         self._batch_bytes = 0

@@ -69,6 +69,41 @@ def test_many_small_files_are_stored_once_each_and_restore_identical(
     assert compare_trees(source, target / source.relative_to("/")) == []
 
 
+def test_recent_ids_keeps_the_latest_between_its_limit_and_twice_that() -> None:
+    recent = uploader.RecentIds(4)
+    ids = [bytes([index]) * 32 for index in range(10)]
+    for chunk_id in ids:
+        recent.add(chunk_id)
+    assert [chunk_id in recent for chunk_id in ids] == [False] * 4 + [True] * 6
+
+
+def test_a_run_that_forgets_what_it_sent_stores_every_chunk_once_and_restores(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With almost nothing remembered, duplicates are asked about again, and the server's
+    answer (it knows what the session put) keeps each chunk stored once: as much as a run
+    that remembers everything sends and stores (the two clients' keys differ, their chunks do
+    not)."""
+    source = _tree(tmp_path / "src", 300)
+    server.enroll("alice")
+    server.enroll("bob")
+    remembering = server.client("alice").backup([str(source)])
+    monkeypatch.setattr(uploader, "RECENT_IDS", 2)
+    forgetful = server.client("bob")
+
+    forgetting = forgetful.backup([str(source)])
+
+    remembered, forgot = (
+        server.repo.chunk_stats(server.repo.client_by_name(name).id) for name in ("alice", "bob")
+    )
+    assert forgetting.uploaded_chunks == remembering.uploaded_chunks == forgot["chunks"]
+    assert forgot["chunks"] == remembered["chunks"]
+    target = tmp_path / "restored"
+    _, result = forgetful.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
 def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(server, tmp_path: Path) -> None:
     source = _tree(tmp_path / "src", 300)
     server.enroll("alice")
