@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fnmatch
+import itertools
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from .chunker import MAX_SIZE, MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
 from .files_cache import CachedFile, FilesCache
+from .listing import sorted_names
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, TreeWriter, by_name
@@ -367,22 +369,23 @@ class Archiver:
         name order once the server has answered for its unchanged files (meanwhile the walk
         goes on, see ``_defer``), and ``done`` follows the last.
 
-        Only the names are held for the whole directory; a slice's entries are stat'ed and
-        let go, and its nodes go to ``add`` as soon as they are final: a directory of 100,000
-        files must hold neither its entries' stat results nor its nodes all at once."""
+        A slice's entries are stat'ed and let go, and its nodes go to ``add`` as soon as they
+        are final: a directory of 100,000 files must hold neither its entries' stat results
+        nor its nodes all at once (nor, beyond 65,536, its names: listing.py)."""
         try:
-            names = sorted(os.listdir(path))
+            names = sorted_names(path)
         except OSError as exc:
             self._error(path, exc)
-            names = []
-        if not names:
+            names = iter([])
+        taken = list(itertools.islice(names, _WALK_SLICE))
+        if not taken:
             self._defer(None, None, lambda _: done())
             return
         prefix = path if path.endswith("/") else path + "/"
-        names.reverse()
-        while names:
-            taken = [names.pop() for _ in range(min(_WALK_SLICE, len(names)))]
-            self._walk_slice(prefix, taken, add, done if not names else None)
+        while taken:
+            following = list(itertools.islice(names, _WALK_SLICE))
+            self._walk_slice(prefix, taken, add, None if following else done)
+            taken = following
 
     def _walk_slice(
         self,
