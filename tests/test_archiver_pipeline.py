@@ -50,6 +50,14 @@ def _distinct_small(root: Path) -> int:
     return len({p.read_bytes() for p in (root / "small").iterdir() if p.stat().st_size})
 
 
+def _assert_restores_identical(client: BackupClient, source: Path, tmp_path: Path) -> None:
+    """The latest snapshot restores without errors to exactly ``source``."""
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
 def test_many_small_files_are_stored_once_each_and_restore_identical(
     server, tmp_path: Path
 ) -> None:
@@ -63,10 +71,7 @@ def test_many_small_files_are_stored_once_each_and_restore_identical(
     assert stats["chunks"] >= _distinct_small(source) + 10
     assert first.uploaded_chunks == stats["chunks"]
 
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    assert result.errors == []
-    assert compare_trees(source, target / source.relative_to("/")) == []
+    _assert_restores_identical(client, source, tmp_path)
 
 
 def test_recent_ids_keeps_the_latest_between_its_limit_and_twice_that() -> None:
@@ -98,10 +103,7 @@ def test_a_run_that_forgets_what_it_sent_stores_every_chunk_once_and_restores(
     )
     assert forgetting.uploaded_chunks == remembering.uploaded_chunks == forgot["chunks"]
     assert forgot["chunks"] == remembered["chunks"]
-    target = tmp_path / "restored"
-    _, result = forgetful.restore("latest", target)
-    assert result.errors == []
-    assert compare_trees(source, target / source.relative_to("/")) == []
+    _assert_restores_identical(forgetful, source, tmp_path)
 
 
 def test_a_second_run_without_cache_sends_only_the_new_tree_chunks(server, tmp_path: Path) -> None:
@@ -283,10 +285,7 @@ def test_unchanged_directories_answered_out_of_line_still_store_every_subtree(
     assert read == [str(source / "t29" / "s2" / "a.txt")], "every other file came from the cache"
     # The changed file and one tree per directory above it.
     assert second.uploaded_chunks <= 1 + len((source / "t29" / "s2").parts)
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    assert result.errors == []
-    assert compare_trees(source, target / source.relative_to("/")) == []
+    _assert_restores_identical(client, source, tmp_path)
 
 
 @pytest.mark.timeout(60)
@@ -354,10 +353,7 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
     client.backup([str(source)])
     assert read == [str(lacking)]
     assert sum(checks) == 80 and len(checks) <= 40 // uploader._CHECK_CALLS + 1
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    assert result.errors == []
-    assert compare_trees(source, target / source.relative_to("/")) == []
+    _assert_restores_identical(client, source, tmp_path)
 
 
 def test_a_lacking_file_that_became_a_directory_is_left_out_not_walked(
@@ -459,10 +455,7 @@ def test_a_wide_directory_walked_in_slices_and_spilled_to_disk_keeps_its_tree(
     assert spilled
     assert (cached.uploaded_chunks, read.uploaded_chunks) == (0, 0)
     assert cached.files == read.files == 61
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    assert result.errors == []
-    assert compare_trees(source, target / source.relative_to("/")) == []
+    _assert_restores_identical(client, source, tmp_path)
 
 
 def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
