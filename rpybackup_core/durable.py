@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temp name, fsync, rename, fsync the directory."""
+"""Crash-safe file writes: temp name, fsync, rename, fsync the directory; and scratch files
+that nothing can leave behind."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ def atomic_writer(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     with atomic_writer(path, mode) as handle:
         handle.write(data)
+
+
+def scratch_file(prefix: str) -> BinaryIO:
+    """An unnamed temporary file (removed by the system however the process ends) for data
+    too large to hold in memory; the caller closes it."""
+    # Imported here: ~5 ms of every process's start-up, and few runs need a scratch file.
+    import tempfile
+
+    return tempfile.TemporaryFile(prefix=prefix)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+
+from .durable import scratch_file
 
 NAMES_IN_MEMORY = 65536
 # Names cannot hold a NUL byte; they can hold a newline.
@@ -41,11 +42,8 @@ class _Runs:
     """Sorted runs of names, one after another in an unnamed temporary file."""
 
     def __init__(self) -> None:
-        # Imported here: ~5 ms of every run's start-up, and few directories are this large.
-        import tempfile
-
-        # Unnamed: nothing is left behind, whatever ends the run; closed by merged().
-        self._file: BinaryIO = tempfile.TemporaryFile(prefix="rpybackup-names-")  # noqa: SIM115
+        # Closed by merged().
+        self._file = scratch_file("rpybackup-names-")
         self._bounds: list[tuple[int, int]] = []
 
     def add(self, names: list[str]) -> None:

@@ -22,6 +22,7 @@ from json.scanner import make_scanner
 from typing import BinaryIO
 
 from .crypto import FILE_DIGESTS, ID_SIZE
+from .durable import scratch_file
 from .errors import IntegrityError
 
 FILE = "file"
@@ -160,11 +161,7 @@ class TreeWriter:
 
     def _write_out(self) -> None:
         if self._file is None:
-            # Imported here: ~5 ms of every run's start-up, and few directories spill.
-            import tempfile
-
-            # Unnamed: nothing is left behind, whatever ends the run; closed by close().
-            self._file = tempfile.TemporaryFile(prefix="rpybackup-tree-")  # noqa: SIM115
+            self._file = scratch_file("rpybackup-tree-")
         self._file.write(self._buffer)
         self._buffer = bytearray()
 
