@@ -171,20 +171,32 @@ class TreeReader:
         return nodes
 
     def find(self, root: list[bytes], parts: list[str]) -> tuple[list[Node], Node | None]:
-        """The nodes along ``parts`` (parents first) and the node itself; None for the root."""
+        """The nodes along ``parts`` (parents first) and the node itself; None for the root.
+        Each tree on the way is read a chunk at a time and only until the name (entries are in
+        name order), so a path through a huge directory does not decode all of it."""
+        if not parts:
+            self.load(root)
+            return [], None
         trail: list[Node] = []
-        nodes = self.load(root)
+        ids = root
         node: Node | None = None
         for index, part in enumerate(parts):
-            node = next((n for n in nodes if n.name == part), None)
+            node = self._named(ids, part)
             if node is None:
                 raise NotFound(f"/{'/'.join(parts[: index + 1])} is not in the snapshot")
             if index < len(parts) - 1:
                 if node.kind != DIR:
                     raise NotFound(f"/{'/'.join(parts[: index + 1])} is not a directory")
                 trail.append(node)
-                nodes = self.load(node.content)
+                ids = node.content
         return trail, node
+
+    def _named(self, ids: list[bytes], name: str) -> Node | None:
+        for nodes in self.slices(ids):
+            for node in nodes:
+                if node.name >= name:
+                    return node if node.name == name else None
+        return None
 
     def walk(self, root: list[bytes], prefix: str = "") -> Iterator[tuple[str, Node]]:
         for node in self.load(root):

@@ -487,7 +487,8 @@ def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
     third = len(encoded) // 3
     parts = [encoded[: third + 7], encoded[third + 7 : 2 * third + 3], encoded[2 * third + 3 :]]
     pieces = [store(part) for part in parts]
-    root = store(bytes(encode_tree([Node("wide", DIR, 0o755, 10**9, content=pieces)])))
+    root_tree = bytes(encode_tree([Node("wide", DIR, 0o755, 10**9, content=pieces)]))
+    root = store(root_tree)
     with RemoteRepository.connect(
         config.server, config.fingerprint, config.name, config.token
     ) as remote:
@@ -516,6 +517,13 @@ def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
     ]
     assert (wide / "sub" / "inner").read_bytes() == b"inside"
     assert os.readlink(wide / "link") == "f01"
+
+    # One file of it: the root tree is read, then the wide one only as far as the name.
+    fed.clear()
+    _, result = server.client("alice").restore("latest", tmp_path / "one", include="/wide/f05")
+    assert result.errors == [] and result.files == 1
+    assert (tmp_path / "one" / "wide" / "f05").read_bytes() == b"file 5\n"
+    assert fed == [len(root_tree), len(parts[0])]
 
 
 def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(
