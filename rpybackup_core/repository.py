@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,18 +178,24 @@ def decode_refs(blob: bytes) -> list[int]:
 
 def _indexed(db: sqlite3.Connection, client_id: int, ids: list[bytes]) -> dict[bytes, int]:
     """Each of ``ids`` that ``db`` has indexed for the client, with its row id."""
-    found: dict[bytes, int] = {}
-    for start in range(0, len(ids), _SQL_BATCH):
-        batch = ids[start : start + _SQL_BATCH]
+    return {
+        chunk_id: rowid
+        for rowid, chunk_id in _chunk_rows(db, "client_id = ? AND chunk_id", client_id, ids)
+    }
+
+
+def _chunk_rows(
+    db: sqlite3.Connection, where: str, client_id: int, keys: Sequence[Any]
+) -> Iterator[tuple[int, bytes]]:
+    """(row id, chunk id) of each chunk row with ``where`` (ending in the column that
+    ``keys`` are of) ``IN keys``, for the client, in batches."""
+    for start in range(0, len(keys), _SQL_BATCH):
+        batch = keys[start : start + _SQL_BATCH]
         marks = ",".join("?" * len(batch))
         for rowid, chunk_hex in packed_rows(
-            db,
-            "id, hex(chunk_id)",
-            f"FROM chunks WHERE client_id = ? AND chunk_id IN ({marks})",
-            [client_id, *batch],
+            db, "id, hex(chunk_id)", f"FROM chunks WHERE {where} IN ({marks})", [client_id, *batch]
         ):
-            found[bytes.fromhex(chunk_hex)] = rowid
-    return found
+            yield rowid, bytes.fromhex(chunk_hex)
 
 
 @dataclass(frozen=True)
@@ -734,19 +740,10 @@ class Repository:
         ordered = sorted(by_rowid)
         confirmed: dict[bytes, int] = {}
         with self._unsynced(), self._transaction() as db:
-            for start in range(0, len(ordered), _SQL_BATCH):
-                batch = ordered[start : start + _SQL_BATCH]
-                marks = ",".join("?" * len(batch))
-                for rowid, chunk_hex in packed_rows(
-                    db,
-                    "id, hex(chunk_id)",
-                    f"FROM chunks WHERE +client_id = ? AND id IN ({marks})",
-                    [client_id, *batch],
-                ):
-                    # Row ids can be reused after a delete: the chunk id must match too.
-                    chunk_id = bytes.fromhex(chunk_hex)
-                    if by_rowid[rowid] == chunk_id:
-                        confirmed[chunk_id] = rowid
+            for rowid, chunk_id in _chunk_rows(db, "+client_id = ? AND id", client_id, ordered):
+                # Row ids can be reused after a delete: the chunk id must match too.
+                if by_rowid[rowid] == chunk_id:
+                    confirmed[chunk_id] = rowid
             self._pin(db, session, confirmed.values())
         return confirmed
 
