@@ -14,7 +14,6 @@ import json
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -130,12 +129,8 @@ class TreeWriter:
 
     def add(self, nodes: list[Node]) -> None:
         """Entries for ``nodes``: in name order, and all after those added before."""
-        for start in range(0, len(nodes), _ENTRIES_PER_CALL):
-            if not self._empty:
-                self._buffer += b","
-            part = nodes[start : start + _ENTRIES_PER_CALL]
-            self._buffer += ",".join([node.encode() for node in part]).encode()
-            self._empty = False
+        _append_entries(self._buffer, nodes, first=self._empty)
+        self._empty = self._empty and not nodes
         if len(self._buffer) > (self._in_memory if self._file is None else _WRITE_SIZE):
             self._write_out()
 
@@ -169,11 +164,19 @@ class TreeWriter:
 def encode_tree(nodes: list[Node]) -> bytearray:
     """``{"version":1,"entries":[...]}``, compact, entries by name, in memory: a tree's chunk
     ids (so dedup of unchanged directories) depend on these bytes."""
-    writer = TreeWriter(in_memory=sys.maxsize)
-    writer.add(sorted(nodes, key=by_name))
-    encoded = writer.finish()
-    assert isinstance(encoded, bytearray)
+    encoded = bytearray(_HEAD)
+    _append_entries(encoded, sorted(nodes, key=by_name), first=True)
+    encoded += _TAIL
     return encoded
+
+
+def _append_entries(out: bytearray, nodes: list[Node], first: bool) -> None:
+    """The entries of ``nodes`` onto ``out``, after a comma unless they are the ``first``."""
+    for start in range(0, len(nodes), _ENTRIES_PER_CALL):
+        if start or not first:
+            out += b","
+        part = nodes[start : start + _ENTRIES_PER_CALL]
+        out += ",".join([node.encode() for node in part]).encode()
 
 
 def _int(doc: dict[str, object], key: str, default: int | None = None) -> int:
