@@ -16,6 +16,7 @@ from .errors import IntegrityError, NotFound, StorageError
 from .pack import PackEntry, read_entries
 from .pruner import LOCK_FILE, exclusive
 from .repository import PACKS, ClientRecord, PackUsage, Repository
+from .rowset import RowSet
 from .storage import Backend
 
 _READ_WINDOW = 8 * 1024 * 1024
@@ -143,9 +144,9 @@ class _ClientCheck:
             return
         affects: list[list[str]] = [[] for _ in self.found]
         for snapshot_id, refs in self.repo.iter_snapshot_refs(self.client.id):
-            referenced = set(refs)
+            referenced = RowSet(refs)
             for index, (_, _, rowids) in enumerate(self.found):
-                if not rowids.isdisjoint(referenced):
+                if any(rowid in referenced for rowid in rowids):
                     affects[index].append(snapshot_id)
         for (pack, message, _), snapshots in zip(self.found, affects, strict=True):
             self.report.problems.append(Problem(self.client.name, pack, message, sorted(snapshots)))
@@ -157,12 +158,12 @@ class _ClientCheck:
         # Snapshots first, chunk rows second: a backup committing meanwhile adds rows before
         # its snapshot, so every listed snapshot's rows are among those read after it.
         roots = {snap.id: snap.root for snap in self.repo.list_snapshots(self.client.id)}
-        rowids = self.repo.chunk_rowids(self.client.id)
+        rowids = RowSet(self.repo.chunk_rowids(self.client.id))
         self.report.chunks += len(rowids)
         for snapshot_id in roots:
             self.report.snapshots += 1
-            referenced = set(self.repo.snapshot_refs(self.client.id, snapshot_id))
-            missing = len(referenced - rowids)
+            referenced = RowSet(self.repo.snapshot_refs(self.client.id, snapshot_id))
+            missing = sum(1 for rowid in referenced if rowid not in rowids)
             if missing:
                 self._snapshot_problem(
                     snapshot_id,
@@ -170,7 +171,9 @@ class _ClientCheck:
                     "are not in the index",
                 )
             root = self.repo.lookup(self.client.id, roots[snapshot_id])
-            if len(root) != len(roots[snapshot_id]) or not set(root.values()) <= referenced:
+            if len(root) != len(roots[snapshot_id]) or not all(
+                rowid in referenced for rowid in root.values()
+            ):
                 self._snapshot_problem(
                     snapshot_id,
                     f"snapshot {snapshot_id[:8]} has a root tree outside its references",

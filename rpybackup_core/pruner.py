@@ -32,6 +32,7 @@ from .errors import RPyBackupError
 from .pack import ENTRY, MAGIC, TAIL, PackWriter
 from .repository import PACKS, ChunkLocation, ClientRecord, PackUsage, Repository, iso_time
 from .retention import DEFAULT_POLICY, Plan, RetentionPolicy, apply_policy, parse_utc
+from .rowset import RowSet
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -327,11 +328,11 @@ class Pruner:
     def _estimate(self, client: ClientRecord, plan: Plan, result: PruneResult) -> None:
         """What the chunk GC would free if the plan ran now (pins of live sessions aside)."""
         going = {d.id for d in plan.remove}
-        live: set[int] = set()
+        live = RowSet()
         for snapshot_id, refs in self.repo.iter_snapshot_refs(client.id):
             if snapshot_id not in going:
                 live.update(refs)
-        dead = self.repo.chunk_rowids(client.id) - live
+        dead = self._unlisted(client, live)
         result.chunks_freed = len(dead)
         result.chunk_bytes_freed = self.repo.chunk_bytes(dead)
 
@@ -356,14 +357,18 @@ class Pruner:
         self._sweep_orphans(client, garbage)
         return garbage
 
-    def _unreferenced(self, client: ClientRecord) -> tuple[set[int], set[str]]:
+    def _unreferenced(self, client: ClientRecord) -> tuple[RowSet, set[str]]:
         """Chunk rows no snapshot references, and the snapshots that judgement rests on."""
         seen: set[str] = set()
-        live: set[int] = set()
+        live = RowSet()
         for snapshot_id, refs in self.repo.iter_snapshot_refs(client.id):
             seen.add(snapshot_id)
             live.update(refs)
-        return self.repo.chunk_rowids(client.id) - live, seen
+        return self._unlisted(client, live), seen
+
+    def _unlisted(self, client: ClientRecord, live: RowSet) -> RowSet:
+        """The client's chunk rows that are not in ``live``."""
+        return RowSet(rowid for rowid in self.repo.chunk_rowids(client.id) if rowid not in live)
 
     def _repack(self, client: ClientRecord, packs: list[PackUsage], garbage: _Garbage) -> None:
         writer: PackWriter | None = None

@@ -15,7 +15,6 @@ import logging
 import math
 import secrets
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,6 +50,7 @@ from .pruner import Pruner, PruneSettings
 from .ratelimit import AttemptLimiter
 from .repository import ClientRecord, Repository
 from .retention import RetentionPolicy
+from .rowset import RowSet
 from .status import collect_status
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,8 @@ class Session:
         # Every chunk put counts as referenced by the snapshot this session commits next, from
         # the moment its pack is indexed: a client uploads only what its snapshot refers to.
         self.pending: set[bytes] = set()
-        # Row ids, duplicates allowed until the commit: 8 bytes each rather than a set's ~55,
-        # since a session may put millions of tiny chunks.
-        self.refs = array("q")
+        # Row ids of the chunks referenced so far: a session may reference millions.
+        self.refs = RowSet()
         # Chunks put but lost to a storage failure before they were indexed: a commit waits
         # until each is put again.
         self.lost: set[bytes] = set()
@@ -294,7 +293,7 @@ class Session:
         and are referenced."""
         for rowids in committed:
             self.pending.difference_update(rowids)
-            self.refs.extend(rowids.values())
+            self.refs.update(rowids.values())
 
     # ---- handlers ---------------------------------------------------------------------------
 
@@ -396,7 +395,7 @@ class Session:
         """Count ids as referenced by the coming snapshot; returns how many are not stored.
         A chunk this session put is referenced once its pack is indexed."""
         self._check_refs_bound(len(ids))
-        self.refs.extend(indexed.values())
+        self.refs.update(indexed.values())
         return sum(
             1 for chunk_id in ids if chunk_id not in indexed and chunk_id not in self.pending
         )
@@ -429,12 +428,11 @@ class Session:
                 f"{len(self.lost)} chunks of this snapshot were lost to a storage failure "
                 "and not sent again"
             )
-        refs = set(self.refs)
         root_rows = self.repo.lookup(self.client.id, root)
-        if len(root_rows) != len(root) or not set(root_rows.values()) <= refs:
+        if len(root_rows) != len(root) or not all(r in self.refs for r in root_rows.values()):
             raise InvalidRequest("snapshot root is not among its references")
-        snapshot_id = self.repo.add_snapshot(self.client.id, meta, refs)
-        self.refs = array("q")
+        snapshot_id = self.repo.add_snapshot(self.client.id, meta, self.refs)
+        self.refs = RowSet()
         log.info("client %s committed snapshot %s", self.client.name, snapshot_id)
         self.repo.audit("snapshot", self.client.name, snapshot=snapshot_id)
         return {"snapshot": snapshot_id}, b""

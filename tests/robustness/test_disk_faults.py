@@ -135,4 +135,4 @@ def test_a_commit_waits_until_chunks_lost_to_a_storage_failure_are_put_again(
         snapshot_id = remote.commit(snapshot)
     alice = harness.repo.client_by_name("alice").id
     [row] = harness.repo.lookup(alice, [chunk_id]).values()
-    assert harness.repo.snapshot_refs(alice, snapshot_id) == [row]
+    assert list(harness.repo.snapshot_refs(alice, snapshot_id)) == [row]

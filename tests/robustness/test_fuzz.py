@@ -150,7 +150,7 @@ class World:
             "snapshots": [snap.to_json() for snap in self.repo.list_snapshots(alice.id)],
             "chunks": self.repo.chunk_stats(alice.id),
             "key": self.repo.wrapped_key(alice.id),
-            "refs": dict(self.repo.iter_snapshot_refs(alice.id)),
+            "refs": {sid: list(refs) for sid, refs in self.repo.iter_snapshot_refs(alice.id)},
         }
 
 
