@@ -26,3 +26,7 @@ lint:
 
 bench:
     {{py}} bench/run.py
+
+# The server's peak memory for a commit and a prune as a client's chunk count grows (~2 min).
+bench-server-memory:
+    {{py}} bench/server_memory.py
