@@ -6,9 +6,10 @@ threads (one call per thread at a time).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,21 +182,22 @@ class BackupClient:
     def list_files(
         self, path: str = "/", snapshot: str = "latest", recursive: bool = True
     ) -> tuple[SnapshotInfo, list[ListedEntry]]:
+        with self.listing(path, snapshot, recursive) as (snap, entries):
+            return snap, list(entries)
+
+    @contextlib.contextmanager
+    def listing(
+        self, path: str = "/", snapshot: str = "latest", recursive: bool = True
+    ) -> Iterator[tuple[SnapshotInfo, Iterator[ListedEntry]]]:
+        """The snapshot and its entries under ``path``, read as they are taken (a tree a
+        chunk at a time) while the connection is open: a listing of millions of files is
+        never held whole."""
         with self.connection() as remote:
             snap = self.resolve(self._snapshots(remote), snapshot)
             reader = TreeReader(remote, Sealer(self.key))
             parts = split_snapshot_path(path)
             _, node = reader.find(snap.root, parts)
-            base = "/" + "/".join(parts) if parts else ""
-            if node is None or node.kind == DIR:
-                root = snap.root if node is None else node.content
-                if recursive:
-                    entries = [ListedEntry(base + p, n) for p, n in reader.walk(root)]
-                else:
-                    entries = [ListedEntry(f"{base}/{n.name}", n) for n in reader.load(root)]
-            else:
-                entries = [ListedEntry(base, node)]
-        return snap, entries
+            yield snap, _listed(reader, snap, parts, node, recursive)
 
     def restore(
         self,
@@ -284,3 +286,21 @@ def enroll(
     )
     config.save()
     return config, generated
+
+
+def _listed(
+    reader: TreeReader, snap: SnapshotInfo, parts: list[str], node: Node | None, recursive: bool
+) -> Iterator[ListedEntry]:
+    """The entries under the node found at ``parts`` (None: the snapshot's root)."""
+    base = "/" + "/".join(parts) if parts else ""
+    if node is not None and node.kind != DIR:
+        yield ListedEntry(base, node)
+        return
+    root = snap.root if node is None else node.content
+    if recursive:
+        for path, child in reader.walk(root):
+            yield ListedEntry(base + path, child)
+        return
+    for nodes in reader.slices(root):
+        for child in nodes:
+            yield ListedEntry(f"{base}/{child.name}", child)

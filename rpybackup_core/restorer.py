@@ -199,11 +199,14 @@ class TreeReader:
         return None
 
     def walk(self, root: list[bytes], prefix: str = "") -> Iterator[tuple[str, Node]]:
-        for node in self.load(root):
-            path = f"{prefix}/{node.name}"
-            yield path, node
-            if node.kind == DIR:
-                yield from self.walk(node.content, path)
+        """(path, node) of everything under a tree, depth first, each tree read a chunk at a
+        time (``slices``)."""
+        for nodes in self.slices(root):
+            for node in nodes:
+                path = f"{prefix}/{node.name}"
+                yield path, node
+                if node.kind == DIR:
+                    yield from self.walk(node.content, path)
 
 
 def restore_workers() -> int:

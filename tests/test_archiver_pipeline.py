@@ -458,11 +458,12 @@ def test_a_wide_directory_walked_in_slices_and_spilled_to_disk_keeps_its_tree(
     _assert_restores_identical(client, source, tmp_path)
 
 
-def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
+def test_a_directory_whose_tree_spans_chunks_is_restored_and_listed_a_chunk_at_a_time(
     server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tree of several chunks, cut anywhere (here mid-entry), is fetched, opened and decoded
-    a chunk at a time, never whole, and its files, symlink and subdirectory all come back."""
+    a chunk at a time, never whole, by a restore and a listing, and its files, symlink and
+    subdirectory all come back."""
     config = server.enroll("alice")
     sealer = Sealer(MasterKey.from_text(config.key))
     blobs: dict[bytes, bytes] = {}
@@ -524,6 +525,16 @@ def test_a_directory_whose_tree_spans_chunks_is_restored_a_chunk_at_a_time(
     assert result.errors == [] and result.files == 1
     assert (tmp_path / "one" / "wide" / "f05").read_bytes() == b"file 5\n"
     assert fed == [len(root_tree), len(parts[0])]
+
+    # A listing reads it the same way: its first entry comes before the rest is fetched.
+    fed.clear()
+    with server.client("alice").listing("/wide") as (_, entries):
+        first = next(entries)
+        assert fed == [len(root_tree), len(parts[0])]
+        listed = [first.path, *(entry.path for entry in entries)]
+    assert listed[:2] == ["/wide/f00", "/wide/f01"] and len(listed) == len(nodes) + 1
+    assert "/wide/sub/inner" in listed
+    assert sorted(fed) == sorted([len(root_tree), *map(len, parts), len(inner)])
 
 
 def test_a_restore_fetching_trees_ahead_rebuilds_wide_and_deep_directories(

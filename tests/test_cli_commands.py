@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core.cli import output
 from rpybackup_core.cli.main import MODULE_OF, main
 from rpybackup_core.files_cache import is_racy
 
@@ -205,3 +206,34 @@ def test_help_and_a_mistyped_command_list_every_command(capsys) -> None:
     assert exited.value.code == 2
     choices = capsys.readouterr().err
     assert all(f"'{command}'" in choices for command in MODULE_OF)
+
+
+def test_rlist_writes_a_long_listing_in_batches_as_the_same_text(
+    server, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing is written a few entries at a time as it is read, never held whole; the
+    text is what one document printed at once would be, as lines and as JSON."""
+    monkeypatch.setattr(output, "_WRITE_BATCH", 2)
+    config = server.enroll("alice")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "void").mkdir()
+    for name in ("a", "b", "c", "sub/d", "sub/e"):
+        (folder / name).write_text(name)
+    (folder / "link").symlink_to("a")
+    assert cli("--config", str(config.path), "run", str(folder)).code == 0
+
+    listed = cli("--config", str(config.path), "rlist", str(folder), "--json")
+    document = json.loads(listed.out)
+    assert listed.out == json.dumps(document, indent=2, sort_keys=True) + "\n"
+    paths = [entry["path"] for entry in document["entries"]]
+    names = ["a", "b", "c", "link", "sub", "sub/d", "sub/e", "void"]
+    assert paths == [str(folder / name) for name in names]
+
+    lines = cli("--config", str(config.path), "rlist", str(folder)).out
+    suffixes = {"link": " -> a", "sub": "/", "void": "/"}
+    assert lines == "".join(f"{folder / name}{suffixes.get(name, '')}\n" for name in names)
+
+    empty = cli("--config", str(config.path), "rlist", str(folder / "void"), "--json")
+    snapshot = document["snapshot"]
+    assert empty.out == json.dumps({"entries": [], "snapshot": snapshot}, indent=2) + "\n"

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from ..archiver import BackupResult
-from ..client import BackupClient, enroll
+from ..client import BackupClient, ListedEntry, enroll
 from ..config import ClientConfig
 from ..errors import BackupIncomplete, RestoreError, RPyBackupError, UsageError
 from ..files_cache import FilesCache
 from ..terminal import printable
-from .output import human_bytes, print_json, progress_bar, stderr, stdout, table
+from .output import (
+    human_bytes,
+    print_json,
+    print_json_streamed,
+    progress_bar,
+    stderr,
+    stdout,
+    table,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -180,16 +188,21 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_rlist(args: argparse.Namespace) -> int:
-    snap, entries = load_client(args).list_files(args.path, args.snapshot)
-    if args.json:
-        print_json({"snapshot": snap.id, "entries": [entry.to_json() for entry in entries]})
-        return 0
-    for entry in entries:
-        suffix = "/" if entry.node.kind == "dir" else ""
-        if entry.node.kind == "symlink":
-            suffix = f" -> {printable(entry.node.target)}"
-        stdout.print(f"{printable(entry.path)}{suffix}", markup=False)
+    with load_client(args).listing(args.path, args.snapshot) as (snap, entries):
+        if args.json:
+            print_json_streamed(
+                {"snapshot": snap.id}, "entries", (entry.to_json() for entry in entries)
+            )
+            return 0
+        stdout.print_lines(_listed_line(entry) for entry in entries)
     return 0
+
+
+def _listed_line(entry: ListedEntry) -> str:
+    suffix = "/" if entry.node.kind == "dir" else ""
+    if entry.node.kind == "symlink":
+        suffix = f" -> {printable(entry.node.target)}"
+    return f"{printable(entry.path)}{suffix}"
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

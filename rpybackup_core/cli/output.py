@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..progress import Progress, ProgressCallback, ignore_progress
 from ..terminal import printable
@@ -59,14 +60,60 @@ class LazyConsole:
             return
         self.console.print(*objects, markup=markup, **options)
 
+    def print_lines(self, lines: Iterable[str]) -> None:
+        """Plain lines, as ``print(line, markup=False)`` gives each, written a batch at a time
+        to a stream that is not a terminal."""
+        stream = self._stream
+        if stream.isatty():
+            for line in lines:
+                self.console.print(line, markup=False)
+            return
+        for batch in _batched(iter(lines)):
+            stream.write("\n".join(batch) + "\n")
+
 
 stdout = LazyConsole()
 stderr = LazyConsole(to_stderr=True)
+
+_T = TypeVar("_T")
+# Lines or items given to one write of a long listing.
+_WRITE_BATCH = 512
+# An item no listing holds, to find where the list goes in its document.
+_PLACEHOLDER = "\u0000listed items\u0000"
 
 
 def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def print_json_streamed(document: dict[str, Any], key: str, items: Iterable[Any]) -> None:
+    """``print_json`` of ``document`` with the list ``items`` under ``key``, the same text,
+    written a batch of items at a time: a listing of millions of entries is never held whole."""
+    encode = json.JSONEncoder(indent=2, sort_keys=True).encode
+    batches = _batched(iter(items))
+    first = next(batches, [])
+    text = encode({**document, key: first})
+    if not first:
+        sys.stdout.write(text + "\n")
+        return
+    # Each batch is encoded in the whole document, at its depth, and cut out of it: what is
+    # around the list is the same for every batch.
+    head, tail = encode({**document, key: [_PLACEHOLDER]}).split(encode(_PLACEHOLDER))
+    separator = "," + head[head.rindex("\n") :]
+    sys.stdout.write(text[: len(text) - len(tail)])
+    for batch in batches:
+        text = encode({**document, key: batch})
+        sys.stdout.write(separator + text[len(head) : len(text) - len(tail)])
+    sys.stdout.write(tail + "\n")
+    sys.stdout.flush()
+
+
+def _batched(items: Iterator[_T]) -> Iterator[list[_T]]:
+    """Items a few hundred at a time: one write each would be one system call each where
+    Python's output is unbuffered (``PYTHONUNBUFFERED``)."""
+    while batch := list(itertools.islice(items, _WRITE_BATCH)):
+        yield batch
 
 
 def human_bytes(count: float) -> str:
