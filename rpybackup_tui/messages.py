@@ -66,13 +66,23 @@ class SnapshotsLoaded(Message):
 
 
 class ChildrenLoaded(Message):
-    """One directory of a snapshot's tree, for the browser node that asked for it."""
+    """A page of one directory of a snapshot's tree, for the browser node that asked for it:
+    its first page (``continued`` false) or one after it, and how many entries follow."""
 
-    def __init__(self, snapshot: str, node: TreeNode[Any], entries: list[ListedEntry]) -> None:
+    def __init__(
+        self,
+        snapshot: str,
+        node: TreeNode[Any],
+        entries: list[ListedEntry],
+        following: int = 0,
+        continued: bool = False,
+    ) -> None:
         super().__init__()
         self.snapshot = snapshot
         self.node = node
         self.entries = entries
+        self.following = following
+        self.continued = continued
 
 
 class RestoreFinished(Message):

@@ -103,10 +103,24 @@ class Backend:
     def snapshots(self) -> list[SnapshotInfo]:
         return self.client.snapshots()
 
-    def children(self, snapshot: str, path: str) -> list[ListedEntry]:
-        """One directory's entries, without descending: the browser loads a level at a time."""
-        _, entries = self.client.list_files(path, snapshot, recursive=False)
-        return entries
+    def children(
+        self, snapshot: str, path: str, limit: int, after: str | None = None
+    ) -> tuple[list[ListedEntry], int]:
+        """One directory's entries, without descending (the browser loads a level at a time):
+        up to ``limit`` of them in name order, after the name ``after`` if given, and how many
+        follow those. The directory's tree is read a chunk at a time and only one page is
+        kept, so a folder of a million files costs the console one page of them."""
+        page: list[ListedEntry] = []
+        following = 0
+        with self.client.listing(path, snapshot, recursive=False) as (_, entries):
+            for entry in entries:
+                if after is not None and entry.node.name <= after:
+                    continue
+                if len(page) < limit:
+                    page.append(entry)
+                else:
+                    following += 1
+        return page, following
 
     def restore(
         self, snapshot: str, target: Path, include: str | None, progress: ProgressCallback

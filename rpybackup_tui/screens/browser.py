@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,17 +34,18 @@ from ..widgets.progress_panel import ProgressPanel
 from .base import AreaScreen
 
 PAGE = 1000
-"""Tree rows added at once; a huge directory shows a 'more' row for the rest."""
+"""Tree rows loaded at once; a huge directory shows a 'more' row that loads the next page."""
 
 
 @dataclass
 class Entry:
-    """What a tree row stands for: a stored entry, or the rest of a long directory."""
+    """What a tree row stands for: a stored entry, or the rest of a long directory (the
+    entries after the name ``after``)."""
 
     listed: ListedEntry | None = None
     loaded: bool = False
     loading: bool = False
-    rest: list[ListedEntry] = field(default_factory=list)
+    after: str | None = None
 
 
 def describe_entry(listed: ListedEntry) -> str:
@@ -57,6 +58,12 @@ def describe_entry(listed: ListedEntry) -> str:
     if node.kind == SYMLINK:
         lines.append(f"→ {printable(node.target)}")
     return "\n".join(lines)
+
+
+def _path_of(node: TreeNode[Entry]) -> str:
+    """The snapshot path a tree row stands for ("/" for the snapshot itself)."""
+    listed = node.data.listed if node.data is not None else None
+    return listed.path if listed is not None else "/"
 
 
 def _type_bits(kind: str) -> int:
@@ -166,14 +173,15 @@ class BrowserScreen(AreaScreen):
         if self.current is None or entry is None or entry.loaded or entry.loading:
             return
         entry.loading = True
-        path = entry.listed.path if entry.listed else "/"
-        self.load_children(self.current.id, event.node, path)
+        self.load_children(self.current.id, event.node, _path_of(event.node))
 
     @work(thread=True, exclusive=False, group="tree", exit_on_error=False)
-    def load_children(self, snapshot: str, node: TreeNode[Entry], path: str) -> None:
+    def load_children(
+        self, snapshot: str, node: TreeNode[Entry], path: str, after: str | None = None
+    ) -> None:
         """Runs in a thread: the node only travels back with the answer, it is not touched."""
-        entries = self.backend.children(snapshot, path)
-        self.post_message(ChildrenLoaded(snapshot, node, entries))
+        entries, following = self.backend.children(snapshot, path, PAGE, after)
+        self.post_message(ChildrenLoaded(snapshot, node, entries, following, after is not None))
 
     @on(ChildrenLoaded)
     def add_children(self, message: ChildrenLoaded) -> None:
@@ -182,28 +190,35 @@ class BrowserScreen(AreaScreen):
         node = message.node
         if node.data is not None:
             node.data.loaded, node.data.loading = True, False
-        ordered = sorted(message.entries, key=lambda e: (e.node.kind != DIR, e.path))
-        self.add_page(node, ordered)
-
-    def add_page(self, parent: TreeNode[Entry], entries: list[ListedEntry]) -> None:
-        for listed in entries[:PAGE]:
+        for row in list(node.children):
+            if row.data is not None and row.data.after is not None:
+                row.remove()
+        entries = message.entries
+        if not message.continued and not message.following:
+            # A folder that fits one page shows its subfolders first; a longer one stays in
+            # name order, the order its pages come in.
+            entries = sorted(entries, key=lambda e: (e.node.kind != DIR, e.path))
+        for listed in entries:
             if listed.node.kind == DIR:
-                parent.add(label_for(listed), Entry(listed))
+                node.add(label_for(listed), Entry(listed))
             else:
-                parent.add_leaf(label_for(listed), Entry(listed, loaded=True))
-        rest = entries[PAGE:]
-        if rest:
-            parent.add_leaf(
-                Text(f"… {len(rest):,} more (enter)", style="dim"), Entry(loaded=True, rest=rest)
+                node.add_leaf(label_for(listed), Entry(listed, loaded=True))
+        if message.following:
+            node.add_leaf(
+                Text(f"… {message.following:,} more (enter)", style="dim"),
+                Entry(loaded=True, after=message.entries[-1].node.name),
             )
 
     @on(Tree.NodeSelected, "#files")
     def selected(self, event: Tree.NodeSelected[Entry]) -> None:
         entry = event.node.data
-        if entry is not None and entry.rest and event.node.parent is not None:
-            parent = event.node.parent
-            event.node.remove()
-            self.add_page(parent, entry.rest)
+        parent = event.node.parent
+        if self.current is None or entry is None or entry.after is None or parent is None:
+            return
+        if not entry.loading:
+            # The row goes when the page comes; if it fails, selecting it asks again.
+            entry.loading = True
+            self.load_children(self.current.id, parent, _path_of(parent), entry.after)
 
     @on(Tree.NodeHighlighted, "#files")
     def highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:

@@ -115,24 +115,42 @@ def test_restore_a_file_a_folder_and_the_whole_snapshot(
 
 
 def test_a_huge_folder_shows_a_page_and_loads_the_rest_on_demand(server, tmp_path: Path) -> None:
+    """A folder longer than a page comes a page at a time in name order, each read from the
+    server when asked for; a page that fails to load can be asked for again."""
     big = tmp_path / "big"
     big.mkdir()
-    count = PAGE + 234
-    for index in range(count):
-        (big / f"f{index:05}").write_bytes(b"x")
+    count = 2 * PAGE + 234
+    names = [f"f{index:05}" for index in range(count)]
+    for name in names:
+        (big / name).write_bytes(b"x")
     config = server.enroll("dora")
     config.sources = [str(big)]
     config.save()
     server.client("dora").backup()
 
+    def shown(folder: TreeNode) -> list[str]:
+        return [str(row.label).split("  ")[0] for row in folder.children if row.data.listed]
+
     async def scenario(app: ConsoleApp, pilot) -> None:
         tree = await open_latest(app, pilot)
         folder = await expand_to(app, pilot, tree, big)
+        assert shown(folder) == names[:PAGE]
+        assert "1,234 more" in str(folder.children[-1].label)
+
+        with outage(server):
+            tree.select_node(folder.children[-1])
+            await wait_for(
+                pilot,
+                lambda: "could not open" in text_of(app, "#browser-status"),
+                "the failure message",
+            )
         assert len(folder.children) == PAGE + 1
-        more = folder.children[-1]
-        assert "234 more" in str(more.label)
-        tree.select_node(more)
-        await wait_for(pilot, lambda: len(folder.children) == count, "the next page")
+        tree.select_node(folder.children[-1])
+        await wait_for(pilot, lambda: len(folder.children) == 2 * PAGE + 1, "the second page")
+        assert "234 more" in str(folder.children[-1].label)
+        tree.select_node(folder.children[-1])
+        await wait_for(pilot, lambda: len(folder.children) == count, "the last page")
+        assert shown(folder) == names
 
     drive(config, scenario)
 
