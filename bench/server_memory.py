@@ -7,9 +7,10 @@ For each count a fresh server process (bench/tools.py) takes one client's snapsh
 many tiny chunks, put over loopback TLS as a first backup would (random ids and bytes: the
 server never sees plaintext), then a second snapshot that references half of them through
 has-checks, as an unchanged run would. A prune with ``--keep-last 1`` then removes the first
-snapshot and collects the half nobody references. Printed and written to
-``bench/results/*-server-memory.json``: the server's peak RSS (VmHWM, reset before each
-session) and the prune process's, each as a ratio to the smallest count's. Flat means ratios
+snapshot and collects the half nobody references, and a `check` verifies what is left.
+Printed and written to ``bench/results/*-server-memory.json``: the server's peak RSS (VmHWM,
+a fresh process for each session) and the prune's and the check's, each as a ratio to the
+smallest count's. Flat means ratios
 near 1 however many chunks a client has.
 """
 
@@ -95,6 +96,9 @@ def measure(work: Path, count: int) -> dict[str, float]:
     freed = json.loads(prune.stdout)["clients"][0]["chunks_freed"]
     if freed != count - len(ids[::2]):
         raise SystemExit(f"the prune freed {freed} chunks, not {count - len(ids[::2])}")
+    check = rpy._server_cli("check", "--json")
+    if json.loads(check.stdout)["problems"]:
+        raise SystemExit(f"the check found problems: {check.stdout[:500]}")
     return {
         "chunks": count,
         "first_seconds": first["seconds"],
@@ -103,6 +107,8 @@ def measure(work: Path, count: int) -> dict[str, float]:
         "second_peak": second["peak"],
         "prune_seconds": prune.seconds,
         "prune_peak": prune.peak_rss,
+        "check_seconds": check.seconds,
+        "check_peak": check.peak_rss,
     }
 
 
@@ -134,7 +140,7 @@ def main() -> int:
 def _line(row: dict[str, float], baseline: dict[str, float]) -> str:
     mib = 1 << 20
     parts = [f"{row['chunks']:>9,} chunks:"]
-    for phase in ("first", "second", "prune"):
+    for phase in ("first", "second", "prune", "check"):
         peak = row[f"{phase}_peak"]
         ratio = peak / baseline[f"{phase}_peak"]
         parts.append(
