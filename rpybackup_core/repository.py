@@ -162,10 +162,12 @@ def iso_time(epoch: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def encode_refs(rowids: Iterable[int]) -> bytes:
-    """Chunk row ids given in increasing order, delta-encoded and zstd-compressed (a byte or
-    two per reference), compressed as they come so no list of them is ever held."""
-    compressor = zstandard.ZstdCompressor(level=9).compressobj()
+def encode_refs(rowids: Iterable[int], count: int) -> bytes:
+    """``count`` chunk row ids given in increasing order, delta-encoded and zstd-compressed (a
+    byte or two per reference), compressed as they come so no list of them is ever held."""
+    # Told the size, zstd sizes its window and tables to it (as a one-shot compression
+    # does); not told, it took ~10 MiB that the server's heap then kept.
+    compressor = zstandard.ZstdCompressor(level=9).compressobj(size=count * 8)
     compressed = []
     deltas = array.array("Q")
     previous = 0
@@ -622,7 +624,7 @@ class Repository:
                     json.dumps(meta["stats"]),
                     b"".join(meta["root"]),
                     meta.get("parent"),
-                    encode_refs(refs),
+                    encode_refs(refs, len(refs)),
                     len(refs),
                     time.time(),
                 ),
