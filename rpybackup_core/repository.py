@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import hashlib
 import hmac
-import itertools
 import json
 import logging
 import secrets
@@ -27,6 +26,7 @@ from typing import Any
 
 import zstandard
 
+from .batching import batched
 from .crypto import storage_hash
 from .errors import (
     AuthenticationFailed,
@@ -199,13 +199,6 @@ def decode_refs(blob: bytes) -> Iterator[int]:
             yield total
     if partial:
         raise IntegrityError("a snapshot's reference list is cut short")
-
-
-def _batches(rowids: Iterable[int]) -> Iterator[list[int]]:
-    """Row ids in lists of at most ``_SQL_BATCH``, for ``IN (...)`` clauses."""
-    iterator = iter(rowids)
-    while batch := list(itertools.islice(iterator, _SQL_BATCH)):
-        yield batch
 
 
 def _indexed(db: sqlite3.Connection, client_id: int, ids: list[bytes]) -> dict[bytes, int]:
@@ -604,7 +597,7 @@ class Repository:
         snapshot_id = secrets.token_hex(16)
         with self._transaction() as db:
             present = 0
-            for batch in _batches(refs):
+            for batch in batched(refs, _SQL_BATCH):
                 marks = ",".join("?" * len(batch))
                 present += db.execute(
                     f"SELECT COUNT(*) FROM chunks WHERE +client_id = ? AND id IN ({marks})",
@@ -823,7 +816,7 @@ class Repository:
 
     def chunk_bytes(self, rowids: Iterable[int]) -> int:
         total = 0
-        for batch in _batches(rowids):
+        for batch in batched(rowids, _SQL_BATCH):
             marks = ",".join("?" * len(batch))
             total += self._query(
                 f"SELECT COALESCE(SUM(length), 0) FROM chunks WHERE id IN ({marks})", batch
@@ -859,7 +852,7 @@ class Repository:
                     dead.difference_update(decode_refs(refs.fetchone()[0]))
             dead.difference_update(row[0] for row in db.execute("SELECT chunk FROM pins"))
             rows = size = 0
-            for batch in _batches(dead):
+            for batch in batched(dead, _SQL_BATCH):
                 marks = ",".join("?" * len(batch))
                 where = f"FROM chunks WHERE +client_id = ? AND id IN ({marks})"
                 size += db.execute(

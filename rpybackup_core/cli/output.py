@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO
 
+from ..batching import batched
 from ..progress import Progress, ProgressCallback, ignore_progress
 from ..terminal import printable
 
@@ -68,15 +68,15 @@ class LazyConsole:
             for line in lines:
                 self.console.print(line, markup=False)
             return
-        for batch in _batched(iter(lines)):
+        for batch in batched(lines, _WRITE_BATCH):
             stream.write("\n".join(batch) + "\n")
 
 
 stdout = LazyConsole()
 stderr = LazyConsole(to_stderr=True)
 
-_T = TypeVar("_T")
-# Lines or items given to one write of a long listing.
+# Lines or items given to one write of a long listing: one write each would be one system
+# call each where Python's output is unbuffered (PYTHONUNBUFFERED).
 _WRITE_BATCH = 512
 # An item no listing holds, to find where the list goes in its document.
 _PLACEHOLDER = "\u0000listed items\u0000"
@@ -91,7 +91,7 @@ def print_json_streamed(document: dict[str, Any], key: str, items: Iterable[Any]
     """``print_json`` of ``document`` with the list ``items`` under ``key``, the same text,
     written a batch of items at a time: a listing of millions of entries is never held whole."""
     encode = json.JSONEncoder(indent=2, sort_keys=True).encode
-    batches = _batched(iter(items))
+    batches = batched(items, _WRITE_BATCH)
     first = next(batches, [])
     text = encode({**document, key: first})
     if not first:
@@ -107,13 +107,6 @@ def print_json_streamed(document: dict[str, Any], key: str, items: Iterable[Any]
         sys.stdout.write(separator + text[len(head) : len(text) - len(tail)])
     sys.stdout.write(tail + "\n")
     sys.stdout.flush()
-
-
-def _batched(items: Iterator[_T]) -> Iterator[list[_T]]:
-    """Items a few hundred at a time: one write each would be one system call each where
-    Python's output is unbuffered (``PYTHONUNBUFFERED``)."""
-    while batch := list(itertools.islice(items, _WRITE_BATCH)):
-        yield batch
 
 
 def human_bytes(count: float) -> str:
