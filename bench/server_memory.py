@@ -79,24 +79,24 @@ def measure(work: Path, count: int) -> dict[str, float]:
     rpy.setup()
     try:
         config = ClientConfig.load(rpy.client_config)
-        rpy._reset_server_peak()
+        rpy.reset_server_peak()
         started = time.perf_counter()
         ids = _first_snapshot(config, count)
-        first = {"seconds": time.perf_counter() - started, "peak": rpy._server_peak()}
+        first = {"seconds": time.perf_counter() - started, "peak": rpy.server_peak()}
         # A fresh server process: the second session's peak is its own, not the first's.
         rpy.stop()
         rpy.start_server(parse_address(config.server)[1])
         started = time.perf_counter()
         _second_snapshot(config, ids)
-        second = {"seconds": time.perf_counter() - started, "peak": rpy._server_peak()}
+        second = {"seconds": time.perf_counter() - started, "peak": rpy.server_peak()}
     finally:
         rpy.stop()
-    rpy._server_cli("client", "retention", "bench", "--keep-last", "1")
-    prune = rpy._server_cli("prune", "--json")
+    rpy.server_cli("client", "retention", "bench", "--keep-last", "1")
+    prune = rpy.server_cli("prune", "--json")
     freed = json.loads(prune.stdout)["clients"][0]["chunks_freed"]
     if freed != count - len(ids[::2]):
         raise SystemExit(f"the prune freed {freed} chunks, not {count - len(ids[::2])}")
-    check = rpy._server_cli("check", "--json")
+    check = rpy.server_cli("check", "--json")
     if json.loads(check.stdout)["problems"]:
         raise SystemExit(f"the check found problems: {check.stdout[:500]}")
     return {

@@ -104,12 +104,12 @@ class RPyBackup:
     def setup(self) -> None:
         self.work.mkdir(parents=True)
         port = _free_port()
-        init = self._server_cli(
+        init = self.server_cli(
             "server", "init", "--data", str(self.data), "--listen", f"127.0.0.1:{port}", "--json"
         )
         fingerprint = json.loads(init.stdout)["fingerprint"]
         self.start_server(port)
-        code = json.loads(self._server_cli("client", "add", "bench", "--json").stdout)["code"]
+        code = json.loads(self.server_cli("client", "add", "bench", "--json").stdout)["code"]
         run_measured(
             [
                 self.cli,
@@ -126,7 +126,7 @@ class RPyBackup:
         config.cache_dir = str(self.work / "client-cache")
         config.save()
 
-    def _server_cli(self, *args: str) -> Measured:
+    def server_cli(self, *args: str) -> Measured:
         return run_measured([self.cli, "--config", str(self.server_config), *args])
 
     def start_server(self, port: int) -> None:
@@ -154,12 +154,12 @@ class RPyBackup:
             self.server.wait(timeout=60)
             self.server = None
 
-    def _reset_server_peak(self) -> None:
+    def reset_server_peak(self) -> None:
         assert self.server is not None
         # Writing 5 resets the kernel's peak-RSS counter (VmHWM) for the process.
         Path(f"/proc/{self.server.pid}/clear_refs").write_text("5")
 
-    def _server_peak(self) -> int:
+    def server_peak(self) -> int:
         assert self.server is not None
         for line in Path(f"/proc/{self.server.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -173,11 +173,11 @@ class RPyBackup:
 
     def _client(self, *args: str) -> tuple[Measured, int]:
         """The client's measurement (CPU includes the server's share) and the server's peak."""
-        self._reset_server_peak()
+        self.reset_server_peak()
         server_cpu = self._server_cpu()
         measured = run_measured([self.cli, "--config", str(self.client_config), *args])
         total_cpu = measured.cpu_seconds + self._server_cpu() - server_cpu
-        return replace(measured, cpu_seconds=total_cpu), self._server_peak()
+        return replace(measured, cpu_seconds=total_cpu), self.server_peak()
 
     def backup(self, source: Path) -> tuple[Measured, int]:
         return self._client("run", str(source), "--json")
