@@ -104,12 +104,13 @@ class Backend:
         return self.client.snapshots()
 
     def children(
-        self, snapshot: str, path: str, limit: int, after: str | None = None
+        self, snapshot: str, path: str, limit: int, after: str | None = None, count: bool = True
     ) -> tuple[list[ListedEntry], int]:
         """One directory's entries, without descending (the browser loads a level at a time):
         up to ``limit`` of them in name order, after the name ``after`` if given, and how many
-        follow those. The directory's tree is read a chunk at a time and only one page is
-        kept, so a folder of a million files costs the console one page of them."""
+        follow those (with ``count``; otherwise 1 if any do, and the directory is read only
+        that far). The directory's tree is read a chunk at a time and only one page is kept,
+        so a folder of a million files costs the console one page of them."""
         page: list[ListedEntry] = []
         following = 0
         with self.client.listing(path, snapshot, recursive=False) as (_, entries):
@@ -118,8 +119,10 @@ class Backend:
                     continue
                 if len(page) < limit:
                     page.append(entry)
-                else:
-                    following += 1
+                    continue
+                following += 1
+                if not count:
+                    break
         return page, following
 
     def restore(

@@ -40,12 +40,13 @@ PAGE = 1000
 @dataclass
 class Entry:
     """What a tree row stands for: a stored entry, or the rest of a long directory (the
-    entries after the name ``after``)."""
+    ``following`` entries after the name ``after``)."""
 
     listed: ListedEntry | None = None
     loaded: bool = False
     loading: bool = False
     after: str | None = None
+    following: int = 0
 
 
 def describe_entry(listed: ListedEntry) -> str:
@@ -177,11 +178,17 @@ class BrowserScreen(AreaScreen):
 
     @work(thread=True, exclusive=False, group="tree", exit_on_error=False)
     def load_children(
-        self, snapshot: str, node: TreeNode[Entry], path: str, after: str | None = None
+        self, snapshot: str, node: TreeNode[Entry], path: str, rest: Entry | None = None
     ) -> None:
-        """Runs in a thread: the node only travels back with the answer, it is not touched."""
-        entries, following = self.backend.children(snapshot, path, PAGE, after)
-        self.post_message(ChildrenLoaded(snapshot, node, entries, following, after is not None))
+        """Runs in a thread: the node only travels back with the answer, it is not touched.
+        With ``rest``, the page after its name: a snapshot never changes, so how many follow
+        that page is known without reading the directory to its end."""
+        if rest is None:
+            entries, following = self.backend.children(snapshot, path, PAGE)
+        else:
+            entries, more = self.backend.children(snapshot, path, PAGE, rest.after, count=False)
+            following = rest.following - len(entries) if more else 0
+        self.post_message(ChildrenLoaded(snapshot, node, entries, following, rest is not None))
 
     @on(ChildrenLoaded)
     def add_children(self, message: ChildrenLoaded) -> None:
@@ -206,7 +213,9 @@ class BrowserScreen(AreaScreen):
         if message.following:
             node.add_leaf(
                 Text(f"… {message.following:,} more (enter)", style="dim"),
-                Entry(loaded=True, after=message.entries[-1].node.name),
+                Entry(
+                    loaded=True, after=message.entries[-1].node.name, following=message.following
+                ),
             )
 
     @on(Tree.NodeSelected, "#files")
@@ -218,7 +227,7 @@ class BrowserScreen(AreaScreen):
         if not entry.loading:
             # The row goes when the page comes; if it fails, selecting it asks again.
             entry.loading = True
-            self.load_children(self.current.id, parent, _path_of(parent), entry.after)
+            self.load_children(self.current.id, parent, _path_of(parent), entry)
 
     @on(Tree.NodeHighlighted, "#files")
     def highlighted(self, event: Tree.NodeHighlighted[Entry]) -> None:
