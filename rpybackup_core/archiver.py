@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import errno
 import fnmatch
-import itertools
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .batching import batched
 from .chunker import MAX_SIZE, MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
@@ -377,13 +377,14 @@ class Archiver:
         except OSError as exc:
             self._error(path, exc)
             names = iter([])
-        taken = list(itertools.islice(names, _WALK_SLICE))
+        slices = batched(names, _WALK_SLICE)
+        taken = next(slices, [])
         if not taken:
             self._defer(None, None, lambda _: done())
             return
         prefix = path if path.endswith("/") else path + "/"
         while taken:
-            following = list(itertools.islice(names, _WALK_SLICE))
+            following = next(slices, [])
             self._walk_slice(prefix, taken, add, None if following else done)
             taken = following
 

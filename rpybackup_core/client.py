@@ -179,12 +179,6 @@ class BackupClient:
             raise UsageError(f"snapshot id {ref} is ambiguous; give more digits")
         return matches[0]
 
-    def list_files(
-        self, path: str = "/", snapshot: str = "latest", recursive: bool = True
-    ) -> tuple[SnapshotInfo, list[ListedEntry]]:
-        with self.listing(path, snapshot, recursive) as (snap, entries):
-            return snap, list(entries)
-
     @contextlib.contextmanager
     def listing(
         self, path: str = "/", snapshot: str = "latest", recursive: bool = True

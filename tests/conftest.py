@@ -13,7 +13,7 @@ import pytest
 
 from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.cli.main import main
-from rpybackup_core.client import BackupClient, enroll
+from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.crypto import Sealer
 from rpybackup_core.server import BackupServer
@@ -167,3 +167,9 @@ class HelperStarter:
 @pytest.fixture
 def helper_starter() -> type[HelperStarter]:
     return HelperStarter
+
+
+def listed(client: BackupClient, path: str = "/") -> list[ListedEntry]:
+    """Every entry of the latest snapshot under ``path``, as ``rlist`` lists them."""
+    with client.listing(path) as (_, entries):
+        return list(entries)

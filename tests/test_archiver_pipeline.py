@@ -25,7 +25,7 @@ from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
-from tests.conftest import commit_header
+from tests.conftest import commit_header, listed
 
 
 def _tree(root: Path, files: int, seed: int = 5) -> Path:
@@ -220,7 +220,7 @@ def test_excludes_match_a_name_or_a_whole_path(server, tmp_path: Path) -> None:
     client = server.client("alice")
 
     client.backup([str(source)])
-    _, entries = client.list_files(str(source))
+    entries = listed(client, str(source))
     names = sorted(entry.path.rsplit("/", 1)[-1] for entry in entries)
     assert names == ["keep.txt"]
 
@@ -570,7 +570,7 @@ def test_a_large_file_whose_middle_part_fails_to_open_is_named_and_not_left_behi
     server.enroll("alice")
     client = server.client("alice")
     client.backup([str(source)])
-    _, entries = client.list_files(str(source / "a-big.bin"))
+    entries = listed(client, str(source / "a-big.bin"))
     content = entries[0].node.content
     assert len(content) >= 5, "the file must span several parts"
     middle = content[len(content) // 2]
@@ -610,7 +610,7 @@ def test_a_large_file_hashed_beside_its_reading_records_its_pieces_in_order(
         path = source / name
         with path.open("rb") as handle:
             pieces = [bytes(piece) for piece in Chunker().stream(handle)]
-        _, entries = client.list_files(str(path))
+        entries = listed(client, str(path))
         node = entries[0].node
         assert node.content == [sealer.chunk_id(piece) for piece in pieces]
         assert node.digest == "blake3:" + blake3.blake3(path.read_bytes()).hexdigest()

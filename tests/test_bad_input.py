@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rpybackup_core.demo import compare_trees
+from tests.conftest import listed
 
 
 def one_line_error(err: str) -> str:
@@ -238,7 +239,7 @@ def test_corrupt_blob_is_named_at_restore_and_the_rest_restores(
 
 
 def _chunks_of(server, config, path: str) -> list[bytes]:
-    _, entries = server.client(config.name).list_files(path)
+    entries = listed(server.client(config.name), path)
     return entries[0].node.content
 
 

@@ -27,6 +27,7 @@ from rpybackup_core.config import ClientConfig
 from rpybackup_core.errors import InvalidRequest, PermissionDenied
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.watch import ChangeCollector, LostEventsAlarm, Pending, Watcher, WatchRun
+from tests.conftest import listed
 
 QUIET = 1.0
 DEADLINE = 60.0
@@ -112,7 +113,7 @@ def watched_client(server, source: Path, name: str = "laptop", **settings: objec
 
 
 def files_in_latest(client: BackupClient) -> dict[str, int]:
-    _, entries = client.list_files("/")
+    entries = listed(client)
     return {entry.path: entry.node.size for entry in entries if entry.node.kind == "file"}
 
 

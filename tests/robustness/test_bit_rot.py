@@ -17,13 +17,14 @@ from rpybackup_core.errors import IntegrityError
 from rpybackup_core.pack import MAGIC, TAIL, parse_trailer
 from rpybackup_core.repository import PACKS
 from rpybackup_core.tree import FILE
+from tests.conftest import listed
 
 from .conftest import FIGURES, Profile
 from .harness import Daemon, assert_clean, manifest, restored_manifest
 
 
 def _files_by_chunk(daemon: Daemon) -> dict[bytes, set[str]]:
-    _, entries = daemon.client("alice").list_files("/")
+    entries = listed(daemon.client("alice"))
     holders: dict[bytes, set[str]] = {}
     for entry in entries:
         if entry.node.kind == FILE:
