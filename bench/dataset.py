@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,8 @@ _SMALL_PER_DIR = 500
 _MEDIUM_BYTES = 40 * 1000 * 1000
 _LARGE_BYTES = 200 * 1000 * 1000
 _BLOCK = 4 * 1024 * 1024
+# A real tree's files up to this size get an insertion when mutated, larger ones a rewrite.
+_BIG_EDIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,109 @@ def mutate(root: Path, seed: int = 2) -> int:
     return changed
 
 
+@dataclass(frozen=True)
+class CopiedTree:
+    bytes: int
+    files: int
+    directories: int
+    symlinks: int
+    skipped: int
+
+
+def copy_tree(source: Path, root: Path) -> CopiedTree:
+    """Copy a real tree under ``root`` (replacing it) with its times and modes: its regular
+    files, directories and symlinks. Anything else (FIFOs, sockets, devices) and whatever
+    cannot be read is left out, so that the copy is exactly what a restore must give back."""
+    if root.exists():
+        shutil.rmtree(root)
+    counts = {"bytes": 0, "files": 0, "directories": 0, "symlinks": 0, "skipped": 0}
+    root.mkdir(parents=True)
+    made: list[tuple[Path, Path]] = [(source, root)]
+    for folder, dirs, files in os.walk(source):
+        here = root / Path(folder).relative_to(source)
+        descend = set()
+        for name in dirs + files:
+            origin, copy = Path(folder) / name, here / name
+            try:
+                kind = _copy_entry(origin, copy)
+            except OSError:
+                kind = "skipped"
+            counts[kind] += 1
+            if kind == "files":
+                counts["bytes"] += copy.stat().st_size
+            elif kind == "directories":
+                made.append((origin, copy))
+                descend.add(name)
+        # os.walk lists symlinks to directories among dirs; only what was made is walked.
+        dirs[:] = [name for name in dirs if name in descend]
+    # Last, deepest first: creating an entry changes its directory's times.
+    for origin, copy in reversed(made):
+        shutil.copystat(origin, copy)
+    return CopiedTree(**counts)
+
+
+def _copy_entry(origin: Path, copy: Path) -> str:
+    mode = os.lstat(origin).st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(origin), copy)
+        os.utime(copy, ns=_times(origin), follow_symlinks=False)
+        return "symlinks"
+    if stat.S_ISDIR(mode):
+        copy.mkdir()
+        return "directories"
+    if stat.S_ISREG(mode):
+        shutil.copy2(origin, copy, follow_symlinks=False)
+        return "files"
+    return "skipped"
+
+
+def _times(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_atime_ns, st.st_mtime_ns
+
+
+def mutate_tree(root: Path, seed: int = 2) -> int:
+    """Change about 5 % of a copied real tree's files like a day of use; returns the bytes
+    written. A file of up to 1 MiB gets text inserted at a random place, a larger one a
+    rewritten region of a twentieth of it in the middle (CDC must resynchronise); a few files
+    are added and a few deleted."""
+    rng = random.Random(seed)
+    text = TextSource(rng)
+    files = sorted(
+        Path(folder) / name
+        for folder, _dirs, names in os.walk(root)
+        for name in names
+        if stat.S_ISREG(os.lstat(Path(folder) / name).st_mode)
+    )
+    if not files:
+        return 0
+    changed = 0
+    for path in rng.sample(files, max(1, len(files) // 20)):
+        size = path.stat().st_size
+        if size <= _BIG_EDIT:
+            data = bytearray(path.read_bytes())
+            edit = text.text(rng.randint(100, 4000))
+            at = rng.randint(0, len(data))
+            data[at:at] = edit
+            path.write_bytes(bytes(data))
+            changed += len(edit)
+        else:
+            with path.open("r+b") as handle:
+                handle.seek(size // 2)
+                handle.write(rng.randbytes(size // 20))
+            changed += size // 20
+    fresh = root / "added-by-bench"
+    fresh.mkdir(exist_ok=True)
+    for index in range(max(1, len(files) // 200)):
+        data = text.text(rng.randint(200, 16_000))
+        (fresh / f"added-{index:04d}.txt").write_bytes(data)
+        changed += len(data)
+    for path in rng.sample(files, max(1, len(files) // 400)):
+        if path.exists():
+            path.unlink()
+    return changed
+
+
 def tree_bytes(root: Path) -> int:
     total = 0
     for folder, _dirs, files in os.walk(root):
@@ -267,7 +373,9 @@ def compare(source: Path, restored: Path) -> list[str]:
             continue
         if present != expected:
             problems.append(f"{relative}: entries differ")
-        for name in files:
+        # os.walk lists a symlink to a directory among the directories and does not follow it.
+        linked = [name for name in dirs if os.path.islink(os.path.join(folder, name))]
+        for name in files + linked:
             a, b = Path(folder) / name, other / name
             try:
                 sa, sb = os.lstat(a), os.lstat(b)
@@ -276,6 +384,9 @@ def compare(source: Path, restored: Path) -> list[str]:
                 continue
             if (sa.st_mode, sa.st_mtime_ns, sa.st_size) != (sb.st_mode, sb.st_mtime_ns, sb.st_size):
                 problems.append(f"{relative / name}: metadata differs")
+            elif stat.S_ISLNK(sa.st_mode):
+                if os.readlink(a) != os.readlink(b):
+                    problems.append(f"{relative / name}: link target differs")
             elif _digest(a) != _digest(b):
                 problems.append(f"{relative / name}: content differs")
     return problems

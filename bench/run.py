@@ -1,12 +1,16 @@
 """rPyBackup against restic (and borg's repository size) on the same data, side by side.
 
-    python bench/run.py [--scale 0.25] [--repeats 4] [--big-file-mib 1024] [--work DIR]
+    python bench/run.py [--scale 0.25 | --tree DIR] [--repeats 4] [--big-file-mib 1024]
+                        [--work DIR]
 
 Each repeat generates the seeded dataset afresh, then runs both tools back to back on it (the
 order alternates between repeats, so neither always goes first): first backup,
 no-change re-run, ~5 % mutation, re-run, full restore. The rPyBackup restore is compared with
 the source tree before it counts. The table shows medians; ratios are rPyBackup/restic and are
 judged against issue #7's goals. Results go to bench/results/ as JSON.
+
+``--tree DIR`` measures a real tree instead: each repeat copies it (regular files, directories
+and symlinks, with their times) onto the bench's filesystem and changes ~5 % of its files.
 """
 
 from __future__ import annotations
@@ -43,6 +47,36 @@ MB = 1000 * 1000
 # restores wait this long after the last mass deletion, so neither tool pays for the harness.
 _INODE_SETTLE = 35.0
 _RACY_SECONDS = 1.5
+# Scratch space a real tree needs, in multiples of its size (data, three repositories, two
+# restores).
+_ROOM_FACTOR = 6
+
+
+@dataclass(frozen=True)
+class Source:
+    """What each repeat backs up: the seeded dataset at a scale, or a copy of a real tree."""
+
+    scale: float
+    tree: Path | None = None
+
+    def make(self, data: Path) -> int:
+        if self.tree is None:
+            return dataset.generate(data, self.scale)
+        copied = dataset.copy_tree(self.tree, data)
+        if copied.skipped:
+            _log(f"  {copied.skipped} entries of {self.tree} left out (unreadable or special)")
+        return copied.bytes
+
+    def mutate(self, data: Path) -> int:
+        if self.tree is None:
+            return dataset.mutate(data)
+        return dataset.mutate_tree(data)
+
+    def label(self) -> str:
+        return f"tree {self.tree}" if self.tree is not None else f"scale {self.scale:g}"
+
+    def __str__(self) -> str:
+        return f"a copy of {self.tree}" if self.tree is not None else "the seeded dataset"
 
 
 @dataclass(frozen=True)
@@ -115,7 +149,7 @@ def _measure_pair(
 def run_repeat(
     work: Path,
     data: Path,
-    scale: float,
+    source: Source,
     index: int,
     with_borg: bool,
     samples: dict[str, list[float]],
@@ -123,12 +157,12 @@ def run_repeat(
     if data.exists():
         shutil.rmtree(data)
     deleted_at = time.monotonic()
-    total = dataset.generate(data, scale)
+    total = source.make(data)
     # The files cache does not trust a file changed within a second of being read (it could
     # change again unnoticed); real data is older than that when a backup starts.
     time.sleep(_RACY_SECONDS)
     samples.setdefault("dataset_bytes", []).append(total)
-    _log(f"repeat {index + 1}: dataset of {total / MB:.0f} MB generated")
+    _log(f"repeat {index + 1}: {source} ({total / MB:.0f} MB) ready")
     rpy = RPyBackup(work / f"rpy-{index}")
     restic = Restic(work / f"restic-{index}")
     rpy.setup()
@@ -151,7 +185,7 @@ def run_repeat(
         _measure_pair(
             samples, "nochange", lambda: rpy.backup(data), lambda: restic.backup(data), rpy_first
         )
-        changed = dataset.mutate(data)
+        changed = source.mutate(data)
         time.sleep(_RACY_SECONDS)
         samples.setdefault("mutated_bytes", []).append(changed)
         _measure_pair(
@@ -347,11 +381,18 @@ def print_table(summary: dict[str, Any], data_bytes: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
         "--scale",
         type=float,
         default=1.0,
         help="dataset size relative to issue #7's 1.04 GB tree (default 1)",
+    )
+    what.add_argument(
+        "--tree",
+        type=Path,
+        help="measure a copy of this real tree instead of the seeded dataset (copied afresh "
+        "for each repeat; ~5 %% of its files changed for the re-run)",
     )
     # Even: the order alternates, and with an odd count one tool goes first more often (over 22
     # earlier runs of 3, rPyBackup's re-runs were 8-13 % slower in the first place).
@@ -380,12 +421,30 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
+        if not args.tree.is_dir():
+            parser.error(f"--tree {args.tree}: not a directory")
     ensure_installed()
     work = args.work.resolve()
     if work.exists():
         shutil.rmtree(work)
+    if args.tree is not None:
+        check_room(args.tree, work, args.fs_gib)
     with scratch_filesystem(work, args.fs_gib):
         return measure(args, work)
+
+
+def check_room(tree: Path, work: Path, fs_gib: int) -> None:
+    """A repeat holds the tree, two repositories, borg's and two restores at once."""
+    needed = _ROOM_FACTOR * dataset.tree_bytes(tree)
+    room = fs_gib * 2**30 if fs_gib > 0 else shutil.disk_usage(work).free
+    if needed > room:
+        advice = f"--fs-gib {needed // 2**30 + 1}" if fs_gib > 0 else "more free space"
+        raise SystemExit(
+            f"--tree {tree}: about {needed / 2**30:.1f} GiB of scratch space needed "
+            f"({room / 2**30:.1f} GiB there); give {advice}"
+        )
 
 
 @contextlib.contextmanager
@@ -439,26 +498,29 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     compile_package()
     machine = _machine()
     samples: dict[str, list[float]] = {}
+    source = Source(args.scale, args.tree)
     for index in range(args.repeats):
-        run_repeat(work, data, args.scale, index, not args.no_borg, samples)
+        run_repeat(work, data, source, index, not args.no_borg, samples)
     shutil.rmtree(data)
     big = run_big_file(work, args.big_file_mib, args.repeats) if args.big_file_mib else {}
     summary = summarize(samples, big, args.big_file_mib)
     data_bytes = statistics.median(samples["dataset_bytes"])
     print(
-        f"\nrPyBackup vs {Restic(work).version}, {Borg(work).version}; scale {args.scale} "
+        f"\nrPyBackup vs {Restic(work).version}, {Borg(work).version}; {source.label()} "
         f"({data_bytes / MB:.0f} MB), medians of {args.repeats}\n"
     )
     print_table(summary, data_bytes)
     machine["load_at_end"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"{stamp}-scale{args.scale:g}.json"
+    name = "tree-" + "-".join(args.tree.parts[1:]) if args.tree else f"scale{args.scale:g}"
+    out = RESULTS / f"{stamp}-{name}.json"
     out.write_text(
         json.dumps(
             {
                 "time": stamp,
                 "scale": args.scale,
+                "tree": str(args.tree) if args.tree else None,
                 "repeats": args.repeats,
                 "fs_gib": args.fs_gib,
                 "machine": machine,
