@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .crypto import storage_hash
+from .crypto import storage_hash_matches
 from .errors import RPyBackupError
 from .pack import ENTRY, MAGIC, TAIL, PackWriter
 from .repository import PACKS, ChunkLocation, ClientRecord, PackUsage, Repository, iso_time
@@ -297,6 +297,7 @@ class Pruner:
                     removed=len(plan.remove),
                     bytes_freed=result.bytes_freed,
                 )
+                self.repo.compact()
                 log.info(
                     "pruned %s (%s): %d snapshots removed, %d kept, %d bytes freed",
                     client.name,
@@ -400,7 +401,7 @@ class Pruner:
         blobs = []
         for location in self.repo.pack_chunks(pack.id):
             data = self.repo.backend.get_range(PACKS, pack.name, location.offset, location.length)
-            if storage_hash(data) != location.storage_hash:
+            if not storage_hash_matches(data, location.storage_hash):
                 log.error(
                     "not repacking %s: chunk %s fails its storage hash (run check)",
                     pack.name,

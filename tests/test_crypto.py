@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import threading
 
+import blake3
 import pytest
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from rpybackup_core.crypto import MasterKey, Sealer, storage_hash, unwrap_key, wrap_key
+from rpybackup_core.crypto import (
+    MasterKey,
+    Sealer,
+    storage_hash,
+    storage_hash_matches,
+    unwrap_key,
+    wrap_key,
+)
 from rpybackup_core.errors import ConfigError, CryptoError
 
 
@@ -83,7 +91,16 @@ def test_another_key_cannot_open(sealer: Sealer) -> None:
 
 def test_storage_hash_changes_with_any_byte() -> None:
     assert storage_hash(b"abc") != storage_hash(b"abd")
-    assert len(storage_hash(b"")) == 32
+    assert len(storage_hash(b"")) == 16
+
+
+def test_a_blob_matches_its_storage_hash_of_either_length() -> None:
+    """Index rows written before hold 32-byte hashes: the same BLAKE3 output, longer."""
+    older = blake3.blake3(b"sealed blob").digest()
+    assert storage_hash_matches(b"sealed blob", storage_hash(b"sealed blob"))
+    assert storage_hash_matches(b"sealed blob", older)
+    assert not storage_hash_matches(b"sealed blot", older)
+    assert not storage_hash_matches(b"sealed blot", storage_hash(b"sealed blob"))
 
 
 def test_sealed_documents_round_trip_and_are_bound_to_their_label(sealer: Sealer) -> None:

@@ -104,3 +104,27 @@ def test_a_clients_chunk_rows_are_read_in_order_a_page_at_a_time(
         assert list(repo.chunk_rowids(bob)) == sorted(rows[bob])
     finally:
         repo.close()
+
+
+def test_a_finished_session_leaves_neither_free_pages_nor_a_log_behind(tmp_path: Path) -> None:
+    """Pins are written for every chunk of a backup and deleted at its end: a new repository
+    gives their pages back, and the write-ahead log is emptied, while the server runs on."""
+    repo = Repository(tmp_path / "data")
+    try:
+        repo.add_client("alice", admin=False, ttl=3600)
+        alice = repo.client_by_name("alice").id
+        pack = repo.new_pack()
+        pack.append_many(
+            [(i.to_bytes(32, "big"), storage_hash(b"sealed"), b"sealed") for i in range(20_000)]
+        )
+        repo.commit_pack(alice, pack, session="session-key")
+        log_file = tmp_path / "data" / (repository.DB_FILE + "-wal")
+        assert log_file.stat().st_size > 0
+
+        repo.release_pins("session-key")
+
+        assert log_file.stat().st_size == 0
+        assert repo._query("PRAGMA freelist_count") == [(0,)]
+        assert len(repo.lookup(alice, [(7).to_bytes(32, "big")])) == 1
+    finally:
+        repo.close()
