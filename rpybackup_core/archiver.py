@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batching import batched
 from .chunker import MAX_SIZE, MIN_SIZE, Chunker
-from .crypto import FILE_DIGEST, FileHash, MasterKey, Sealer, file_hash
+from .crypto import FILE_DIGEST, ONE_CHUNK_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
 from .files_cache import CachedFile, FilesCache
 from .listing import sorted_names
@@ -130,6 +130,14 @@ class BackupResult:
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
         }
+
+
+def _digest(digest: FileHash, ids: list[bytes]) -> str:
+    """A file's digest: its chunk id if it is one chunk (``digest`` may then have seen none of
+    it), otherwise the running hash's."""
+    if len(ids) == 1:
+        return f"{ONE_CHUNK_DIGEST}:{ids[0].hex()}"
+    return f"{FILE_DIGEST}:{digest.hexdigest()}"
 
 
 def normalize_sources(paths: list[str]) -> list[Path]:
@@ -637,9 +645,7 @@ class Archiver:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        node = Node.from_stat(
-            os.path.basename(path), FILE, before, size, f"{FILE_DIGEST}:{digest.hexdigest()}", ids
-        )
+        node = Node.from_stat(os.path.basename(path), FILE, before, size, _digest(digest, ids), ids)
         return node, before, after
 
     def _count_file(
@@ -654,11 +660,10 @@ class Archiver:
             self.cache.stage(path, after, node.digest, node.content)
 
     def _pieces(self, fd: int, size: int, digest: FileHash) -> Iterator[tuple[bytes, bytes]]:
-        """(chunk id, piece) of an open file in order, ``digest`` updated with each piece."""
+        """(chunk id, piece) of an open file in order, ``digest`` updated with each piece
+        unless the file is one piece: then its digest is that piece's id."""
         if size <= MIN_SIZE:
-            # One piece: hashing it here costs less than handing it to another thread.
             for piece in self.chunker.file(fd, size):
-                digest.update(piece)
                 yield self.sealer.chunk_id(piece), bytes(piece)
             return
         digesting: deque[Future[object]] = deque()

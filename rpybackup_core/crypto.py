@@ -56,6 +56,10 @@ _STREAMED_SEAL = 64 * 1024
 # restore for the same end-to-end check. Trees written before it carry sha256.
 FILE_DIGEST = "blake3"
 FILE_DIGESTS = ("blake3", "sha256")
+# A file that is one chunk needs no digest of its own: its chunk id is the keyed BLAKE3 of all
+# of it. Trees omit it ("chunk:<id>" in a node), which took a third of the compressed trees of
+# a tree of small files (/usr/share: 4.7 -> 2.9 MB); restore verifies the file against the id.
+ONE_CHUNK_DIGEST = "chunk"
 
 
 class FileHash(Protocol):
@@ -64,11 +68,14 @@ class FileHash(Protocol):
     def hexdigest(self) -> str: ...
 
 
-def file_hash(digest: str = FILE_DIGEST) -> FileHash:
-    """A running hash for a file digest (``"blake3"`` or ``"blake3:<hex>"``, or sha256)."""
+def file_hash(digest: str = FILE_DIGEST, id_key: bytes | None = None) -> FileHash:
+    """A running hash for a file digest (``"blake3"`` or ``"blake3:<hex>"``, or sha256; a
+    one-chunk file's needs the key chunk ids are derived with)."""
     algorithm = digest.partition(":")[0]
     if algorithm == "blake3":
         return blake3.blake3()
+    if algorithm == ONE_CHUNK_DIGEST and id_key is not None:
+        return blake3.blake3(key=id_key)
     if algorithm == "sha256":
         return hashlib.sha256()
     raise CryptoError(f"unknown file digest {algorithm!r}")

@@ -223,7 +223,7 @@ class _Writer(Restorer):
 
     def _write_received(self, shown: str, fd: int, node: Node) -> None:
         try:
-            content = _Content(fd, node, shown)
+            content = _Content(fd, node, shown, self._key.id_key)
         except OSError as exc:
             os.close(fd)
             self._fail(shown, exc)
@@ -271,11 +271,11 @@ class _Content(_TempFile):
     opened, and the digest goes back with the outcome, to be checked there. Nothing else of
     the file (name, mode, times) is the helper's business."""
 
-    def __init__(self, fd: int, node: Node, shown: str) -> None:
+    def __init__(self, fd: int, node: Node, shown: str, id_key: bytes) -> None:
         self.out = fd
         self.node = node
         self.shown = shown
-        self.digest = file_hash(node.digest)
+        self.digest = file_hash(node.digest, id_key)
         self.written = 0
         self.error: OSError | RPyBackupError | None = None
         self.direct = DirectWriter(fd, _DIRECT_STAGE_BYTES, _DIRECT_DEPTH)

@@ -275,6 +275,7 @@ class _TempFile:
         node: Node,
         shown: str,
         follow_existing: bool,
+        id_key: bytes,
         direct: bool = False,
     ) -> None:
         self.fd = where.fd
@@ -300,7 +301,7 @@ class _TempFile:
             except OSError:
                 self.abort()
                 raise
-        self.digest = file_hash(node.digest)
+        self.digest = file_hash(node.digest, id_key)
         self.written = 0
         # Set when the helper process wrote the content: its digest, in place of ``digest``.
         self.written_digest: str | None = None
@@ -854,7 +855,7 @@ class Restorer:
                 outcomes.append(_Outcome(shown, error=damaged))
                 continue
             try:
-                temp = _TempFile(where, name, node, shown, follow_existing)
+                temp = _TempFile(where, name, node, shown, follow_existing, self._key.id_key)
             except OSError as exc:
                 outcomes.append(_Outcome(shown, error=exc))
                 continue
@@ -871,7 +872,9 @@ class Restorer:
     ) -> None:
         helper = self._large_file_helper()
         try:
-            temp = _TempFile(where, name, node, shown, follow_existing, direct=helper is None)
+            temp = _TempFile(
+                where, name, node, shown, follow_existing, self._key.id_key, direct=helper is None
+            )
         except OSError as exc:
             self._fail(shown, exc)
             return

@@ -20,7 +20,7 @@ from json.encoder import encode_basestring_ascii
 from json.scanner import make_scanner
 from typing import BinaryIO
 
-from .crypto import FILE_DIGESTS, ID_SIZE
+from .crypto import FILE_DIGESTS, ID_SIZE, ONE_CHUNK_DIGEST
 from .durable import scratch_file
 from .errors import IntegrityError
 
@@ -28,7 +28,9 @@ FILE = "file"
 DIR = "dir"
 SYMLINK = "symlink"
 KINDS = (FILE, DIR, SYMLINK)
-TREE_VERSION = 1
+# Version 2 may leave out a one-chunk file's digest (crypto.ONE_CHUNK_DIGEST); 1 is still read.
+TREE_VERSION = 2
+TREE_VERSIONS = (1, 2)
 
 # JSON string literals as the json module writes them with ensure_ascii, which keeps names that
 # are not valid UTF-8 (surrogate escapes) round-trippable.
@@ -84,7 +86,9 @@ class Node:
         )
         if self.kind == FILE:
             algorithm, _, value = self.digest.partition(":")
-            head += f',"size":{self.size},{_quoted(algorithm)}:{_quoted(value)}'
+            head += f',"size":{self.size}'
+            if algorithm != ONE_CHUNK_DIGEST:
+                head += f",{_quoted(algorithm)}:{_quoted(value)}"
         if self.kind == SYMLINK:
             return f'{head},"target":{_quoted(self.target)}}}'
         ids = '","'.join([chunk_id.hex() for chunk_id in self.content])
@@ -162,7 +166,7 @@ class TreeWriter:
 
 
 def encode_tree(nodes: list[Node]) -> bytearray:
-    """``{"version":1,"entries":[...]}``, compact, entries by name, in memory: a tree's chunk
+    """``{"version":2,"entries":[...]}``, compact, entries by name, in memory: a tree's chunk
     ids (so dedup of unchanged directories) depend on these bytes."""
     encoded = bytearray(_HEAD)
     _append_entries(encoded, sorted(nodes, key=by_name), first=True)
@@ -200,8 +204,11 @@ def _ids(value: object) -> list[bytes]:
     return ids
 
 
-def _digest(doc: dict[str, object], name: str) -> str:
-    """A file's digest under whichever algorithm its tree used (older trees: sha256)."""
+def _digest(doc: dict[str, object], name: str, content: list[bytes]) -> str:
+    """A file's digest under whichever algorithm its tree used (older trees: sha256); a file
+    of one chunk without one has its chunk id."""
+    if len(content) == 1 and not any(algorithm in doc for algorithm in FILE_DIGESTS):
+        return f"{ONE_CHUNK_DIGEST}:{content[0].hex()}"
     for algorithm in FILE_DIGESTS:
         value = doc.get(algorithm)
         if value is None:
@@ -230,11 +237,11 @@ def _decode_node(doc: object) -> Node:
         uid=_int(doc, "uid", 0),
         gid=_int(doc, "gid", 0),
     )
-    if kind == FILE:
-        node.size = _int(doc, "size")
-        node.digest = _digest(doc, node.name)
     if kind in (FILE, DIR):
         node.content = _ids(doc.get("content", []))
+    if kind == FILE:
+        node.size = _int(doc, "size")
+        node.digest = _digest(doc, node.name, node.content)
     if kind == SYMLINK:
         target = doc.get("target")
         if not isinstance(target, str) or not target or "\x00" in target:
@@ -285,7 +292,7 @@ class TreeDecoder:
                     raise IntegrityError("a snapshot tree has no version and entry list")
                 self._text = text
                 return []
-            if int(head.group(1)) != TREE_VERSION:
+            if int(head.group(1)) not in TREE_VERSIONS:
                 raise IntegrityError("a snapshot tree has an unknown version")
             position = head.end()
             self._in_head = False

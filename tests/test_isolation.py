@@ -82,6 +82,29 @@ def test_a_hostile_tree_with_dot_dot_is_refused_at_restore(server, tmp_path: Pat
     assert list((target / "x").iterdir()) == []
 
 
+def test_a_one_chunk_file_whose_content_is_not_its_id_is_refused_at_restore(
+    server, tmp_path: Path
+) -> None:
+    """A one-chunk file carries no digest of its own: its chunk id is checked against what is
+    written, so a blob sealed under another id (by a key holder) is not restored as the file."""
+    config = server.enroll("mallory")
+    sealer = Sealer(MasterKey.from_text(config.key))
+    claimed = sealer.chunk_id(b"what the tree says")
+    lie = Node("f", FILE, 0o644, 0, size=9, content=[claimed], digest="chunk:" + claimed.hex())
+    root = encode_tree([lie])
+    root_id = sealer.chunk_id(root)
+    with connect(server, "mallory") as remote:
+        remote.put(
+            [(claimed, sealer.seal(claimed, b"different")), (root_id, sealer.seal(root_id, root))]
+        )
+        remote.refs([claimed, root_id])
+        remote.commit(commit_header(sealer, [root_id], {"hostname": "h", "paths": ["/"]}))
+
+    _, result = server.client("mallory").restore("latest", tmp_path / "target")
+    assert result.errors and "does not match its chunk digest" in result.errors[0]
+    assert list((tmp_path / "target").iterdir()) == []
+
+
 def test_a_commit_referencing_chunks_the_server_lacks_is_refused(server) -> None:
     config = server.enroll("alice")
     sealer = Sealer(MasterKey.from_text(config.key))

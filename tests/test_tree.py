@@ -28,6 +28,7 @@ def sample_nodes() -> list[Node]:
         Node("a-dir", DIR, 0o755, 456, content=[b"\x02" * 32]),
         Node("link", SYMLINK, 0o777, 789, target="../elsewhere"),
         Node("caf\udce9-latin1", FILE, 0o600, 1, size=0, digest="sha256:" + "e" * 64),
+        Node("c.txt", FILE, 0o644, 9, size=3, digest="chunk:" + "03" * 32, content=[b"\x03" * 32]),
     ]
 
 
@@ -45,6 +46,8 @@ def sample_documents() -> list[dict[str, object]]:
          "content": ["02" * 32]},
         {"name": "b.txt", "type": "file", "mode": 0o644, "mtime_ns": 123, "uid": 1000,
          "gid": 1000, "size": 5, "blake3": "a" * 64, "content": ["01" * 32]},
+        {"name": "c.txt", "type": "file", "mode": 0o644, "mtime_ns": 9, **common, "size": 3,
+         "content": ["03" * 32]},
         {"name": "caf\udce9-latin1", "type": "file", "mode": 0o600, "mtime_ns": 1, **common,
          "size": 0, "sha256": "e" * 64, "content": []},
         {"name": "link", "type": "symlink", "mode": 0o777, "mtime_ns": 789, **common,
@@ -60,10 +63,10 @@ def test_the_encoding_is_compact_json_of_the_whole_document(
     encoded per call: a tree's chunk ids (and so dedup of unchanged directories across
     versions) depend on these bytes."""
     monkeypatch.setattr(tree, "_ENTRIES_PER_CALL", per_call)
-    document = {"version": 1, "entries": sample_documents()}
+    document = {"version": 2, "entries": sample_documents()}
     expected = json.dumps(document, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     assert encode_tree(sample_nodes()) == expected
-    assert encode_tree([]) == b'{"version":1,"entries":[]}'
+    assert encode_tree([]) == b'{"version":2,"entries":[]}'
 
 
 @pytest.mark.parametrize("in_memory", [sys.maxsize, 300])
@@ -93,12 +96,12 @@ def test_a_tree_fed_a_byte_at_a_time_decodes_as_a_whole() -> None:
     # Not the entry whose name is not UTF-8: written unescaped, it would not encode.
     documents = [doc for doc in sample_documents() if doc["name"] != "caf\udce9-latin1"]
     documents[1]["name"] = "b.txt \u2603 snow"
-    data = json.dumps({"version": 1, "entries": documents}, ensure_ascii=False).encode()
+    data = json.dumps({"version": 2, "entries": documents}, ensure_ascii=False).encode()
     decoder = TreeDecoder()
     nodes = [node for index in range(len(data)) for node in decoder.feed(data[index : index + 1])]
     nodes += decoder.feed(b"", final=True)
     assert nodes == decode_tree(data)
-    assert [node.name for node in nodes] == ["a-dir", "b.txt \u2603 snow", "link"]
+    assert [node.name for node in nodes] == ["a-dir", "b.txt \u2603 snow", "c.txt", "link"]
 
 
 @pytest.mark.parametrize(
@@ -209,10 +212,24 @@ def test_a_tree_written_before_blake3_digests_still_decodes() -> None:
 @pytest.mark.parametrize(
     "digest", [{}, {"blake3": "0" * 63}, {"blake3": "zz" * 32}, {"md5": "0" * 64}]
 )
-def test_a_file_without_a_valid_digest_is_rejected(digest: dict[str, str]) -> None:
+@pytest.mark.parametrize("chunks", [0, 2])
+def test_a_file_without_a_valid_digest_is_rejected(digest: dict[str, str], chunks: int) -> None:
     entry = {"name": "x", "type": "file", "mode": 0o644, "mtime_ns": 1, "size": 0, **digest}
+    entry["content"] = ["0a" * 32] * chunks
     with pytest.raises(IntegrityError, match="digest"):
-        decode_tree(json.dumps({"version": 1, "entries": [entry]}).encode())
+        decode_tree(json.dumps({"version": 2, "entries": [entry]}).encode())
+
+
+def test_a_one_chunk_file_is_stored_without_a_digest_and_read_with_its_chunk_id() -> None:
+    node = Node("one", FILE, 0o644, 1, size=3, digest="chunk:" + "0b" * 32, content=[b"\x0b" * 32])
+    [entry] = json.loads(encode_tree([node]))["entries"]
+    assert not {"blake3", "sha256", "chunk"} & set(entry)
+    assert decode_tree(encode_tree([node])) == [node]
+
+    # One that has a digest all the same (trees before version 2) keeps it.
+    entry["blake3"] = "0c" * 32
+    [kept] = decode_tree(json.dumps({"version": 1, "entries": [entry]}).encode())
+    assert kept.digest == "blake3:" + "0c" * 32
 
 
 def test_duplicate_names_are_rejected() -> None:
