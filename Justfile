@@ -24,8 +24,9 @@ lint:
     {{venv}}/bin/ruff format --check rpybackup_core rpybackup_tui tests bench
     {{venv}}/bin/mypy rpybackup_core
 
-bench:
-    {{py}} bench/run.py
+# Against restic and borg on the seeded dataset (~7 min); `just bench --tree DIR` on a real tree.
+bench *ARGS:
+    {{py}} bench/run.py {{ARGS}}
 
 # The server's peak memory for a commit and a prune as a client's chunk count grows (~2 min).
 bench-server-memory:
