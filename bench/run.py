@@ -421,12 +421,15 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    work = args.work.resolve()
     if args.tree is not None:
         args.tree = args.tree.resolve()
         if not args.tree.is_dir():
             parser.error(f"--tree {args.tree}: not a directory")
+        # The copy goes under --work, which is emptied first: neither may hold the other.
+        if work.is_relative_to(args.tree) or args.tree.is_relative_to(work):
+            parser.error(f"--tree {args.tree} and --work {work} must not contain each other")
     ensure_installed()
-    work = args.work.resolve()
     if work.exists():
         shutil.rmtree(work)
     if args.tree is not None:
