@@ -785,19 +785,19 @@ class Repository:
         """Give free pages and the write-ahead log back to the file system: after a backup
         (its pins, ~25 bytes a chunk) and a prune (its chunk rows). Without it a first backup
         left a log of a few MiB and its pins' pages behind (2-3 % of a repository of small
-        files). Never waits: with a reader in the log it stays for the next time."""
+        files). Never waits: while another process writes or a reader is in the log, it is
+        left for the next time."""
         with self._lock:
+            self._db.execute("PRAGMA busy_timeout=0")
             try:
                 # Run to its end: the pragma yields a row per page freed, and execute() would
                 # stop at the first.
                 self._db.executescript("PRAGMA incremental_vacuum;")
-                self._db.execute("PRAGMA busy_timeout=0")
-                try:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                finally:
-                    self._db.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.OperationalError as exc:
-                log.warning("server database not compacted: %s", exc)
+                log.info("server database not compacted now: %s", exc)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
 
     def clear_pins(self) -> None:
         """Forget every pin; only for a daemon that is starting, when no session is live."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,4 +128,21 @@ def test_a_finished_session_leaves_neither_free_pages_nor_a_log_behind(tmp_path:
         assert repo._query("PRAGMA freelist_count") == [(0,)]
         assert len(repo.lookup(alice, [(7).to_bytes(32, "big")])) == 1
     finally:
+        repo.close()
+
+
+def test_compacting_does_not_wait_for_another_process_writing(tmp_path: Path) -> None:
+    """A CLI prune holding the write lock (30 s of patience for statements) must not hold up
+    the end of a backup's session: compacting is left for the next time instead."""
+    repo = Repository(tmp_path / "data")
+    other = sqlite3.connect(tmp_path / "data" / repository.DB_FILE, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(repo.compact).result(timeout=10)
+        other.execute("ROLLBACK")
+        repo.add_client("alice", admin=False, ttl=3600)
+        assert repo.client_by_name("alice").name == "alice"
+    finally:
+        other.close()
         repo.close()
