@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core import archiver
 from rpybackup_core.archiver import HELPER_FILE, Archiver, BackupResult
 from rpybackup_core.backup_helper import LargeFileReader
 from rpybackup_core.client import BackupClient
@@ -57,6 +58,42 @@ def _restored(client: BackupClient, source: Path, target: Path) -> list[str]:
 def alice(server) -> BackupClient:
     server.enroll("alice")
     return server.client("alice")
+
+
+@pytest.fixture(autouse=True)
+def helper_from_the_first_large_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These trees are small: the helper starts at their first large file here."""
+    monkeypatch.setattr(archiver, "HELPER_START", 0)
+
+
+def test_the_helper_starts_once_the_large_files_to_read_are_worth_its_start(
+    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large files come in name order: 4 MiB, 9 MiB, then 13 MiB passes 20 MiB, and the helper
+    takes that one and the two in sub/; the first two were read by the backup itself."""
+    source = _tree(tmp_path / "src")
+    monkeypatch.setattr(archiver, "HELPER_START", 20 * MIB)
+    helpers = helper_starter(alice, LargeFileReader)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    assert [helper.files for helper in helpers.started] == [3]
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_a_backup_with_too_few_large_files_to_read_starts_no_helper(
+    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _tree(tmp_path / "src")
+    monkeypatch.setattr(archiver, "HELPER_START", 64 * MIB)
+    helpers = helper_starter(alice, LargeFileReader)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    assert helpers.started == []
+    assert _restored(alice, source, tmp_path / "out") == []
 
 
 def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
