@@ -512,6 +512,10 @@ class Archiver:
                 return False
             self._helper = self._start_helper()
             self._start_helper = None
+            # While it starts: what was read here must be indexed before the helper asks
+            # about the same chunks, or a copy of a file read here would be stored again.
+            self.uploader.finish()
+            self.remote.sync()
         helper = self._helper
         if helper is None:
             return False

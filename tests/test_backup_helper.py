@@ -82,6 +82,24 @@ def test_the_helper_starts_once_the_large_files_to_read_are_worth_its_start(
     assert _restored(alice, source, tmp_path / "out") == []
 
 
+def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
+    server, alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(random.Random(5).randbytes(6 * MIB))
+    (source / "b.bin").write_bytes((source / "a.bin").read_bytes())
+    monkeypatch.setattr(archiver, "HELPER_START", 10 * MIB)
+    helpers = helper_starter(alice, LargeFileReader)
+
+    result = _backup(alice, source, helpers)
+
+    assert [helper.files for helper in helpers.started] == [1]
+    stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
+    assert result.uploaded_chunks == stats["chunks"]
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
 def test_a_backup_with_too_few_large_files_to_read_starts_no_helper(
     alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
