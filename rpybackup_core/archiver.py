@@ -10,10 +10,11 @@ The file digest of a file larger than one chunk is computed on a thread of its o
 main thread cuts pieces and derives their chunk ids: hashing releases the GIL, and a re-run that
 reads changed large files but uploads little would otherwise do all of it on one core.
 
-With a helper process (backup_helper.py), files over 4 MiB that must be read go to it by path:
-it reads and uploads them over its own connection and reports their nodes once their chunks
-are durable on the server. Their chunk ids are then confirmed and referenced like those of
-unchanged files, and a directory's tree waits for its files' reports.
+With a helper process (backup_helper.py), files over 4 MiB that must be read go to it by path
+once such files have come to 64 MiB (before that they are read here): it reads and uploads
+them over its own connection and reports their nodes once their chunks are durable on the
+server. Their chunk ids are then confirmed and referenced like those of unchanged files, and
+a directory's tree waits for its files' reports.
 """
 
 from __future__ import annotations
