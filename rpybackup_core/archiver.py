@@ -11,10 +11,10 @@ main thread cuts pieces and derives their chunk ids: hashing releases the GIL, a
 reads changed large files but uploads little would otherwise do all of it on one core.
 
 With a helper process (backup_helper.py), files over 4 MiB that must be read go to it by path
-once such files have come to 64 MiB (before that they are read here): it reads and uploads
-them over its own connection and reports their nodes once their chunks are durable on the
-server. Their chunk ids are then confirmed and referenced like those of unchanged files, and
-a directory's tree waits for its files' reports.
+(in a re-run once such files have come to 64 MiB; before that they are read here): it reads
+and uploads them over its own connection and reports their nodes once their chunks are
+durable on the server. Their chunk ids are then confirmed and referenced like those of
+unchanged files, and a directory's tree waits for its files' reports.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ _TREE_IN_MEMORY = MAX_SIZE
 # Files larger than this that must be read go to the helper process, if there is one.
 HELPER_FILE = 4 * 1024 * 1024
 # The helper costs ~0.3 s of a core before it reads anything (an interpreter, its imports, a
-# TLS session): it starts once the large files met that must be read come to this much. A
-# re-run that reads a few changed libraries again takes 0.5 s without it against 0.7-0.95 s
-# with it; a first backup meets that much in its first large files.
+# TLS session): in a re-run it starts once the large files that must be read come to this
+# much (a re-run that reads a few changed libraries again: 0.5 s without it, 0.7-0.95 s with
+# it). A first backup, which reads everything, starts it at its first large file: reading
+# large files here first made one of /usr/share slower and its peak higher.
 HELPER_START = 64 * 1024 * 1024
 # Files handed to the helper and not reported yet.
 _HELPER_FILES = 64
@@ -192,8 +193,10 @@ class Archiver:
         self._helper_jobs: deque[tuple[str, _Listing]] = deque()
         # The helper's bytes read that progress counts so far.
         self._helper_bytes = 0
-        # Bytes of the large files met before the helper started (read here).
+        # Bytes of the large files met before the helper started (read here), and how many
+        # start it: none in a first backup (the files cache knows nothing yet).
         self._large_bytes = 0
+        self._helper_start = HELPER_START if cache is not None and cache.generation > 1 else 0
         self.dirs = 0
 
     # ---- entry point ------------------------------------------------------------------------
@@ -506,10 +509,10 @@ class Archiver:
 
     def _ready_helper(self, size: int) -> bool:
         """Whether the helper takes another file of ``size`` bytes: started once the large
-        files met come to ``HELPER_START``, while it has room."""
+        files met come to ``_helper_start``, while it has room."""
         if self._helper is None and self._start_helper is not None:
             self._large_bytes += size
-            if self._large_bytes < HELPER_START:
+            if self._large_bytes < self._helper_start:
                 return False
             self._helper = self._start_helper()
             self._start_helper = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,14 +60,21 @@ def alice(server) -> BackupClient:
     return server.client("alice")
 
 
-@pytest.fixture(autouse=True)
-def helper_from_the_first_large_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These trees are small: the helper starts at their first large file here."""
-    monkeypatch.setattr(archiver, "HELPER_START", 0)
+@pytest.fixture
+def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
+    """A files cache that has seen a run: the next one is a re-run."""
+    cache = FilesCache(tmp_path / "used-cache")
+    cache.commit()
+    yield cache
+    cache.close()
 
 
-def test_the_helper_starts_once_the_large_files_to_read_are_worth_its_start(
-    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+def test_a_re_run_starts_the_helper_once_the_large_files_to_read_are_worth_its_start(
+    alice: BackupClient,
+    tmp_path: Path,
+    helper_starter,
+    monkeypatch: pytest.MonkeyPatch,
+    used_cache: FilesCache,
 ) -> None:
     """Large files come in name order: 4 MiB, 9 MiB, then 13 MiB passes 20 MiB, and the helper
     takes that one and the two in sub/; the first two were read by the backup itself."""
@@ -75,7 +82,7 @@ def test_the_helper_starts_once_the_large_files_to_read_are_worth_its_start(
     monkeypatch.setattr(archiver, "HELPER_START", 20 * MIB)
     helpers = helper_starter(alice, LargeFileReader)
 
-    result = _backup(alice, source, helpers)
+    result = _backup(alice, source, helpers, used_cache)
 
     assert result.errors == [] and result.files == 45
     assert [helper.files for helper in helpers.started] == [3]
@@ -83,7 +90,12 @@ def test_the_helper_starts_once_the_large_files_to_read_are_worth_its_start(
 
 
 def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
-    server, alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+    server,
+    alice: BackupClient,
+    tmp_path: Path,
+    helper_starter,
+    monkeypatch: pytest.MonkeyPatch,
+    used_cache: FilesCache,
 ) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -92,7 +104,7 @@ def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
     monkeypatch.setattr(archiver, "HELPER_START", 10 * MIB)
     helpers = helper_starter(alice, LargeFileReader)
 
-    result = _backup(alice, source, helpers)
+    result = _backup(alice, source, helpers, used_cache)
 
     assert [helper.files for helper in helpers.started] == [1]
     stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
@@ -100,18 +112,38 @@ def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
     assert _restored(alice, source, tmp_path / "out") == []
 
 
-def test_a_backup_with_too_few_large_files_to_read_starts_no_helper(
-    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+def test_a_re_run_with_too_few_large_files_to_read_starts_no_helper(
+    alice: BackupClient,
+    tmp_path: Path,
+    helper_starter,
+    monkeypatch: pytest.MonkeyPatch,
+    used_cache: FilesCache,
 ) -> None:
     source = _tree(tmp_path / "src")
     monkeypatch.setattr(archiver, "HELPER_START", 64 * MIB)
     helpers = helper_starter(alice, LargeFileReader)
 
-    result = _backup(alice, source, helpers)
+    result = _backup(alice, source, helpers, used_cache)
 
     assert result.errors == [] and result.files == 45
     assert helpers.started == []
     assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_a_first_backup_starts_the_helper_at_its_first_large_file(
+    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its files cache knows nothing, so everything is read: the helper is worth its start."""
+    source = _tree(tmp_path / "src")
+    monkeypatch.setattr(archiver, "HELPER_START", 64 * MIB)
+    cache = FilesCache(tmp_path / "cache")
+    try:
+        helpers = helper_starter(alice, LargeFileReader)
+        result = _backup(alice, source, helpers, cache)
+    finally:
+        cache.close()
+
+    assert result.errors == [] and [helper.files for helper in helpers.started] == [5]
 
 
 def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
