@@ -218,31 +218,46 @@ def mutate(root: Path, seed: int = 2) -> int:
     changed = 0
     small = sorted(p for p in root.glob("text/*/*")) + sorted(p for p in root.glob("random/*/*"))
     for path in rng.sample(small, max(1, len(small) // 20)):
-        data = bytearray(path.read_bytes())
-        edit = text.text(rng.randint(100, 4000))
-        at = rng.randint(0, len(data))
-        data[at:at] = edit
-        path.write_bytes(bytes(data))
-        changed += len(edit)
+        changed += _insert_text(path, rng, text)
     for path in sorted(root.glob("medium/*.dat"))[1:4]:
         extra = text.text(path.stat().st_size // 4)
         with path.open("ab") as handle:
             handle.write(extra)
         changed += len(extra)
     for path in sorted(root.glob("large/*")):
-        size = path.stat().st_size
-        region = size // 20
-        with path.open("r+b") as handle:
-            handle.seek(size // 2)
-            handle.write(rng.randbytes(region))
-        changed += region
-    fresh = root / "text" / "new"
+        changed += _rewrite_middle(path, rng)
+    return changed + _add_and_delete(root / "text" / "new", small, rng, text)
+
+
+def _insert_text(path: Path, rng: random.Random, text: TextSource) -> int:
+    """100-4,000 bytes of text inserted at a random place of a file; returns how many."""
+    data = bytearray(path.read_bytes())
+    edit = text.text(rng.randint(100, 4000))
+    at = rng.randint(0, len(data))
+    data[at:at] = edit
+    path.write_bytes(bytes(data))
+    return len(edit)
+
+
+def _rewrite_middle(path: Path, rng: random.Random) -> int:
+    """A twentieth of a file rewritten from its middle (CDC must resynchronise)."""
+    size = path.stat().st_size
+    region = size // 20
+    with path.open("r+b") as handle:
+        handle.seek(size // 2)
+        handle.write(rng.randbytes(region))
+    return region
+
+
+def _add_and_delete(fresh: Path, files: list[Path], rng: random.Random, text: TextSource) -> int:
+    """New text files in ``fresh`` (one for 200 of ``files``) and one of 400 deleted."""
     fresh.mkdir(exist_ok=True)
-    for index in range(max(1, len(small) // 200)):
+    changed = 0
+    for index in range(max(1, len(files) // 200)):
         data = text.text(rng.randint(200, 16_000))
         (fresh / f"added-{index:04d}.txt").write_bytes(data)
         changed += len(data)
-    for path in rng.sample(small, max(1, len(small) // 400)):
+    for path in rng.sample(files, max(1, len(files) // 400)):
         if path.exists():
             path.unlink()
     return changed
@@ -326,29 +341,11 @@ def mutate_tree(root: Path, seed: int = 2) -> int:
         return 0
     changed = 0
     for path in rng.sample(files, max(1, len(files) // 20)):
-        size = path.stat().st_size
-        if size <= _BIG_EDIT:
-            data = bytearray(path.read_bytes())
-            edit = text.text(rng.randint(100, 4000))
-            at = rng.randint(0, len(data))
-            data[at:at] = edit
-            path.write_bytes(bytes(data))
-            changed += len(edit)
+        if path.stat().st_size <= _BIG_EDIT:
+            changed += _insert_text(path, rng, text)
         else:
-            with path.open("r+b") as handle:
-                handle.seek(size // 2)
-                handle.write(rng.randbytes(size // 20))
-            changed += size // 20
-    fresh = root / "added-by-bench"
-    fresh.mkdir(exist_ok=True)
-    for index in range(max(1, len(files) // 200)):
-        data = text.text(rng.randint(200, 16_000))
-        (fresh / f"added-{index:04d}.txt").write_bytes(data)
-        changed += len(data)
-    for path in rng.sample(files, max(1, len(files) // 400)):
-        if path.exists():
-            path.unlink()
-    return changed
+            changed += _rewrite_middle(path, rng)
+    return changed + _add_and_delete(root / "added-by-bench", files, rng, text)
 
 
 def tree_bytes(root: Path) -> int:

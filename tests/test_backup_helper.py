@@ -69,23 +69,27 @@ def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
     cache.close()
 
 
+@pytest.mark.parametrize(("start", "handed"), [(20 * MIB, [3]), (64 * MIB, [])])
 def test_a_re_run_starts_the_helper_once_the_large_files_to_read_are_worth_its_start(
     alice: BackupClient,
     tmp_path: Path,
     helper_starter,
     monkeypatch: pytest.MonkeyPatch,
     used_cache: FilesCache,
+    start: int,
+    handed: list[int],
 ) -> None:
     """Large files come in name order: 4 MiB, 9 MiB, then 13 MiB passes 20 MiB, and the helper
-    takes that one and the two in sub/; the first two were read by the backup itself."""
+    takes that one and the two in sub/ (the first two were read by the backup itself); all of
+    them (about 42 MiB) never reach 64 MiB, and no helper starts."""
     source = _tree(tmp_path / "src")
-    monkeypatch.setattr(archiver, "HELPER_START", 20 * MIB)
+    monkeypatch.setattr(archiver, "HELPER_START", start)
     helpers = helper_starter(alice, LargeFileReader)
 
     result = _backup(alice, source, helpers, used_cache)
 
     assert result.errors == [] and result.files == 45
-    assert [helper.files for helper in helpers.started] == [3]
+    assert [helper.files for helper in helpers.started] == handed
     assert _restored(alice, source, tmp_path / "out") == []
 
 
@@ -109,24 +113,6 @@ def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
     assert [helper.files for helper in helpers.started] == [1]
     stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
     assert result.uploaded_chunks == stats["chunks"]
-    assert _restored(alice, source, tmp_path / "out") == []
-
-
-def test_a_re_run_with_too_few_large_files_to_read_starts_no_helper(
-    alice: BackupClient,
-    tmp_path: Path,
-    helper_starter,
-    monkeypatch: pytest.MonkeyPatch,
-    used_cache: FilesCache,
-) -> None:
-    source = _tree(tmp_path / "src")
-    monkeypatch.setattr(archiver, "HELPER_START", 64 * MIB)
-    helpers = helper_starter(alice, LargeFileReader)
-
-    result = _backup(alice, source, helpers, used_cache)
-
-    assert result.errors == [] and result.files == 45
-    assert helpers.started == []
     assert _restored(alice, source, tmp_path / "out") == []
 
 
