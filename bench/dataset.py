@@ -308,7 +308,7 @@ def _copy_entry(origin: Path, copy: Path) -> str:
     mode = os.lstat(origin).st_mode
     if stat.S_ISLNK(mode):
         os.symlink(os.readlink(origin), copy)
-        os.utime(copy, ns=_times(origin), follow_symlinks=False)
+        shutil.copystat(origin, copy, follow_symlinks=False)
         return "symlinks"
     if stat.S_ISDIR(mode):
         copy.mkdir()
@@ -317,11 +317,6 @@ def _copy_entry(origin: Path, copy: Path) -> str:
         shutil.copy2(origin, copy, follow_symlinks=False)
         return "files"
     return "skipped"
-
-
-def _times(path: Path) -> tuple[int, int]:
-    st = os.lstat(path)
-    return st.st_atime_ns, st.st_mtime_ns
 
 
 def mutate_tree(root: Path, seed: int = 2) -> int:

@@ -75,9 +75,6 @@ class Source:
     def label(self) -> str:
         return f"tree {self.tree}" if self.tree is not None else f"scale {self.scale:g}"
 
-    def __str__(self) -> str:
-        return f"a copy of {self.tree}" if self.tree is not None else "the seeded dataset"
-
 
 @dataclass(frozen=True)
 class Goal:
@@ -162,7 +159,7 @@ def run_repeat(
     # change again unnoticed); real data is older than that when a backup starts.
     time.sleep(_RACY_SECONDS)
     samples.setdefault("dataset_bytes", []).append(total)
-    _log(f"repeat {index + 1}: {source} ({total / MB:.0f} MB) ready")
+    _log(f"repeat {index + 1}: {source.label()} ({total / MB:.0f} MB) ready")
     rpy = RPyBackup(work / f"rpy-{index}")
     restic = Restic(work / f"restic-{index}")
     rpy.setup()
