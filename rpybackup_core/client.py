@@ -23,11 +23,11 @@ from .files_cache import FilesCache
 from .helper_process import helper_wanted
 from .progress import ProgressCallback, ignore_progress
 from .remote import RemoteRepository
-from .restore_helper import LargeFileHelper
+from .restore_helper import RestoreHelper
 from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
 from .tree import DIR, Node
 
-_Helper = TypeVar("_Helper", LargeFileReader, LargeFileHelper)
+_Helper = TypeVar("_Helper", LargeFileReader, RestoreHelper)
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class BackupClient:
     ) -> tuple[SnapshotInfo, RestoreResult]:
         with self.connection() as remote:
             snap = self.resolve(self._snapshots(remote), snapshot)
-            restorer = Restorer(remote, self.key, progress, helper=self._helper(LargeFileHelper))
+            restorer = Restorer(remote, self.key, progress, helper=self._helper(RestoreHelper))
             restorer.progress.bytes_total = int(snap.stats.get("bytes", 0)) if not include else None
             result = restorer.restore(snap.root, target, include)
         return snap, result

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
-from rpybackup_core.restore_helper import LargeFileHelper
+from rpybackup_core.restore_helper import RestoreHelper
 from rpybackup_core.restorer import Restorer, RestoreResult
 
 MIB = 1024 * 1024
@@ -31,7 +31,7 @@ def _tree(root: Path) -> Path:
 
 
 def _restore(
-    client: BackupClient, target: Path, helper: Callable[[], LargeFileHelper]
+    client: BackupClient, target: Path, helper: Callable[[], RestoreHelper]
 ) -> RestoreResult:
     root = client.snapshots()[-1].root
     with client.connection() as remote:
@@ -50,7 +50,7 @@ def test_large_files_written_by_the_helper_come_back_whole_with_their_metadata(
     server, tmp_path: Path, helper_starter
 ) -> None:
     client, source = _backed_up(server, tmp_path)
-    helpers = helper_starter(client, LargeFileHelper)
+    helpers = helper_starter(client, RestoreHelper)
 
     result = _restore(client, tmp_path / "out", helpers)
 
@@ -68,7 +68,7 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_restore(
     server, tmp_path: Path, helper_starter
 ) -> None:
     client, source = _backed_up(server, tmp_path)
-    helpers = helper_starter(client, LargeFileHelper)
+    helpers = helper_starter(client, RestoreHelper)
     helpers.token = "not-the-token"
 
     result = _restore(client, tmp_path / "out", helpers)
@@ -78,7 +78,7 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_restore(
     assert helpers.started[0].stopped
 
 
-class _DiesAfterFirstFile(LargeFileHelper):
+class _DiesAfterFirstFile(RestoreHelper):
     def hand_over(self, shown: str, fd: int, node) -> None:  # type: ignore[no-untyped-def]
         super().hand_over(shown, fd, node)
         if self.files == 1:
@@ -109,11 +109,11 @@ def test_a_restore_over_an_earlier_one_replaces_large_files_through_the_helper(
     helper's digest matches."""
     client, source = _backed_up(server, tmp_path)
     target = tmp_path / "out"
-    _restore(client, target, helper_starter(client, LargeFileHelper))
+    _restore(client, target, helper_starter(client, RestoreHelper))
     restored = target / source.relative_to("/")
     (restored / "large-0.bin").write_bytes(b"overwritten")
 
-    result = _restore(client, target, helper_starter(client, LargeFileHelper))
+    result = _restore(client, target, helper_starter(client, RestoreHelper))
 
     assert result.errors == []
     assert compare_trees(source, restored) == []
@@ -131,7 +131,7 @@ def test_progress_counts_what_the_helper_writes_once(
             remote,
             client.key,
             lambda p: seen.append(p.bytes_done),
-            helper=helper_starter(client, LargeFileHelper),
+            helper=helper_starter(client, RestoreHelper),
         )
         result = restorer.restore(root, tmp_path / "out")
 
