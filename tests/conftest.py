@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from rpybackup_core.archiver import SNAPSHOT_META
 from rpybackup_core.cli.main import main
 from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
-from rpybackup_core.crypto import Sealer
+from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.server import BackupServer
+from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
 
 
@@ -173,3 +175,17 @@ def listed(client: BackupClient, path: str = "/") -> list[ListedEntry]:
     """Every entry of the latest snapshot under ``path``, as ``rlist`` lists them."""
     with client.listing(path) as (_, entries):
         return list(entries)
+
+
+def damage_chunk(server: ServerHarness, name: str, key_text: str, plain: bytes) -> None:
+    """Flip a byte in the middle of the blob that stores ``plain`` for client ``name``."""
+    sealer = Sealer(MasterKey.from_text(key_text))
+    client_id = server.repo.client_by_name(name).id
+    location = next(iter(server.repo.locate(client_id, [sealer.chunk_id(plain)]).values()))
+    backend = server.repo.backend
+    assert isinstance(backend, LocalBackend)
+    with (backend.root / "packs" / location.pack).open("r+b") as handle:
+        handle.seek(location.offset + location.length // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))

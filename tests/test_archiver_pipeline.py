@@ -23,9 +23,8 @@ from rpybackup_core.errors import BackupIncomplete, CryptoError
 from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
-from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
-from tests.conftest import commit_header, listed
+from tests.conftest import commit_header, damage_chunk, listed
 
 
 def _tree(root: Path, files: int, seed: int = 5) -> Path:
@@ -172,18 +171,7 @@ def test_a_chunk_damaged_on_the_server_fails_only_its_file(server, tmp_path: Pat
     client = server.client("alice")
     client.backup([str(source)])
     victim = source / "small" / "f0007"
-    sealer = Sealer(MasterKey.from_text(config.key))
-    client_id = server.repo.client_by_name("alice").id
-    where = server.repo.locate(client_id, [sealer.chunk_id(victim.read_bytes())])
-    location = next(iter(where.values()))
-    backend = server.repo.backend
-    assert isinstance(backend, LocalBackend)
-    pack = backend.root / "packs" / location.pack
-    with pack.open("r+b") as handle:
-        handle.seek(location.offset + location.length // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    damage_chunk(server, "alice", config.key, victim.read_bytes())
 
     target = tmp_path / "restored"
     _, result = client.restore("latest", target)

@@ -1,4 +1,5 @@
-"""The restore's helper process for large files: a real spawned process, a real server."""
+"""The restore's helper process (large files, slices of small files): a real spawned
+process, a real server."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from rpybackup_core import restorer
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.restore_helper import RestoreHelper
 from rpybackup_core.restorer import Restorer, RestoreResult
+from tests.conftest import damage_chunk
 
 MIB = 1024 * 1024
 
@@ -121,7 +126,7 @@ def test_a_restore_over_an_earlier_one_replaces_large_files_through_the_helper(
 
 
 def test_progress_counts_what_the_helper_writes_once(
-    server, tmp_path: Path, helper_starter
+    server, tmp_path: Path, helper_starter, early_slices
 ) -> None:
     client, _ = _backed_up(server, tmp_path)
     seen: list[int] = []
@@ -138,3 +143,132 @@ def test_progress_counts_what_the_helper_writes_once(
     assert result.errors == []
     assert seen[-1] == result.bytes == restorer.progress.bytes_done
     assert max(seen) == result.bytes
+    assert restorer.progress.files_done == result.files == 44
+
+
+# ---- slices of small files ----------------------------------------------------------------
+
+DIR_MTIME_NS = 1_500_000_000_123_456_789
+
+
+@pytest.fixture
+def early_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices from the first small file, a few files each, few at a time with the helper."""
+    monkeypatch.setattr(restorer, "_HELPER_AFTER_FILES", 0)
+    monkeypatch.setattr(restorer, "_SLICE_FILES", 8)
+    monkeypatch.setattr(restorer, "_HANDED_SMALL_FILES", 24)
+
+
+def _small_tree(root: Path) -> Path:
+    """Directories of small files (empty ones too), a symlink and a subdirectory each."""
+    rng = random.Random(5)
+    for directory in ("a", "a/deeper", "b"):
+        (root / directory).mkdir(parents=True)
+        for index in range(45):
+            path = root / directory / f"file-{index:02d}"
+            path.write_bytes(rng.randbytes(rng.choice((0, 1, 700, 30_000))))
+            path.chmod(rng.choice((0o600, 0o644, 0o755)))
+        (root / directory / "link").symlink_to("file-01")
+    for directory in ("a/deeper", "a", "b"):
+        os.utime(root / directory, ns=(DIR_MTIME_NS, DIR_MTIME_NS))
+    return root
+
+
+def _small_backed_up(server, tmp_path: Path) -> tuple[BackupClient, Path]:
+    source = _small_tree(tmp_path / "src")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    return client, source
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.name.endswith(".rpbtmp")]
+
+
+def test_slices_of_small_files_written_by_the_helper_come_back_whole(
+    server, tmp_path: Path, helper_starter, early_slices
+) -> None:
+    client, source = _small_backed_up(server, tmp_path)
+    helpers = helper_starter(client, RestoreHelper)
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    restored = tmp_path / "out" / source.relative_to("/")
+    assert result.errors == []
+    assert (result.files, result.symlinks) == (135, 3)
+    assert compare_trees(source, restored) == []
+    for directory in ("a", "a/deeper", "b"):
+        assert (restored / directory).stat().st_mtime_ns == DIR_MTIME_NS
+    helper = helpers.started[0]
+    assert helper.slices > 0 and 0 < helper.small_files <= 135
+    assert not helper.stopped
+
+
+class _DiesAfterSecondSlice(RestoreHelper):
+    def hand_slice(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().hand_slice(*args, **kwargs)
+        if self.slices == 2:
+            self._process.kill()
+            self._process.join(timeout=60)
+
+
+def test_slices_of_a_helper_that_dies_are_written_again_over_what_it_left(
+    server, tmp_path: Path, helper_starter, early_slices
+) -> None:
+    client, source = _small_backed_up(server, tmp_path)
+    helpers = helper_starter(client, _DiesAfterSecondSlice)
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    restored = tmp_path / "out" / source.relative_to("/")
+    assert result.errors == []
+    assert result.files == 135
+    assert compare_trees(source, restored) == []
+    assert _leftovers(tmp_path / "out") == []
+    assert helpers.started[0].stopped
+
+
+def test_a_damaged_chunk_in_a_slice_fails_only_its_file(
+    server, tmp_path: Path, helper_starter, early_slices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restorer, "_HANDED_SMALL_FILES", 1000)  # every small file to the helper
+    source = _small_tree(tmp_path / "src")
+    config = server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    victim = source / "b" / "file-03"
+    damage_chunk(server, "alice", config.key, victim.read_bytes())
+    helpers = helper_starter(client, RestoreHelper)
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    restored = tmp_path / "out" / source.relative_to("/")
+    assert len(result.errors) == 1 and "/b/file-03" in result.errors[0]
+    assert result.files == 134
+    assert not (restored / "b" / "file-03").exists()
+    victim.unlink()
+    os.utime(source / "b", ns=(DIR_MTIME_NS, DIR_MTIME_NS))
+    assert compare_trees(source, restored) == []
+    assert helpers.started[0].small_files == 135
+
+
+def test_a_restore_over_an_earlier_one_replaces_small_files_through_the_helper(
+    server, tmp_path: Path, helper_starter, early_slices
+) -> None:
+    """Not fresh directories: the helper writes temporary names and renames them."""
+    client, source = _small_backed_up(server, tmp_path)
+    target = tmp_path / "out"
+    _restore(client, target, helper_starter(client, RestoreHelper))
+    restored = target / source.relative_to("/")
+    for index in range(0, 45, 4):
+        (restored / "a" / f"file-{index:02d}").write_bytes(b"scribbled over")
+    (restored / "b" / "file-10").unlink()
+    helpers = helper_starter(client, RestoreHelper)
+
+    result = _restore(client, target, helpers)
+
+    assert result.errors == []
+    assert compare_trees(source, restored) == []
+    assert _leftovers(target) == []
+    assert helpers.started[0].small_files > 0
