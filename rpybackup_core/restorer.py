@@ -962,7 +962,8 @@ class Restorer:
         if helper.stopped:
             self._write_handed_here()
             return False
-        if self._handed_small + len(entries) > _HANDED_SMALL_FILES:
+        # Large files in hand keep it busy (they are fetched in a row; slices would wait).
+        if self._handed or self._handed_small + len(entries) > _HANDED_SMALL_FILES:
             return False
         number = next(self._slice_numbers)
         try:
