@@ -303,9 +303,11 @@ class _Writer(Restorer):
         while len(received) < size:
             raw = self._sock.recv(_MESSAGE_BYTES)
             if not raw:
-                os.close(fd)
-                raise RestoreError(f"restore helper: {what} were cut short")
+                break
             received += raw
+        if len(received) != size:
+            os.close(fd)
+            raise RestoreError(f"restore helper: {what} came cut short or too long")
         return bytes(received)
 
     def _write_received(self, header: dict[str, Any], fd: int) -> None:
