@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # files wait for the helper, while the walk goes on, and the entries they may hold together
 # (each slice holds its nodes until then). With 8,192 entries the walk stopped behind the
 # helper's first large files on the dataset, its 20,000 small files not yet read:
-# 65,536 kept the client's peak within 2 MiB there and behind a 400 MB file followed by a
-# directory of 100,000 files.
+# 65,536 kept the client's peak within 4 MiB there, on /usr/share and on a directory of
+# 100,000 files (behind a 400 MB file or not).
 _DEFERRED_SLICES = 64
 _DEFERRED_ENTRIES = 65536
 # Directory entries stat'ed, looked up in the files cache and asked about at a time.
