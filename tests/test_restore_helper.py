@@ -125,25 +125,27 @@ def test_a_restore_over_an_earlier_one_replaces_large_files_through_the_helper(
     assert not [name for name in os.listdir(restored) if name.endswith(".rpbtmp")]
 
 
+@pytest.mark.parametrize(
+    ("tree", "files", "helped"),
+    [("large files", 44, "files"), ("small files", 135, "slices")],
+)
 def test_progress_counts_what_the_helper_writes_once(
-    server, tmp_path: Path, helper_starter, early_slices
+    server, tmp_path: Path, helper_starter, early_slices, tree: str, files: int, helped: str
 ) -> None:
-    client, _ = _backed_up(server, tmp_path)
+    backed_up = _backed_up if tree == "large files" else _small_backed_up
+    client, _ = backed_up(server, tmp_path)
+    helpers = helper_starter(client, RestoreHelper)
     seen: list[int] = []
     root = client.snapshots()[-1].root
     with client.connection() as remote:
-        restorer = Restorer(
-            remote,
-            client.key,
-            lambda p: seen.append(p.bytes_done),
-            helper=helper_starter(client, RestoreHelper),
-        )
+        restorer = Restorer(remote, client.key, lambda p: seen.append(p.bytes_done), helper=helpers)
         result = restorer.restore(root, tmp_path / "out")
 
     assert result.errors == []
     assert seen[-1] == result.bytes == restorer.progress.bytes_done
     assert max(seen) == result.bytes
-    assert restorer.progress.files_done == result.files == 44
+    assert restorer.progress.files_done == result.files == files
+    assert getattr(helpers.started[0], helped) > 0
 
 
 # ---- slices of small files ----------------------------------------------------------------
@@ -186,21 +188,29 @@ def _leftovers(root: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.name.endswith(".rpbtmp")]
 
 
+def _restore_small_tree(
+    server, tmp_path: Path, helper_starter, kind: type[RestoreHelper]
+) -> tuple[RestoreResult, Path, Path, RestoreHelper]:
+    """Back up the small tree, restore it with a helper of ``kind``: the result, the source,
+    where it was restored and the helper."""
+    client, source = _small_backed_up(server, tmp_path)
+    helpers = helper_starter(client, kind)
+    result = _restore(client, tmp_path / "out", helpers)
+    return result, source, tmp_path / "out" / source.relative_to("/"), helpers.started[0]
+
+
 def test_slices_of_small_files_written_by_the_helper_come_back_whole(
     server, tmp_path: Path, helper_starter, early_slices
 ) -> None:
-    client, source = _small_backed_up(server, tmp_path)
-    helpers = helper_starter(client, RestoreHelper)
+    result, source, restored, helper = _restore_small_tree(
+        server, tmp_path, helper_starter, RestoreHelper
+    )
 
-    result = _restore(client, tmp_path / "out", helpers)
-
-    restored = tmp_path / "out" / source.relative_to("/")
     assert result.errors == []
     assert (result.files, result.symlinks) == (135, 3)
     assert compare_trees(source, restored) == []
     for directory in ("a", "a/deeper", "b"):
         assert (restored / directory).stat().st_mtime_ns == DIR_MTIME_NS
-    helper = helpers.started[0]
     assert helper.slices > 0 and 0 < helper.small_files <= 135
     assert not helper.stopped
 
@@ -216,17 +226,15 @@ class _DiesAfterSecondSlice(RestoreHelper):
 def test_slices_of_a_helper_that_dies_are_written_again_over_what_it_left(
     server, tmp_path: Path, helper_starter, early_slices
 ) -> None:
-    client, source = _small_backed_up(server, tmp_path)
-    helpers = helper_starter(client, _DiesAfterSecondSlice)
+    result, source, restored, helper = _restore_small_tree(
+        server, tmp_path, helper_starter, _DiesAfterSecondSlice
+    )
 
-    result = _restore(client, tmp_path / "out", helpers)
-
-    restored = tmp_path / "out" / source.relative_to("/")
     assert result.errors == []
     assert result.files == 135
     assert compare_trees(source, restored) == []
     assert _leftovers(tmp_path / "out") == []
-    assert helpers.started[0].stopped
+    assert helper.stopped
 
 
 def test_a_damaged_chunk_in_a_slice_fails_only_its_file(
