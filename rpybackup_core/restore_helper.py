@@ -45,6 +45,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,9 @@ from .remote import RemoteRepository
 from .restorer import (
     _DIRECT_DEPTH,
     _DIRECT_STAGE_BYTES,
+    HelperOutcome,
     Restorer,
+    SliceOutcome,
     _LargeFile,
     _OpenDir,
     _Outcome,
@@ -70,26 +73,6 @@ _MESSAGE_BYTES = 64 * 1024
 _IDS_PER_MESSAGE = _MESSAGE_BYTES // ID_SIZE
 # How often the helper tells how much it has written.
 _PROGRESS_SECONDS = 0.2
-
-
-@dataclass(frozen=True)
-class HelperOutcome:
-    """The helper's report on one file: what it wrote and its digest, or why it failed."""
-
-    shown: str
-    written: int = 0
-    digest: str = ""
-    error: RPyBackupError | None = None
-
-
-@dataclass(frozen=True)
-class SliceOutcome:
-    """The helper's report on a slice of small files: how many it wrote, which failed."""
-
-    number: int
-    files: int
-    written: int
-    errors: list[tuple[str, RPyBackupError]]
 
 
 class RestoreHelper:
@@ -132,20 +115,34 @@ class RestoreHelper:
             "digest": node.digest.partition(":")[0],
             "ids": len(node.content),
         }
-        socket.send_fds(self._sock, [json.dumps(header).encode()], [fd])
-        for start in range(0, len(node.content), _IDS_PER_MESSAGE):
-            self._sock.send(b"".join(node.content[start : start + _IDS_PER_MESSAGE]))
+        # A message of ids at a time: a very large file's would be many MiB joined.
+        ids = node.content
+        self._send_job(
+            header,
+            fd,
+            (b"".join(ids[i : i + _IDS_PER_MESSAGE]) for i in range(0, len(ids), _IDS_PER_MESSAGE)),
+        )
         self.files += 1
 
     def hand_slice(self, number: int, fd: int, fresh: bool, prefix: str, nodes: list[Node]) -> None:
         """Have the helper write these small files of the directory open as ``fd``."""
         encoded = encode_tree(nodes)
         header = {"slice": number, "shown": prefix, "fresh": fresh, "bytes": len(encoded)}
-        socket.send_fds(self._sock, [json.dumps(header).encode()], [fd])
-        for start in range(0, len(encoded), _MESSAGE_BYTES):
-            self._sock.send(encoded[start : start + _MESSAGE_BYTES])
+        view = memoryview(encoded)
+        self._send_job(
+            header, fd, (view[i : i + _MESSAGE_BYTES] for i in range(0, len(view), _MESSAGE_BYTES))
+        )
         self.slices += 1
         self.small_files += len(nodes)
+
+    def _send_job(
+        self, header: dict[str, Any], fd: int, messages: Iterator[bytes | memoryview]
+    ) -> None:
+        """A job: its header with the descriptor, then its payload, a message of at most 64
+        KiB at a time."""
+        socket.send_fds(self._sock, [json.dumps(header).encode()], [fd])
+        for message in messages:
+            self._sock.send(message)
 
     def outcomes(self, wait: bool) -> list[HelperOutcome | SliceOutcome | None]:
         """The reports that arrived; with ``wait``, after at least one message (maybe only
@@ -361,34 +358,32 @@ class _Writer(Restorer):
 
     def _merge(self, outcomes: list[_Outcome]) -> None:
         for outcome in outcomes:
+            if outcome.error is not None:
+                self._fail(outcome.shown, outcome.error)
+                continue
             where = self._small.pop(outcome.shown, None)
-            if where is not None and outcome.error is None:
+            if where is not None:
                 where.files += 1
                 where.written += outcome.written
                 self._finished += outcome.written
                 continue
             content = self._active.pop(outcome.shown, None)
             self._finished += content.written if content is not None else 0
-            if outcome.error is None:
-                self._report(
-                    {"shown": outcome.shown, "written": outcome.written, "digest": outcome.digest}
-                )
-            else:
-                self._fail(outcome.shown, outcome.error, where)
+            self._report(
+                {"shown": outcome.shown, "written": outcome.written, "digest": outcome.digest}
+            )
         self._tell_progress()
 
-    def _fail(
-        self, shown: str, exc: OSError | RPyBackupError, where: _SliceDir | None = None
-    ) -> None:
+    def _fail(self, shown: str, exc: OSError | RPyBackupError) -> None:
         reason = str(exc) if isinstance(exc, RPyBackupError) else (exc.strerror or str(exc))
-        integrity = isinstance(exc, IntegrityError)
-        where = where or self._small.pop(shown, None)
-        if where is None:
-            self._report({"shown": shown, "error": reason, "integrity": integrity})
-        else:
-            self._report(
-                {"slice": where.number, "failed": shown, "error": reason, "integrity": integrity}
-            )
+        report: dict[str, Any] = {"error": reason, "integrity": isinstance(exc, IntegrityError)}
+        where = self._small.pop(shown, None)
+        if where is not None:
+            self._report({"slice": where.number, "failed": shown, **report})
+            return
+        content = self._active.pop(shown, None)
+        self._finished += content.written if content is not None else 0
+        self._report({"shown": shown, **report})
 
     def _tell_progress(self) -> None:
         now = time.monotonic()

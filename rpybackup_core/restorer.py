@@ -36,7 +36,7 @@ from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, TreeDecoder, check_name, decode_tree
 
 if TYPE_CHECKING:
-    from .restore_helper import HelperOutcome, RestoreHelper, SliceOutcome
+    from .restore_helper import RestoreHelper
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,26 @@ class _Outcome:
     digest: str = ""
 
 
+@dataclass(frozen=True)
+class HelperOutcome:
+    """The helper's report on a large file: what it wrote and its digest, or why it failed."""
+
+    shown: str
+    written: int = 0
+    digest: str = ""
+    error: RPyBackupError | None = None
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    """The helper's report on a slice of small files: how many it wrote, which failed."""
+
+    number: int
+    files: int
+    written: int
+    errors: list[tuple[str, RPyBackupError]]
+
+
 class _TempFile:
     """A file being restored under a temporary name; renamed into place once it verifies.
 
@@ -463,10 +483,9 @@ class Restorer:
         self._helper: RestoreHelper | None = None
         # Files the helper is writing, by shown path: their directory, file and mode of writing.
         self._handed: dict[str, tuple[_OpenDir, _TempFile, bool]] = {}
-        # Slices of small files the helper is writing, by number, and how many files they hold.
+        # Slices of small files the helper is writing, by number; how many small files met.
         self._slices: dict[int, _Segment] = {}
         self._slice_numbers = itertools.count()
-        self._handed_small = 0
         self._small_seen = 0
         # What the helper wrote that progress counts so far, and of that, its finished files.
         self._helper_written = 0
@@ -963,7 +982,8 @@ class Restorer:
             self._write_handed_here()
             return False
         # Large files in hand keep it busy (they are fetched in a row; slices would wait).
-        if self._handed or self._handed_small + len(entries) > _HANDED_SMALL_FILES:
+        handed_small = sum(len(handed) for _, handed in self._slices.values())
+        if self._handed or handed_small + len(entries) > _HANDED_SMALL_FILES:
             return False
         number = next(self._slice_numbers)
         try:
@@ -976,7 +996,6 @@ class Restorer:
             self._write_handed_here()
             return False
         self._slices[number] = (where, entries)
-        self._handed_small += len(entries)
         where.pending += 1
         return True
 
@@ -1007,9 +1026,6 @@ class Restorer:
         helper = self._helper
         if helper is None:
             return
-        # Imported here: restore_helper.py builds on this module.
-        from .restore_helper import SliceOutcome
-
         for outcome in helper.outcomes(wait):
             if isinstance(outcome, SliceOutcome):
                 self._finish_slice(outcome)
@@ -1040,8 +1056,7 @@ class Restorer:
         handed = self._slices.pop(outcome.number, None)
         if handed is None:
             raise RestoreError(f"restore helper reported an unknown slice: {outcome.number}")
-        where, entries = handed
-        self._handed_small -= len(entries)
+        where = handed[0]
         self._helper_finished += outcome.written
         for shown, error in outcome.errors:
             self._fail(shown, error)
@@ -1063,7 +1078,6 @@ class Restorer:
         )
         handed, self._handed = self._handed, {}
         slices, self._slices = self._slices, {}
-        self._handed_small = 0
         # What it wrote of these is written again.
         self.progress.bytes_done -= self._helper_written - self._helper_finished
         for where, temp, follow_existing in handed.values():
