@@ -14,7 +14,13 @@ With a helper process (backup_helper.py), files over 4 MiB that must be read go 
 (in a re-run once such files have come to 64 MiB; before that they are read here): it reads
 and uploads them over its own connection and reports their nodes once their chunks are
 durable on the server. Their chunk ids are then confirmed and referenced like those of
-unchanged files, and a directory's tree waits for its files' reports.
+unchanged files, and a directory's tree waits for its files' reports. In a first backup,
+once the walk has read 1,024 files and while the helper holds no large file, it also takes
+runs of a directory's small files and of its subdirectories that have none of their own: it
+backs them up as the walk would (a directory whole, to its stored tree) and reports their
+nodes, the files-cache rows of the files it read and every chunk id they refer to, which are
+referenced here like an unchanged file's (a backup whose server lacks one of them fails
+before its commit).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .batching import batched
 from .chunker import MAX_SIZE, MIN_SIZE, Chunker
@@ -46,17 +52,18 @@ from .tree import DIR, FILE, SYMLINK, Node, TreeWriter, by_name
 from .uploader import ChunkUploader
 
 if TYPE_CHECKING:
-    from .backup_helper import FileRead, LargeFileReader
+    from .backup_helper import BackupHelper
 
 log = logging.getLogger(__name__)
 
-# Slices of directories whose unchanged files wait for the server's answer, or whose large
-# files wait for the helper, while the walk goes on, and the entries they may hold together
-# (each slice holds its nodes until then). With 8,192 entries the walk stopped behind the
-# helper's first large files on the issue's dataset, its 20,000 small files not yet read:
-# 65,536 kept the client's peak within 4 MiB there, on /usr/share and on a directory of
-# 100,000 files (behind a 400 MB file or not).
-_DEFERRED_SLICES = 64
+# Slices of directories whose unchanged files wait for the server's answer, or whose entries
+# wait for the helper, while the walk goes on, and the entries they may hold together (each
+# slice holds its nodes until then). With 8,192 entries the walk stopped behind the helper's
+# first large files on the issue's dataset, its 20,000 small files not yet read: 65,536 kept
+# the client's peak within 4 MiB there, on /usr/share and on a directory of 100,000 files
+# (behind a 400 MB file or not). With 64 slices a first backup of /usr/share waited for the
+# helper's reports 5.1 s of 9.5 (its small directories are a slice each); 1,024: 0.14 s.
+_DEFERRED_SLICES = 1024
 _DEFERRED_ENTRIES = 65536
 # Directory entries stat'ed, looked up in the files cache and asked about at a time.
 _WALK_SLICE = 1024
@@ -74,6 +81,17 @@ HELPER_FILE = 4 * 1024 * 1024
 HELPER_START = 64 * 1024 * 1024
 # Files handed to the helper and not reported yet.
 _HELPER_FILES = 64
+# In a first backup, once the walk has read _ENTRIES_AFTER_FILES files (a small backup is done
+# before a helper would have started), small files and directories with no subdirectory (two
+# links on the filesystems that count them) with a listing of at most HELPER_DIRECTORY_BYTES
+# (some 1,000-4,000 names) go to the helper in runs of up to _HELPER_RUN entries of one
+# directory, while it holds fewer than _HELPER_ENTRIES (a directory counts as
+# _DIRECTORY_ENTRIES): the rest the walk reads itself meanwhile.
+HELPER_DIRECTORY_BYTES = 64 * 1024
+_ENTRIES_AFTER_FILES = 1024
+_HELPER_RUN = 128
+_HELPER_ENTRIES = 1024
+_DIRECTORY_ENTRIES = 16
 # Associated data for the sealed snapshot metadata (hostname, source paths).
 SNAPSHOT_META = b"snapshot-meta"
 # Non-blocking: a path the walk saw as a regular file may be a FIFO by the time it is opened,
@@ -85,6 +103,27 @@ _READ_FLAGS = (
     | getattr(os, "O_CLOEXEC", 0)
     | getattr(os, "O_NONBLOCK", 0)
 )
+
+
+class FileRead(NamedTuple):
+    """The helper's report on one file: its node and its stat after reading, or why not."""
+
+    path: str
+    node: Node | None
+    before: os.stat_result | None
+    after: os.stat_result | None
+    error: str = ""
+
+
+class EntriesRead(NamedTuple):
+    """The helper's report on a run of a directory's entries it backed up: their nodes (a
+    directory's with its stored tree) and what it counted, with the errors it met."""
+
+    prefix: str
+    nodes: list[Node]
+    files: int
+    dirs: int
+    errors: list[str]
 
 
 @dataclass
@@ -171,8 +210,12 @@ class Archiver:
         cache: FilesCache | None,
         excludes: list[str],
         progress: ProgressCallback = ignore_progress,
-        helper: Callable[[], LargeFileReader] | None = None,
+        helper: Callable[[], BackupHelper] | None = None,
+        stage: Callable[[str, os.stat_result, str, list[bytes]], None] | None = None,
     ) -> None:
+        """``stage`` takes what the files cache would of each file read (the helper's
+        archiver, which has no cache, sends it to the backup); ``references``, when a list,
+        collects every chunk id the trees and files read refer to."""
         self.remote = remote
         self.sealer = Sealer(key)
         self.chunker = Chunker()
@@ -187,14 +230,22 @@ class Archiver:
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
+        self._stage = stage or (cache.stage if cache is not None else None)
+        self.references: list[bytes] | None = None
         # Started on the first large file; one thread, so a file digest sees its pieces in order.
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="hash")
         self._deferred: deque[_Deferred] = deque()
         self._deferred_entries = 0
         self._start_helper = helper
-        self._helper: LargeFileReader | None = None
-        # Files with the helper, in the order handed over (its reports come in that order).
-        self._helper_jobs: deque[tuple[str, _Listing]] = deque()
+        self._helper: BackupHelper | None = None
+        # Large files (a path) and runs of entries (a directory's prefix and their names) with
+        # the helper, in the order handed over (its reports come in that order); how many
+        # large files and entries it holds, and the answers on the chunk ids the runs refer to.
+        self._helper_jobs: deque[tuple[str, list[str] | None, int, _Listing]] = deque()
+        self._helper_large = 0
+        self._helper_entries = 0
+        self._helper_references: list[Future[set[bytes]]] = []
+        self._entries_to_helper = helper is not None and (cache is None or cache.generation == 1)
         # The helper's bytes read that progress counts so far.
         self._helper_bytes = 0
         # Bytes of the large files met before the helper started (read here), and how many
@@ -244,6 +295,7 @@ class Archiver:
                 )
             root_ids = self._store_tree(root_nodes)
             self.uploader.finish()
+            self._check_helper_references()
         finally:
             self.close()
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -304,9 +356,14 @@ class Archiver:
         ids = []
         for piece in pieces:
             chunk_id = self.sealer.chunk_id(piece)
-            self.uploader.add(chunk_id, piece)
+            self._add_chunk(chunk_id, piece)
             ids.append(chunk_id)
         return ids
+
+    def _add_chunk(self, chunk_id: bytes, piece: bytes | memoryview) -> None:
+        self.uploader.add(chunk_id, piece)
+        if self.references is not None:
+            self.references.append(chunk_id)
 
     def _root(self, sources: list[Path]) -> list[Node]:
         """The snapshot root: each source under its absolute path, parents as plain dirs."""
@@ -425,6 +482,8 @@ class Archiver:
         if self.cache is not None:
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
             hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(taken))
+        run: list[str] = []
+        run_weight = 0
         for child, st in listed:
             hit = hits.get(child)
             if hit is not None:
@@ -434,11 +493,21 @@ class Archiver:
                 cached.append((child, node, hit))
                 continue
             if self._to_helper(st):
-                self._hand_to_helper(child, listing)
+                self._hand_to_helper(child, None, listing)
+                continue
+            weight = self._helper_weight(st)
+            if weight and self._helper_takes(run_weight + weight):
+                run.append(child.rpartition("/")[2])
+                run_weight += weight
+                if len(run) >= _HELPER_RUN:
+                    self._hand_to_helper(prefix, run, listing, run_weight)
+                    run, run_weight = [], 0
                 continue
             walked = self._entry(child, st)
             if walked is not None:
                 listing.nodes.append(walked)
+        if run:
+            self._hand_to_helper(prefix, run, listing, run_weight)
         answer = (
             self.uploader.ask_missing([cid for _, node, _ in cached for cid in node.content])
             if cached
@@ -518,12 +587,7 @@ class Archiver:
             self._large_bytes += size
             if self._large_bytes < self._helper_start:
                 return False
-            self._helper = self._start_helper()
-            self._start_helper = None
-            # While it starts: what was read here must be indexed before the helper asks
-            # about the same chunks, or a copy of a file read here would be stored again.
-            self.uploader.finish()
-            self.remote.sync()
+            self._started_helper()
         helper = self._helper
         if helper is None:
             return False
@@ -531,20 +595,58 @@ class Archiver:
             self._collect_helper(wait=True)
         return not helper.stopped
 
-    def _hand_to_helper(self, path: str, listing: _Listing) -> None:
+    def _helper_weight(self, st: os.stat_result) -> int:
+        """What an entry would count among the helper's entries if it took it: a small file
+        1, a directory without subdirectories _DIRECTORY_ENTRIES; 0 if it would not."""
+        if not self._entries_to_helper or self.progress.files_done < _ENTRIES_AFTER_FILES:
+            return 0
+        if stat.S_ISREG(st.st_mode):
+            return 1
+        if stat.S_ISDIR(st.st_mode) and st.st_nlink == 2 and st.st_size <= HELPER_DIRECTORY_BYTES:
+            return _DIRECTORY_ENTRIES
+        return 0
+
+    def _helper_takes(self, entries: int) -> bool:
+        """Whether the helper (started now if need be) has room for ``entries`` more and holds
+        no large file (it would hold them for long)."""
+        helper = self._helper or self._started_helper()
+        if helper.stopped or self._helper_large:
+            return False
+        if self._helper_entries + entries > _HELPER_ENTRIES and helper.has_news():
+            self._collect_helper(wait=False)
+        return not helper.stopped and self._helper_entries + entries <= _HELPER_ENTRIES
+
+    def _started_helper(self) -> BackupHelper:
+        assert self._start_helper is not None
+        helper = self._helper = self._start_helper()
+        self._start_helper = None
+        # While it starts: what was read here must be indexed before the helper asks about
+        # the same chunks, or a copy of a file read here would be stored again.
+        self.uploader.finish()
+        self.remote.sync()
+        return helper
+
+    def _hand_to_helper(
+        self, path: str, names: list[str] | None, listing: _Listing, weight: int = 0
+    ) -> None:
+        """Hand the helper a large file to read, or the ``names`` of entries under the prefix
+        ``path`` to back up (counting ``weight`` among its entries)."""
         assert self._helper is not None
         try:
-            self._helper.read(path)
+            if names is None:
+                self._helper.read(path)
+            else:
+                self._helper.back_up(path, names)
         except OSError as exc:
             log.info("backup helper: %s", exc)
             # Its end is gone: its last reports and then its end are on their way.
             while not self._helper.stopped:
                 self._collect_helper(wait=True)
-            node = self._read_again(path)
-            if node is not None:
-                listing.nodes.append(node)
+            listing.nodes.extend(self._take_back(path, names))
             return
-        self._helper_jobs.append((path, listing))
+        self._helper_jobs.append((path, names, weight, listing))
+        self._helper_large += names is None
+        self._helper_entries += weight
         listing.reading += 1
 
     def _collect_helper(self, wait: bool) -> None:
@@ -559,15 +661,22 @@ class Archiver:
             if report is None:
                 self._read_unreported()
                 break
-            path, listing = self._helper_jobs.popleft()
+            path, names, weight, listing = self._helper_jobs.popleft()
             listing.reading -= 1
-            if report.path != path:
-                raise ProtocolError(f"backup helper reported {report.path}, not {path}")
+            self._helper_large -= names is None
+            self._helper_entries -= weight
+            reported = report.path if isinstance(report, FileRead) else report.prefix
+            if reported != path:
+                raise ProtocolError(f"backup helper reported {reported}, not {path}")
+            if isinstance(report, EntriesRead):
+                self._take_entries(report, listing)
+                continue
             if report.node is None:
                 self._error(path, report.error)
                 continue
             listing.helped.append((report, self.uploader.ask_missing(report.node.content)))
             asked = True
+        asked = self._take_helper_stored(helper) or asked
         if asked:
             self.uploader.send_checks()
         self.progress.uploaded_bytes += helper.uploaded_bytes - uploaded
@@ -576,16 +685,69 @@ class Archiver:
             self._helper_bytes = helper.bytes_read
             self.report(self.progress)
 
+    def _take_entries(self, report: EntriesRead, listing: _Listing) -> None:
+        """Entries the helper backed up: their nodes join the listing, its counts the
+        backup's (their chunk ids come as the helper's ``references``)."""
+        for message in report.errors:
+            log.warning("skipped %s", message)
+        self.progress.errors.extend(report.errors)
+        self.progress.files_done += report.files
+        self.dirs += report.dirs
+        listing.nodes.extend(report.nodes)
+        self.report(self.progress)
+
+    def _take_helper_stored(self, helper: BackupHelper) -> bool:
+        """Stage the files-cache rows of the files the helper read and reference the chunk ids
+        its entries refer to; whether that asked the server."""
+        if self.cache is not None:
+            for row in helper.rows:
+                self.cache.stage_row(row)
+        helper.rows = []
+        if not helper.references:
+            return False
+        self._helper_references.append(self.uploader.ask_missing(helper.references))
+        helper.references = []
+        return True
+
+    def _check_helper_references(self) -> None:
+        """Before the commit: the server has every chunk the helper's entries refer to (it
+        stored or found them itself and stays connected until the commit, so only a damaged
+        repository lacks one)."""
+        missing = sum(len(answer.result()) for answer in self._helper_references)
+        if missing:
+            raise BackupIncomplete(
+                f"the server lacks {missing} chunks the backup's helper stored; run it again"
+            )
+
+    def back_up_here(self, prefix: str, names: list[str]) -> list[Node]:
+        """The nodes of entries under ``prefix``, a directory's with its tree stored, before
+        this returns: their work waits in a deferral line of its own, so this can run while
+        another line is being worked (entries the helper did not report)."""
+        outer = self._deferred, self._deferred_entries
+        self._deferred, self._deferred_entries = deque(), 0
+        try:
+            nodes = [node for name in names if (node := self._entry(prefix + name)) is not None]
+            self._run_deferred(wait=True)
+        finally:
+            self._deferred, self._deferred_entries = outer
+        return nodes
+
+    def _take_back(self, path: str, names: list[str] | None) -> list[Node]:
+        """What was handed to the helper, read here after all."""
+        if names is not None:
+            return self.back_up_here(path, names)
+        node = self._read_again(path)
+        return [node] if node is not None else []
+
     def _read_unreported(self) -> None:
-        """The helper stopped: the files it had not reported are read here."""
+        """The helper stopped: what it had not reported is read here."""
         jobs, self._helper_jobs = self._helper_jobs, deque()
+        self._helper_large = self._helper_entries = 0
         if jobs:
-            log.info("backup helper stopped; reading its %d unreported files here", len(jobs))
-        for path, listing in jobs:
+            log.info("backup helper stopped; reading its %d unreported jobs here", len(jobs))
+        for path, names, _, listing in jobs:
             listing.reading -= 1
-            node = self._read_again(path)
-            if node is not None:
-                listing.nodes.append(node)
+            listing.nodes.extend(self._take_back(path, names))
 
     def _helped_files(self, helped: list[tuple[FileRead, Future[set[bytes]]]]) -> list[Node]:
         """The helper's files, unless the server lacks one of their chunks (then read here)."""
@@ -662,7 +824,7 @@ class Archiver:
             if not stat.S_ISREG(before.st_mode):
                 raise OSError(errno.EINVAL, "it is no longer a regular file")
             for chunk_id, piece in self._pieces(fd, before.st_size, digest):
-                self.uploader.add(chunk_id, piece)
+                self._add_chunk(chunk_id, piece)
                 ids.append(chunk_id)
                 size += len(piece)
                 self.progress.bytes_done += len(piece)
@@ -681,8 +843,8 @@ class Archiver:
         if changed:
             log.warning("%s changed while it was read; stored what was read", path)
         self.progress.files_done += 1
-        if self.cache is not None and not changed:
-            self.cache.stage(path, after, node.digest, node.content)
+        if self._stage is not None and not changed:
+            self._stage(path, after, node.digest, node.content)
 
     def _pieces(self, fd: int, size: int, digest: FileHash) -> Iterator[tuple[bytes, bytes]]:
         """(chunk id, piece) of an open file in order, ``digest`` updated with each piece

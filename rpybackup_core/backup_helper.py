@@ -1,4 +1,5 @@
-"""A second process that reads a backup's large files.
+"""A second process that reads a backup's large files and, in a first backup, some of its
+small files and directories.
 
 One interpreter backing up a tree reads its large files and its small ones phase after phase:
 the small files are bound by the GIL (every system call hands it to a seal or upload thread
@@ -8,16 +9,22 @@ BLAKE3, zstd, AES-GCM, TLS) cannot use the other core. Two processes can.
 The backup (archiver.py) walks, decides what to read and reads the small files; each large
 file it hands to the helper by path. The helper reads, chunks, identifies, seals and uploads
 it over a connection of its own, exactly as the archiver would (it runs an archiver itself),
-and reports the file's node and its stat after reading. It reports files only once their
-chunks are durable and indexed on the server (a `sync` request, after every 256 MiB and
-whenever it has nothing else to do): the backup's own connection can then reference them,
-and if the helper stops, the files it had not reported are read by the backup itself. The
-helper stays connected until the backup has committed, so what it stored stays pinned.
+and reports the file's node and its stat after reading. In a first backup (nothing to look up
+in the files cache) it also takes runs of a directory's entries (small files, directories
+without subdirectories) by the directory's path and their names: it backs them up as the
+archiver would (a directory whole, to its stored tree) and reports their nodes, and with each
+sync the files-cache rows of the files it read and every chunk id those entries refer to,
+which the backup's own connection references for the snapshot. It reports only once what it
+reports on is durable and indexed on the server (a `sync` request, after every 256 MiB or
+512 files and whenever it has nothing else to do): the backup's own connection can then
+reference it, and if the helper stops, what it had not reported is read by the backup
+itself. The helper stays connected until the backup has committed, so what it stored stays
+pinned.
 
-Two one-way pipes carry the messages (paths one way; the other way, per sync, the reports and
-what was uploaded for them, and between syncs how much has been read, for the backup's
-progress and so a cancelled backup hears of it), so a closed job pipe ends the helper and the
-end of the helper ends the report reader.
+Two one-way pipes carry the messages (paths one way; the other way, per sync, the reports, the
+rows and ids and what was uploaded for them, and between syncs how much has been read, for the
+backup's progress and so a cancelled backup hears of it), so a closed job pipe ends the helper
+and the end of the helper ends the report reader.
 """
 
 from __future__ import annotations
@@ -30,40 +37,35 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from .archiver import Archiver
+from .archiver import Archiver, EntriesRead, FileRead
 from .crypto import MasterKey
 from .errors import RPyBackupError
+from .files_cache import file_row
 from .helper_process import start_helper, take_messages
 from .progress import Progress
 from .remote import RemoteRepository
-from .tree import Node
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
-# Bytes read and uploaded between two syncs while more files are waiting.
+# Bytes read and uploaded, and files read in runs of entries, between two syncs while more work
+# is waiting: the backup's directories wait for the reports that a sync sends.
 _SYNC_BYTES = 256 * 1024 * 1024
+_SYNC_FILES = 512
 # How often the helper tells how much it has read.
 _PROGRESS_SECONDS = 0.2
 
 
-class FileRead(NamedTuple):
-    """The helper's report on one file: its node and its stat after reading, or why not."""
-
-    path: str
-    node: Node | None
-    before: os.stat_result | None
-    after: os.stat_result | None
-    error: str = ""
-
-
 class _Synced(NamedTuple):
-    """What the helper made durable in one sync: its files, and the chunks and sealed bytes
-    it uploaded for them."""
+    """What the helper made durable in one sync: its reports, the files-cache rows of the
+    files it read in directories, the chunk ids those directories refer to, and the chunks and
+    sealed bytes it uploaded."""
 
-    reads: list[FileRead]
+    reads: list[FileRead | EntriesRead]
+    rows: list[tuple[object, ...]]
+    references: list[bytes]
     chunks: int
     sealed_bytes: int
     bytes_read: int
@@ -75,7 +77,7 @@ class _Reading(NamedTuple):
     bytes_read: int
 
 
-class LargeFileReader:
+class BackupHelper:
     """The backup's side: starts the helper process, hands it paths, collects its reports.
 
     Not thread-safe (the archiver's thread calls it); a reader thread takes the helper's
@@ -84,8 +86,11 @@ class LargeFileReader:
 
     def __init__(self, address: str, fingerprint: str, name: str, token: str, key: MasterKey):
         self.stopped = False
-        # Files handed over so far, and what the helper uploaded for those it reported.
+        # Large files and runs of entries handed over so far, the files read in those runs as
+        # reported, and what the helper uploaded for what it reported.
         self.files = 0
+        self.runs = 0
+        self.run_files = 0
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
         # Bytes read so far, and as of the last report (the rest belongs to unreported files).
@@ -108,19 +113,33 @@ class LargeFileReader:
         self._received: queue.SimpleQueue[_Synced | _Reading | None] = queue.SimpleQueue()
         self._reader = threading.Thread(target=self._read, name="backup-helper", daemon=True)
         self._reader.start()
+        # What the reports so far brought besides themselves, until the backup takes it.
+        self.rows: list[tuple[object, ...]] = []
+        self.references: list[bytes] = []
 
     def read(self, path: str) -> None:
         """Hand a file over (raises OSError if the helper is gone)."""
-        self._jobs.send(path)
+        self._jobs.send((path, None))
         self.files += 1
 
-    def reports(self, wait: bool) -> list[FileRead | None]:
-        """The reports that arrived, in the order the files were handed over; with ``wait``,
+    def back_up(self, prefix: str, names: list[str]) -> None:
+        """Hand over entries of the directory ``prefix`` (ending in "/"), to be backed up
+        (raises OSError if the helper is gone)."""
+        self._jobs.send((prefix, names))
+        self.runs += 1
+
+    def has_news(self) -> bool:
+        """Whether a message has arrived that ``reports`` would take."""
+        return not self.stopped and not self._received.empty()
+
+    def reports(self, wait: bool) -> list[FileRead | EntriesRead | None]:
+        """The reports that arrived, in the order the paths were handed over; with ``wait``,
         after at least one message (maybe only news of progress). ``None`` means the helper
-        stopped: nothing more will come. Once stopped, nothing."""
+        stopped: nothing more will come. Once stopped, nothing. The rows and references that
+        came with them are added to ``rows`` and ``references``."""
         if self.stopped:
             return []
-        reports: list[FileRead | None] = []
+        reports: list[FileRead | EntriesRead | None] = []
         for message in take_messages(self._received, wait):
             if message is None:
                 self.stopped = True
@@ -133,6 +152,9 @@ class LargeFileReader:
                 self.bytes_reported = message.bytes_read
                 self.uploaded_chunks += message.chunks
                 self.uploaded_bytes += message.sealed_bytes
+                self.rows.extend(message.rows)
+                self.references.extend(message.references)
+                self.run_files += sum(r.files for r in message.reads if isinstance(r, EntriesRead))
                 reports.extend(message.reads)
         return reports
 
@@ -148,7 +170,12 @@ class LargeFileReader:
             self._process.join()
         self._reader.join()
         self._reports.close()
-        log.debug("backup helper: %d large files handed over", self.files)
+        log.debug(
+            "backup helper: %d large files and %d runs of entries (%d files) handed over",
+            self.files,
+            self.runs,
+            self.run_files,
+        )
 
     def _read(self) -> None:
         """The reader thread: every report, then ``None`` when the helper is gone."""
@@ -167,13 +194,20 @@ class LargeFileReader:
 def serve(
     jobs: Connection, reports: Connection, connect: tuple[str, str, str, str], key_text: str
 ) -> None:
-    """The helper process: read each file handed over until the backup closes the pipe."""
+    """The helper process: read each file and back up each directory handed over until the
+    backup closes the pipe."""
+    # What it skips the backup logs when it takes the report: not twice.
+    logging.getLogger(Archiver.__module__).setLevel(logging.ERROR)
     try:
         with RemoteRepository.connect(*connect) as remote:
             key = MasterKey.from_text(key_text)
-            archiver = Archiver(remote, key, None, [], _progress_sender(reports))
+            rows: list[tuple[object, ...]] = []
+            archiver = Archiver(
+                remote, key, None, [], _progress_sender(reports), stage=_stager(rows)
+            )
+            archiver.references = []
             try:
-                _serve(archiver, remote, jobs, reports)
+                _serve(archiver, remote, jobs, reports, rows)
             finally:
                 archiver.close()
     except (OSError, RPyBackupError) as exc:
@@ -184,32 +218,80 @@ def serve(
 
 
 def _serve(
-    archiver: Archiver, remote: RemoteRepository, jobs: Connection, reports: Connection
+    archiver: Archiver,
+    remote: RemoteRepository,
+    jobs: Connection,
+    reports: Connection,
+    rows: list[tuple[object, ...]],
 ) -> None:
-    done: list[FileRead] = []
-    unsynced = 0
+    done: list[FileRead | EntriesRead] = []
+    synced_bytes = synced_files = 0
     chunks = sealed_bytes = 0
+    progress = archiver.progress
     while True:
-        if done and (unsynced >= _SYNC_BYTES or not jobs.poll()):
+        if done and (
+            progress.bytes_done - synced_bytes >= _SYNC_BYTES
+            or progress.files_done - synced_files >= _SYNC_FILES
+            or not jobs.poll()
+        ):
             archiver.uploader.finish()
             remote.sync()
-            uploaded = archiver.uploader.uploaded_chunks, archiver.progress.uploaded_bytes
-            bytes_read = archiver.progress.bytes_done
+            uploaded = archiver.uploader.uploaded_chunks, progress.uploaded_bytes
+            assert archiver.references is not None
             reports.send(
-                _Synced(done, uploaded[0] - chunks, uploaded[1] - sealed_bytes, bytes_read)
+                _Synced(
+                    done,
+                    rows[:],
+                    archiver.references,
+                    uploaded[0] - chunks,
+                    uploaded[1] - sealed_bytes,
+                    progress.bytes_done,
+                )
             )
-            (chunks, sealed_bytes), done, unsynced = uploaded, [], 0
+            (chunks, sealed_bytes), done = uploaded, []
+            synced_bytes, synced_files = progress.bytes_done, progress.files_done
+            rows.clear()
+            archiver.references = []
         try:
-            path = jobs.recv()
+            path, names = jobs.recv()
         except EOFError:
             return
-        try:
-            node, before, after = archiver.read_content(path)
-        except OSError as exc:
-            done.append(FileRead(path, None, None, None, exc.strerror or str(exc)))
-            continue
-        done.append(FileRead(path, node, before, after))
-        unsynced += node.size
+        done.append(_read(archiver, path) if names is None else _back_up(archiver, path, names))
+
+
+def _read(archiver: Archiver, path: str) -> FileRead:
+    # The backup references a file's chunk ids from its node.
+    references, archiver.references = archiver.references, None
+    try:
+        node, before, after = archiver.read_content(path)
+    except OSError as exc:
+        return FileRead(path, None, None, None, exc.strerror or str(exc))
+    finally:
+        archiver.references = references
+    return FileRead(path, node, before, after)
+
+
+def _back_up(archiver: Archiver, prefix: str, names: list[str]) -> EntriesRead:
+    progress = archiver.progress
+    files, dirs, errors = progress.files_done, archiver.dirs, len(progress.errors)
+    nodes = archiver.back_up_here(prefix, names)
+    found = progress.errors[errors:]
+    del progress.errors[errors:]
+    return EntriesRead(prefix, nodes, progress.files_done - files, archiver.dirs - dirs, found)
+
+
+def _stager(
+    rows: list[tuple[object, ...]],
+) -> Callable[[str, os.stat_result, str, list[bytes]], None]:
+    """Where the helper's archiver puts the files-cache rows of the files it reads: sent to
+    the backup with the sync that made their chunks durable."""
+
+    def stage(path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
+        row = file_row(path, st, digest, ids)
+        if row is not None:
+            rows.append(row)
+
+    return stage
 
 
 def _progress_sender(reports: Connection) -> Callable[[Progress], None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .archiver import SNAPSHOT_META, Archiver, BackupResult, normalize_sources
-from .backup_helper import LargeFileReader
+from .backup_helper import BackupHelper
 from .config import ClientConfig
 from .crypto import MasterKey, Sealer, unwrap_key, wrap_key
 from .errors import BackupIncomplete, ConfigError, EnrollmentFailed, NotFound, UsageError
@@ -27,7 +27,7 @@ from .restore_helper import RestoreHelper
 from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
 from .tree import DIR, Node
 
-_Helper = TypeVar("_Helper", LargeFileReader, RestoreHelper)
+_Helper = TypeVar("_Helper", BackupHelper, RestoreHelper)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class BackupClient:
                     cache,
                     excludes,
                     progress,
-                    helper=self._helper(LargeFileReader),
+                    helper=self._helper(BackupHelper),
                 )
                 result = archiver.run(sources, when, tags, parent)
         finally:

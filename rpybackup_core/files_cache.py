@@ -78,6 +78,28 @@ def _key(path: str) -> str | bytes:
     return path
 
 
+def file_row(
+    path: str, st: os.stat_result, digest: str, ids: list[bytes]
+) -> tuple[object, ...] | None:
+    """A file's entry as the cache stores it (without its generation), or ``None`` if it
+    changed too recently to trust.
+
+    A file rewritten at the same size within one timestamp tick of being read would match
+    its entry and keep stale content (git's "racy" files); such files are read again.
+    """
+    if is_racy(st):
+        return None
+    return (
+        _key(path),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        digest,
+        b"".join(ids),
+    )
+
+
 def _path(key: str | bytes) -> str:
     return key if isinstance(key, str) else os.fsdecode(key)
 
@@ -173,25 +195,15 @@ class FilesCache:
             self._spill()
 
     def stage(self, path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
-        """Remember a file for the next run, unless it changed too recently to trust.
+        """Remember a file for the next run, unless it changed too recently to trust
+        (``file_row``)."""
+        row = file_row(path, st, digest, ids)
+        if row is not None:
+            self.stage_row(row)
 
-        A file rewritten at the same size within one timestamp tick of being read would match
-        its entry and keep stale content (git's "racy" files); such files are read again.
-        """
-        if is_racy(st):
-            return
-        self._staged.append(
-            (
-                _key(path),
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                st.st_ino,
-                digest,
-                b"".join(ids),
-                self.generation,
-            )
-        )
+    def stage_row(self, row: tuple[object, ...]) -> None:
+        """Remember a file by its ``file_row`` (one the backup's helper made)."""
+        self._staged.append((*row, self.generation))
         if len(self._staged) >= _SPILL_STAGED:
             self._spill()
 

@@ -11,7 +11,7 @@ import pytest
 
 from rpybackup_core import archiver
 from rpybackup_core.archiver import HELPER_FILE, Archiver, BackupResult
-from rpybackup_core.backup_helper import LargeFileReader
+from rpybackup_core.backup_helper import BackupHelper
 from rpybackup_core.client import BackupClient
 from rpybackup_core.crypto import Sealer
 from rpybackup_core.demo import compare_trees
@@ -40,7 +40,7 @@ def _tree(root: Path) -> Path:
 def _backup(
     client: BackupClient,
     source: Path,
-    helpers: Callable[[], LargeFileReader],
+    helpers: Callable[[], BackupHelper],
     cache: FilesCache | None = None,
 ) -> BackupResult:
     with client.connection() as remote:
@@ -84,7 +84,7 @@ def test_a_re_run_starts_the_helper_once_the_large_files_to_read_are_worth_its_s
     them (about 42 MiB) never reach 64 MiB, and no helper starts."""
     source = _tree(tmp_path / "src")
     monkeypatch.setattr(archiver, "HELPER_START", start)
-    helpers = helper_starter(alice, LargeFileReader)
+    helpers = helper_starter(alice, BackupHelper)
 
     result = _backup(alice, source, helpers, used_cache)
 
@@ -106,7 +106,7 @@ def test_a_copy_of_a_file_read_before_the_helper_started_is_not_stored_again(
     (source / "a.bin").write_bytes(random.Random(5).randbytes(6 * MIB))
     (source / "b.bin").write_bytes((source / "a.bin").read_bytes())
     monkeypatch.setattr(archiver, "HELPER_START", 10 * MIB)
-    helpers = helper_starter(alice, LargeFileReader)
+    helpers = helper_starter(alice, BackupHelper)
 
     result = _backup(alice, source, helpers, used_cache)
 
@@ -124,7 +124,7 @@ def test_a_first_backup_starts_the_helper_at_its_first_large_file(
     monkeypatch.setattr(archiver, "HELPER_START", 64 * MIB)
     cache = FilesCache(tmp_path / "cache")
     try:
-        helpers = helper_starter(alice, LargeFileReader)
+        helpers = helper_starter(alice, BackupHelper)
         result = _backup(alice, source, helpers, cache)
     finally:
         cache.close()
@@ -136,7 +136,7 @@ def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
     server, alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
-    helpers = helper_starter(alice, LargeFileReader)
+    helpers = helper_starter(alice, BackupHelper)
 
     result = _backup(alice, source, helpers)
 
@@ -155,8 +155,8 @@ def test_the_helpers_files_enter_the_files_cache_so_a_re_run_reads_nothing(
     source = _tree(tmp_path / "src")
     cache = FilesCache(tmp_path / "cache")
     try:
-        _backup(alice, source, helper_starter(alice, LargeFileReader), cache)
-        helpers = helper_starter(alice, LargeFileReader)
+        _backup(alice, source, helper_starter(alice, BackupHelper), cache)
+        helpers = helper_starter(alice, BackupHelper)
         second = _backup(alice, source, helpers, cache)
     finally:
         cache.close()
@@ -168,7 +168,7 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_backup(
     alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
     source = _tree(tmp_path / "src")
-    helpers = helper_starter(alice, LargeFileReader)
+    helpers = helper_starter(alice, BackupHelper)
     helpers.token = "not-the-token"
 
     result = _backup(alice, source, helpers)
@@ -178,7 +178,7 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_backup(
     assert _restored(alice, source, tmp_path / "out") == []
 
 
-class _DiesAfterTwoFiles(LargeFileReader):
+class _DiesAfterTwoFiles(BackupHelper):
     def read(self, path: str) -> None:
         super().read(path)
         if self.files == 2:
@@ -206,7 +206,7 @@ def test_a_large_file_gone_before_the_helper_reads_it_is_named_and_the_rest_stor
     doomed = source / "large-2.bin"
     listed = source.stat()
 
-    class RemovesOneFirst(LargeFileReader):
+    class RemovesOneFirst(BackupHelper):
         def read(self, path: str) -> None:
             if path == str(doomed):
                 doomed.unlink()
@@ -254,7 +254,7 @@ def test_progress_comes_from_the_helper_and_a_cancel_stops_it_at_once(
     # Sparse: gigabytes for the helper to read, none on disk; the run is cancelled long before.
     with (source / "disk.img").open("wb") as handle:
         handle.truncate(16 * 1024**3)
-    helpers = helper_starter(alice, LargeFileReader)
+    helpers = helper_starter(alice, BackupHelper)
     seen: list[int] = []
 
     def cancel_after_some(progress: Progress) -> None:
