@@ -124,6 +124,8 @@ class EntriesRead(NamedTuple):
     files: int
     dirs: int
     errors: list[str]
+    # What it would have logged (skipped entries, files changed while read).
+    warnings: list[str]
 
 
 @dataclass
@@ -220,13 +222,7 @@ class Archiver:
         self.sealer = Sealer(key)
         self.chunker = Chunker()
         self.cache = cache
-        self.excludes = excludes
-        # One compiled pattern for all excludes: the walk tests every entry against it.
-        self._exclude = (
-            re.compile("|".join(fnmatch.translate(pattern) for pattern in excludes))
-            if excludes
-            else None
-        )
+        self.exclude(excludes)
         self.report = progress
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
@@ -253,6 +249,16 @@ class Archiver:
         self._large_bytes = 0
         self._helper_start = HELPER_START if cache is not None and cache.generation > 1 else 0
         self.dirs = 0
+
+    def exclude(self, patterns: list[str]) -> None:
+        """Skip entries whose name or whole path matches one of ``patterns`` (fnmatch)."""
+        self.excludes = patterns
+        # One compiled pattern for all excludes: the walk tests every entry against it.
+        self._exclude = (
+            re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+            if patterns
+            else None
+        )
 
     # ---- entry point ------------------------------------------------------------------------
 
@@ -620,6 +626,7 @@ class Archiver:
         assert self._start_helper is not None
         helper = self._helper = self._start_helper()
         self._start_helper = None
+        helper.exclude(self.excludes)
         # While it starts: what was read here must be indexed before the helper asks about
         # the same chunks, or a copy of a file read here would be stored again.
         self.uploader.finish()
@@ -688,8 +695,8 @@ class Archiver:
     def _take_entries(self, report: EntriesRead, listing: _Listing) -> None:
         """Entries the helper backed up: their nodes join the listing, its counts the
         backup's (their chunk ids come as the helper's ``references``)."""
-        for message in report.errors:
-            log.warning("skipped %s", message)
+        for message in report.warnings:
+            log.warning("%s", message)
         self.progress.errors.extend(report.errors)
         self.progress.files_done += report.files
         self.dirs += report.dirs

@@ -71,6 +71,12 @@ class _Synced(NamedTuple):
     bytes_read: int
 
 
+class _Exclude(NamedTuple):
+    """The backup's exclude patterns, for the entries the helper walks."""
+
+    patterns: list[str]
+
+
 class _Reading(NamedTuple):
     """How much the helper has read so far (of reported files and those still in hand)."""
 
@@ -116,6 +122,11 @@ class BackupHelper:
         # What the reports so far brought besides themselves, until the backup takes it.
         self.rows: list[tuple[object, ...]] = []
         self.references: list[bytes] = []
+
+    def exclude(self, patterns: list[str]) -> None:
+        """Skip what the backup skips in the directories it hands over (raises OSError if the
+        helper is gone)."""
+        self._jobs.send(_Exclude(patterns))
 
     def read(self, path: str) -> None:
         """Hand a file over (raises OSError if the helper is gone)."""
@@ -196,8 +207,11 @@ def serve(
 ) -> None:
     """The helper process: read each file and back up each directory handed over until the
     backup closes the pipe."""
-    # What it skips the backup logs when it takes the report: not twice.
-    logging.getLogger(Archiver.__module__).setLevel(logging.ERROR)
+    warnings = _Captured()
+    archiver_log = logging.getLogger(Archiver.__module__)
+    archiver_log.addHandler(warnings)
+    # The backup logs them when it takes the report, where its logging goes.
+    archiver_log.propagate = False
     try:
         with RemoteRepository.connect(*connect) as remote:
             key = MasterKey.from_text(key_text)
@@ -207,7 +221,7 @@ def serve(
             )
             archiver.references = []
             try:
-                _serve(archiver, remote, jobs, reports, rows)
+                _serve(archiver, remote, jobs, reports, rows, warnings)
             finally:
                 archiver.close()
     except (OSError, RPyBackupError) as exc:
@@ -223,6 +237,7 @@ def _serve(
     jobs: Connection,
     reports: Connection,
     rows: list[tuple[object, ...]],
+    warnings: _Captured,
 ) -> None:
     done: list[FileRead | EntriesRead] = []
     synced_bytes = synced_files = 0
@@ -253,10 +268,17 @@ def _serve(
             rows.clear()
             archiver.references = []
         try:
-            path, names = jobs.recv()
+            job = jobs.recv()
         except EOFError:
             return
-        done.append(_read(archiver, path) if names is None else _back_up(archiver, path, names))
+        if isinstance(job, _Exclude):
+            archiver.exclude(job.patterns)
+            continue
+        path, names = job
+        if names is None:
+            done.append(_read(archiver, path))
+        else:
+            done.append(_back_up(archiver, path, names, warnings))
 
 
 def _read(archiver: Archiver, path: str) -> FileRead:
@@ -271,13 +293,26 @@ def _read(archiver: Archiver, path: str) -> FileRead:
     return FileRead(path, node, before, after)
 
 
-def _back_up(archiver: Archiver, prefix: str, names: list[str]) -> EntriesRead:
+def _back_up(archiver: Archiver, prefix: str, names: list[str], warnings: _Captured) -> EntriesRead:
     progress = archiver.progress
-    files, dirs, errors = progress.files_done, archiver.dirs, len(progress.errors)
+    files, dirs = progress.files_done, archiver.dirs
     nodes = archiver.back_up_here(prefix, names)
-    found = progress.errors[errors:]
-    del progress.errors[errors:]
-    return EntriesRead(prefix, nodes, progress.files_done - files, archiver.dirs - dirs, found)
+    errors, progress.errors = progress.errors, []
+    logged, warnings.messages = warnings.messages, []
+    return EntriesRead(
+        prefix, nodes, progress.files_done - files, archiver.dirs - dirs, errors, logged
+    )
+
+
+class _Captured(logging.Handler):
+    """The helper archiver's warnings, kept for the report on the entries they are about."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _stager(
