@@ -79,7 +79,7 @@ HELPER_FILE = 4 * 1024 * 1024
 # it). A first backup, which reads everything, starts it at its first large file: reading
 # large files here first made one of /usr/share slower and its peak higher.
 HELPER_START = 64 * 1024 * 1024
-# Files handed to the helper and not reported yet.
+# Large files the helper holds (handed over, not finished yet).
 _HELPER_FILES = 64
 # In a first backup, once the walk has read _ENTRIES_AFTER_FILES files (a small backup is done
 # before a helper would have started), small files and directories with no subdirectory (two
@@ -236,8 +236,11 @@ class Archiver:
         self._helper: BackupHelper | None = None
         # Large files (a path) and runs of entries (a directory's prefix and their names) with
         # the helper, in the order handed over (its reports come in that order); how many
-        # large files and entries it holds, and the answers on the chunk ids the runs refer to.
+        # large files and entries of them it is still working on (the first ``_helper_done``
+        # jobs are finished, not reported yet), and the answers on the chunk ids the runs
+        # refer to.
         self._helper_jobs: deque[tuple[str, list[str] | None, int, _Listing]] = deque()
+        self._helper_done = 0
         self._helper_large = 0
         self._helper_entries = 0
         self._helper_references: list[Future[set[bytes]]] = []
@@ -597,7 +600,7 @@ class Archiver:
         helper = self._helper
         if helper is None:
             return False
-        while not helper.stopped and len(self._helper_jobs) >= _HELPER_FILES:
+        while not helper.stopped and self._helper_large >= _HELPER_FILES:
             self._collect_helper(wait=True)
         return not helper.stopped
 
@@ -626,11 +629,17 @@ class Archiver:
         assert self._start_helper is not None
         helper = self._helper = self._start_helper()
         self._start_helper = None
-        helper.exclude(self.excludes)
         # While it starts: what was read here must be indexed before the helper asks about
-        # the same chunks, or a copy of a file read here would be stored again.
+        # the same chunks, or a copy of a file read here would be stored again; what is
+        # sent from now on it finds among what this connection has sent (``follow``).
         self.uploader.finish()
         self.remote.sync()
+        try:
+            helper.setup(self.excludes, self.remote.link())
+        except OSError as exc:
+            log.info("backup helper: %s", exc)
+            while not helper.stopped:
+                self._collect_helper(wait=True)
         return helper
 
     def _hand_to_helper(
@@ -670,8 +679,10 @@ class Archiver:
                 break
             path, names, weight, listing = self._helper_jobs.popleft()
             listing.reading -= 1
-            self._helper_large -= names is None
-            self._helper_entries -= weight
+            if self._helper_done:
+                self._helper_done -= 1
+            else:
+                self._unload_helper(names, weight)
             reported = report.path if isinstance(report, FileRead) else report.prefix
             if reported != path:
                 raise ProtocolError(f"backup helper reported {reported}, not {path}")
@@ -683,6 +694,10 @@ class Archiver:
                 continue
             listing.helped.append((report, self.uploader.ask_missing(report.node.content)))
             asked = True
+        while self._helper_done < helper.jobs_done - helper.jobs_reported:
+            _, names, weight, _ = self._helper_jobs[self._helper_done]
+            self._unload_helper(names, weight)
+            self._helper_done += 1
         asked = self._take_helper_stored(helper) or asked
         if asked:
             self.uploader.send_checks()
@@ -691,6 +706,11 @@ class Archiver:
             self.progress.bytes_done += helper.bytes_read - self._helper_bytes
             self._helper_bytes = helper.bytes_read
             self.report(self.progress)
+
+    def _unload_helper(self, names: list[str] | None, weight: int) -> None:
+        """A job the helper finished no longer counts among what it holds."""
+        self._helper_large -= names is None
+        self._helper_entries -= weight
 
     def _take_entries(self, report: EntriesRead, listing: _Listing) -> None:
         """Entries the helper backed up: their nodes join the listing, its counts the
@@ -749,7 +769,7 @@ class Archiver:
     def _read_unreported(self) -> None:
         """The helper stopped: what it had not reported is read here."""
         jobs, self._helper_jobs = self._helper_jobs, deque()
-        self._helper_large = self._helper_entries = 0
+        self._helper_done = self._helper_large = self._helper_entries = 0
         if jobs:
             log.info("backup helper stopped; reading its %d unreported jobs here", len(jobs))
         for path, names, _, listing in jobs:

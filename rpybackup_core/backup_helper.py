@@ -16,7 +16,8 @@ archiver would (a directory whole, to its stored tree) and reports their nodes, 
 sync the files-cache rows of the files it read and every chunk id those entries refer to,
 which the backup's own connection references for the snapshot. It reports only once what it
 reports on is durable and indexed on the server (a `sync` request, after every 256 MiB or
-512 files and whenever it has nothing else to do): the backup's own connection can then
+2,048 files and whenever it has nothing else to do; it tells of each job it finishes before
+that, so the backup can hand it more): the backup's own connection can then
 reference it, and if the helper stops, what it had not reported is read by the backup
 itself. The helper stays connected until the backup has committed, so what it stored stays
 pinned.
@@ -51,9 +52,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bytes read and uploaded, and files read in runs of entries, between two syncs while more work
-# is waiting: the backup's directories wait for the reports that a sync sends.
+# is waiting: the backup's directories wait for the reports that a sync sends, but it hands
+# more work as jobs finish. A sync cost the helper ~0.1 s (the pipeline drained, a pack sealed
+# and fsynced on the server): every 512 files it took 3.6 s of its 8.8 on /usr/share.
 _SYNC_BYTES = 256 * 1024 * 1024
-_SYNC_FILES = 512
+_SYNC_FILES = 2048
+# With nothing to do for this long it syncs (the backup may be waiting for its reports); a
+# backup that hands over its next run a moment later costs no sync.
+_IDLE_SECONDS = 0.02
 # How often the helper tells how much it has read.
 _PROGRESS_SECONDS = 0.2
 
@@ -71,16 +77,20 @@ class _Synced(NamedTuple):
     bytes_read: int
 
 
-class _Exclude(NamedTuple):
-    """The backup's exclude patterns, for the entries the helper walks."""
+class _Setup(NamedTuple):
+    """The backup's exclude patterns, for the entries the helper walks, and its connection's
+    link, so a copy of what the backup has sent is not sent again."""
 
-    patterns: list[str]
+    excludes: list[str]
+    link: str
 
 
 class _Reading(NamedTuple):
-    """How much the helper has read so far (of reported files and those still in hand)."""
+    """How much the helper has read so far (of reported files and those still in hand), and
+    how many jobs it has finished (reported or not)."""
 
     bytes_read: int
+    jobs_done: int
 
 
 class BackupHelper:
@@ -102,6 +112,9 @@ class BackupHelper:
         # Bytes read so far, and as of the last report (the rest belongs to unreported files).
         self.bytes_read = 0
         self.bytes_reported = 0
+        # Jobs the helper has finished, and jobs it has reported on (those synced).
+        self.jobs_done = 0
+        self.jobs_reported = 0
         # Imported here, as in helper_process: only a backup with a helper needs it.
         from multiprocessing import Pipe
 
@@ -123,10 +136,11 @@ class BackupHelper:
         self.rows: list[tuple[object, ...]] = []
         self.references: list[bytes] = []
 
-    def exclude(self, patterns: list[str]) -> None:
-        """Skip what the backup skips in the directories it hands over (raises OSError if the
-        helper is gone)."""
-        self._jobs.send(_Exclude(patterns))
+    def setup(self, excludes: list[str], link: str) -> None:
+        """Before any job: skip what the backup skips in the directories it hands over, and
+        follow the backup's connection by its ``link`` (raises OSError if the helper is
+        gone)."""
+        self._jobs.send(_Setup(excludes, link))
 
     def read(self, path: str) -> None:
         """Hand a file over (raises OSError if the helper is gone)."""
@@ -156,10 +170,14 @@ class BackupHelper:
                 self.stopped = True
                 # What it read of files it never reported does not count: they are read again.
                 self.bytes_read = self.bytes_reported
+                self.jobs_done = self.jobs_reported
                 reports.append(None)
                 break
             self.bytes_read = message.bytes_read
-            if isinstance(message, _Synced):
+            if isinstance(message, _Reading):
+                self.jobs_done = message.jobs_done
+            else:
+                self.jobs_reported += len(message.reads)
                 self.bytes_reported = message.bytes_read
                 self.uploaded_chunks += message.chunks
                 self.uploaded_bytes += message.sealed_bytes
@@ -216,12 +234,11 @@ def serve(
         with RemoteRepository.connect(*connect) as remote:
             key = MasterKey.from_text(key_text)
             rows: list[tuple[object, ...]] = []
-            archiver = Archiver(
-                remote, key, None, [], _progress_sender(reports), stage=_stager(rows)
-            )
+            notes = _Notes(reports)
+            archiver = Archiver(remote, key, None, [], notes.send_progress, stage=_stager(rows))
             archiver.references = []
             try:
-                _serve(archiver, remote, jobs, reports, rows, warnings)
+                _serve(archiver, remote, jobs, reports, notes, rows, warnings)
             finally:
                 archiver.close()
     except (OSError, RPyBackupError) as exc:
@@ -236,6 +253,7 @@ def _serve(
     remote: RemoteRepository,
     jobs: Connection,
     reports: Connection,
+    notes: _Notes,
     rows: list[tuple[object, ...]],
     warnings: _Captured,
 ) -> None:
@@ -247,7 +265,7 @@ def _serve(
         if done and (
             progress.bytes_done - synced_bytes >= _SYNC_BYTES
             or progress.files_done - synced_files >= _SYNC_FILES
-            or not jobs.poll()
+            or not jobs.poll(_IDLE_SECONDS)
         ):
             archiver.uploader.finish()
             remote.sync()
@@ -271,14 +289,17 @@ def _serve(
             job = jobs.recv()
         except EOFError:
             return
-        if isinstance(job, _Exclude):
-            archiver.exclude(job.patterns)
+        if isinstance(job, _Setup):
+            archiver.exclude(job.excludes)
+            # The first message: the upload thread has nothing to send yet.
+            remote.follow(job.link)
             continue
         path, names = job
         if names is None:
             done.append(_read(archiver, path))
         else:
             done.append(_back_up(archiver, path, names, warnings))
+        notes.finished(progress)
 
 
 def _read(archiver: Archiver, path: str) -> FileRead:
@@ -329,15 +350,22 @@ def _stager(
     return stage
 
 
-def _progress_sender(reports: Connection) -> Callable[[Progress], None]:
-    """The helper's progress callback: how much it has read, a few times a second."""
-    last = 0.0
+class _Notes:
+    """What the helper tells between syncs: how much it has read, a few times a second (the
+    backup's progress), and each job it finishes (the backup hands more once it has room)."""
 
-    def send(progress: Progress) -> None:
-        nonlocal last
+    def __init__(self, reports: Connection) -> None:
+        self._reports = reports
+        self._jobs_done = 0
+        self._sent = 0.0
+
+    def send_progress(self, progress: Progress) -> None:
         now = time.monotonic()
-        if now - last >= _PROGRESS_SECONDS:
-            last = now
-            reports.send(_Reading(progress.bytes_done))
+        if now - self._sent >= _PROGRESS_SECONDS:
+            self._sent = now
+            self._reports.send(_Reading(progress.bytes_done, self._jobs_done))
 
-    return send
+    def finished(self, progress: Progress) -> None:
+        self._jobs_done += 1
+        self._sent = time.monotonic()
+        self._reports.send(_Reading(progress.bytes_done, self._jobs_done))

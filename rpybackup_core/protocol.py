@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConnectionClosed, FrameTooLarge, InvalidRequest, ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MAGIC = "rpybackup"
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 64 * 1024

@@ -186,6 +186,19 @@ class RemoteRepository:
         """Have every chunk this connection sent made durable and indexed on the server."""
         self.request("sync")
 
+    def link(self) -> str:
+        """A secret with which a helper process's connection can ``follow`` this one."""
+        header, _ = self.request("link")
+        link = header.get("link")
+        if not isinstance(link, str):
+            raise ProtocolError("malformed link reply")
+        return link
+
+    def follow(self, link: str) -> None:
+        """Help the connection that handed out ``link``: the chunks it has sent count as
+        present here (this one does not send them again)."""
+        self.request("follow", link=link)
+
     def refs(self, ids: list[bytes]) -> None:
         self.request("refs", b"".join(ids))
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,6 +76,30 @@ MAX_TEXT = 4096
 MAX_SEALED_META = 48 * 1024
 
 Handler = Callable[["Session", Frame], tuple[dict[str, Any], bytes] | None]
+
+
+class _Links:
+    """Sessions that handed out a link for a helper process of their client (``link``), by
+    it, while they last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+
+    def add(self, link: str, session: Session) -> None:
+        with self._lock:
+            self._sessions[link] = session
+
+    def find(self, link: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(link)
+
+    def remove(self, link: str) -> None:
+        with self._lock:
+            self._sessions.pop(link, None)
+
+
+_LINKS = _Links()
 
 
 def _text(header: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -169,6 +194,10 @@ class Session:
         # Chunks put but lost to a storage failure before they were indexed: a commit waits
         # until each is put again.
         self.lost: set[bytes] = set()
+        # This session's link for a helper process (``link``), and the session of the process
+        # this one helps (``follow``): chunks it has accepted count as present here too.
+        self.link: str | None = None
+        self.leader: Session | None = None
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -197,6 +226,8 @@ class Session:
                     self.packer.close()
                 if self.client is not None:
                     self.repo.release_pins(self.pin_key)
+                if self.link is not None:
+                    _LINKS.remove(self.link)
 
     def _hello(self) -> None:
         frame = self.framed.recv()
@@ -341,7 +372,10 @@ class Session:
         assert self.client is not None
         ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
         known = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
-        answer = bytes(1 if (i in known or i in self.pending) else 0 for i in ids)
+        # The leader's accepted chunks are as good as stored for a helper: the leader indexes
+        # them before it commits, and its commit is the only one that references them.
+        leading = self.leader.pending if self.leader is not None else frozenset()
+        answer = bytes(1 if (i in known or i in self.pending or i in leading) else 0 for i in ids)
         if frame.header.get("reference") is True:
             # The client will reference what it is told is here (unchanged files): counting it
             # now spares a second lookup of the same ids in a refs request.
@@ -381,6 +415,23 @@ class Session:
         """Every chunk this connection sent is durable and indexed once this is answered: a
         backup's helper process syncs before the backup's own connection references them."""
         self._seal_open_pack()
+        return {}, b""
+
+    def op_link(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """A secret a helper process of this client presents with ``follow``."""
+        if self.link is None:
+            self.link = secrets.token_hex(16)
+            _LINKS.add(self.link, self)
+        return {"link": self.link}, b""
+
+    def op_follow(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """Help the session that handed out this link: a copy of what it has accepted is
+        not put twice. Only a session of the same client can be followed."""
+        assert self.client is not None
+        leader = _LINKS.find(_text(frame.header, "link"))
+        if leader is None or leader.client is None or leader.client.id != self.client.id:
+            raise NotFound("no such session to follow")
+        self.leader = leader
         return {}, b""
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
@@ -601,6 +652,8 @@ HANDLERS: dict[str, Handler] = {
     "put": Session.op_put,
     "refs": Session.op_refs,
     "sync": Session.op_sync,
+    "link": Session.op_link,
+    "follow": Session.op_follow,
     "commit": Session.op_commit,
     "snapshots": Session.op_snapshots,
     "get": Session.op_get,
