@@ -512,6 +512,11 @@ class Archiver:
                     self._hand_to_helper(prefix, run, listing, run_weight)
                     run, run_weight = [], 0
                 continue
+            if run and stat.S_ISDIR(st.st_mode):
+                # Before the walk goes into a subdirectory (whose runs count at once): the
+                # helper can start on these meanwhile, and they count among what it holds.
+                self._hand_to_helper(prefix, run, listing, run_weight)
+                run, run_weight = [], 0
             walked = self._entry(child, st)
             if walked is not None:
                 listing.nodes.append(walked)

@@ -358,6 +358,9 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
         "put": ({}, b""),
         "refs": ({}, ids),
         "sync": ({}, b""),
+        # Mallory's own link; a link is a secret she can only guess.
+        "link": ({}, b""),
+        "follow": ({"link": "0" * 32}, b""),
         "commit": (
             {
                 "time": "2026-01-01T00:00:00Z",
@@ -387,7 +390,7 @@ def _well_formed(world: World, op: str, victim_ids: list[bytes]) -> tuple[dict[s
     return {"op": op, **header}, payload
 
 
-ALLOWED_FOR_MALLORY = {"ping", "snapshots", "get_key", "report", "put", "sync"}
+ALLOWED_FOR_MALLORY = {"ping", "snapshots", "get_key", "report", "put", "sync", "link"}
 
 
 def test_a_client_can_never_reach_another_clients_data(world: World, profile: Profile) -> None:
