@@ -17,15 +17,17 @@ sync the files-cache rows of the files it read and every chunk id those entries 
 which the backup's own connection references for the snapshot. It reports only once what it
 reports on is durable and indexed on the server (a `sync` request, after every 256 MiB or
 2,048 files and whenever it has nothing else to do; it tells of each job it finishes before
-that, so the backup can hand it more): the backup's own connection can then
-reference it, and if the helper stops, what it had not reported is read by the backup
-itself. The helper stays connected until the backup has committed, so what it stored stays
-pinned.
+that, so the backup can hand it more): the backup's own connection can then reference it,
+and if the helper stops, what it had not reported is read by the backup itself. The helper
+stays connected until the backup has committed, so what it stored stays pinned. Its
+connection follows the backup's (`follow`): a chunk the backup has sent counts as present
+for it, so a copy of a file the backup just read is not put twice.
 
-Two one-way pipes carry the messages (paths one way; the other way, per sync, the reports, the
-rows and ids and what was uploaded for them, and between syncs how much has been read, for the
-backup's progress and so a cancelled backup hears of it), so a closed job pipe ends the helper
-and the end of the helper ends the report reader.
+Two one-way pipes carry the messages (first the backup's excludes and link, then paths one
+way; the other way, per sync, the reports, the rows and ids and what was uploaded for them,
+and between syncs each finished job and how much has been read, for the backup's progress and
+so a cancelled backup hears of it), so a closed job pipe ends the helper and the end of the
+helper ends the report reader.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ _PROGRESS_SECONDS = 0.2
 
 class _Synced(NamedTuple):
     """What the helper made durable in one sync: its reports, the files-cache rows of the
-    files it read in directories, the chunk ids those directories refer to, and the chunks and
-    sealed bytes it uploaded."""
+    files it read in runs, the chunk ids those runs refer to, and the chunks and sealed bytes
+    it uploaded."""
 
     reads: list[FileRead | EntriesRead]
     rows: list[tuple[object, ...]]
