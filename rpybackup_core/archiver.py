@@ -703,7 +703,7 @@ class Archiver:
             _, names, weight, _ = self._helper_jobs[self._helper_done]
             self._unload_helper(names, weight)
             self._helper_done += 1
-        asked = self._take_helper_stored(helper) or asked
+        self._take_helper_stored(helper)
         if asked:
             self.uploader.send_checks()
         self.progress.uploaded_bytes += helper.uploaded_bytes - uploaded
@@ -728,18 +728,16 @@ class Archiver:
         listing.nodes.extend(report.nodes)
         self.report(self.progress)
 
-    def _take_helper_stored(self, helper: BackupHelper) -> bool:
+    def _take_helper_stored(self, helper: BackupHelper) -> None:
         """Stage the files-cache rows of the files the helper read and reference the chunk ids
-        its entries refer to; whether that asked the server."""
+        its entries refer to."""
         if self.cache is not None:
             for row in helper.rows:
                 self.cache.stage_row(row)
         helper.rows = []
-        if not helper.references:
-            return False
-        self._helper_references.append(self.uploader.ask_missing(helper.references))
-        helper.references = []
-        return True
+        if helper.references:
+            self._helper_references.append(self.uploader.confirm(helper.references))
+            helper.references = []
 
     def _check_helper_references(self) -> None:
         """Before the commit: the server has every chunk the helper's entries refer to (it

@@ -52,6 +52,8 @@ class _Check:
 
     ids: list[bytes]
     done: Future[set[bytes]]
+    # Whether the ids found join those the run remembers as stored (``RecentIds``).
+    remember: bool = True
 
 
 _Message = list[tuple[bytes, bytes]] | _Call | _Check
@@ -197,6 +199,16 @@ class ChunkUploader:
             self.send_checks()
         return done
 
+    def confirm(self, ids: list[bytes]) -> Future[set[bytes]]:
+        """``ask_missing`` for ids another process of the backup stored: asked on their own
+        and not remembered as stored here, where they would push out this run's own ids
+        (a first backup's helper sends some 45,000 of /usr/share's: 6 MiB of its peak)."""
+        self.send_checks()
+        done: Future[set[bytes]] = Future()
+        self._post_items()
+        self._inbox.put(_Check(ids, done, remember=False))
+        return done
+
     def send_checks(self) -> None:
         """Send the question being gathered, after everything queued before it."""
         if self._check is not None:
@@ -244,7 +256,7 @@ class ChunkUploader:
             elif isinstance(message, list):
                 self._guarded(self._take, message)
             elif isinstance(message, _Check):
-                self._guarded(self._pipeline.check, message.ids, message.done)
+                self._guarded(self._pipeline.check, message.ids, message.done, message.remember)
             else:
                 try:
                     message.done.set_result(message.action(*message.args))
@@ -291,7 +303,10 @@ class UploadPipeline:
         self._batch_bytes = 0
         self._asked: deque[tuple[int, list[bytes], dict[bytes, bytes]]] = deque()
         self._sealing: deque[Future[SealedJob]] = deque()
-        self._checks: deque[tuple[list[tuple[int, list[bytes]]], Future[set[bytes]]]] = deque()
+        # Checks on the wire: (request id, ids) per batch, who waits, whether to remember.
+        self._checks: deque[tuple[list[tuple[int, list[bytes]]], Future[set[bytes]], bool]] = (
+            deque()
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -310,10 +325,10 @@ class UploadPipeline:
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
                 self._ask()
 
-    def check(self, ids: list[bytes], done: Future[set[bytes]]) -> None:
+    def check(self, ids: list[bytes], done: Future[set[bytes]], remember: bool = True) -> None:
         """Ask which of these ids (believed stored) the server lacks, without waiting; ``done``
-        gets those ids once the answer is read (``collect_check``). The rest count as stored
-        and as referenced by the snapshot.
+        gets those ids once the answer is read (``collect_check``). The rest count as
+        referenced by the snapshot and, if ``remember``, as stored.
 
         The ids found are referenced in the same request, so unchanged files cost the server
         one lookup, not two, and the archiver sends no references for them.
@@ -327,7 +342,7 @@ class UploadPipeline:
         except BaseException as exc:
             done.set_exception(exc)
             raise
-        self._checks.append((asked, done))
+        self._checks.append((asked, done, remember))
         while len(self._checks) > _CHECKS_IN_FLIGHT:
             self.collect_check()
 
@@ -337,16 +352,16 @@ class UploadPipeline:
 
     def collect_check(self) -> None:
         """Read the answer to the oldest check and hand it over."""
-        asked, done = self._checks.popleft()
+        asked, done, remember = self._checks.popleft()
         missing: set[bytes] = set()
         try:
             for request_id, batch in asked:
                 answer = self.remote.has_answer(request_id, len(batch))
                 for chunk_id, present in zip(batch, answer, strict=True):
-                    if present:
-                        self.on_server.add(chunk_id)
-                    else:
+                    if not present:
                         missing.add(chunk_id)
+                    elif remember:
+                        self.on_server.add(chunk_id)
         except BaseException as exc:
             done.set_exception(exc)
             raise

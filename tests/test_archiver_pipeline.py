@@ -331,10 +331,12 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
         read.append(path)
         return original_read(self, path, st)
 
-    def counting_check(self: uploader.UploadPipeline, ids: list[bytes], done: object) -> None:
+    def counting_check(
+        self: uploader.UploadPipeline, ids: list[bytes], done: object, remember: bool = True
+    ) -> None:
         # One has-request per call at this size.
         checks.append(len(ids))
-        original_check(self, ids, done)
+        original_check(self, ids, done, remember)
 
     monkeypatch.setattr(Archiver, "_read_file", counting_read)
     monkeypatch.setattr(uploader.UploadPipeline, "check", counting_check)
