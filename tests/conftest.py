@@ -17,6 +17,7 @@ from rpybackup_core.cli.main import main
 from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.crypto import MasterKey, Sealer
+from rpybackup_core.files_cache import FilesCache
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
@@ -169,6 +170,15 @@ class HelperStarter:
 @pytest.fixture
 def helper_starter() -> type[HelperStarter]:
     return HelperStarter
+
+
+@pytest.fixture
+def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
+    """A files cache that has seen a run: the next one is a re-run."""
+    cache = FilesCache(tmp_path / "used-cache")
+    cache.commit()
+    yield cache
+    cache.close()
 
 
 def listed(client: BackupClient, path: str = "/") -> list[ListedEntry]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,15 +58,6 @@ def _restored(client: BackupClient, source: Path, target: Path) -> list[str]:
 def alice(server) -> BackupClient:
     server.enroll("alice")
     return server.client("alice")
-
-
-@pytest.fixture
-def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
-    """A files cache that has seen a run: the next one is a re-run."""
-    cache = FilesCache(tmp_path / "used-cache")
-    cache.commit()
-    yield cache
-    cache.close()
 
 
 @pytest.mark.parametrize(("start", "handed"), [(20 * MIB, [3]), (64 * MIB, [])])

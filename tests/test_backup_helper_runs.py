@@ -15,7 +15,7 @@ import random
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,15 @@ def _readable(path: Path) -> bool:
     return True
 
 
+def _assert_whole(client: BackupClient, source: Path, result: BackupResult, tmp_path: Path) -> None:
+    """The snapshot holds every entry under ``source`` once, restores identical, and counts
+    what a backup without a helper counts."""
+    assert _in_snapshot(client, source) == _on_disk(source)
+    assert _restored(client, source, tmp_path / "out") == []
+    alone = _backup(client, source, None)
+    assert (result.files, result.dirs, result.bytes) == (alone.files, alone.dirs, alone.bytes)
+
+
 # ---- backing up -----------------------------------------------------------------------------
 
 
@@ -190,15 +199,6 @@ def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archiver, "_HELPER_ENTRIES", 64)
 
 
-@pytest.fixture
-def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
-    """A files cache that has seen a run: the next one is a re-run."""
-    cache = FilesCache(tmp_path / "used-cache")
-    cache.commit()
-    yield cache
-    cache.close()
-
-
 # ---- specifications -------------------------------------------------------------------------
 
 
@@ -230,10 +230,7 @@ def test_a_first_backup_hands_runs_to_the_helper_and_stores_every_entry_once(
     stored = sorted(server.repo.chunk_rowids(client_id))
     assert result.uploaded_chunks == len(stored)
     assert sorted(server.repo.snapshot_refs(client_id, result.snapshot)) == stored
-    assert _in_snapshot(alice, source) == _on_disk(source)
-    assert _restored(alice, source, tmp_path / "out") == []
-    alone = _backup(alice, source, None)
-    assert (result.files, result.dirs, result.bytes) == (alone.files, alone.dirs, alone.bytes)
+    _assert_whole(alice, source, result, tmp_path)
 
 
 @pytest.mark.usefixtures("small_runs")
@@ -318,10 +315,7 @@ def test_runs_of_a_helper_that_dies_are_backed_up_by_the_backup_itself(
 
     assert helpers.started[0].stopped and helpers.started[0].runs >= 3
     assert result.errors == []
-    assert _in_snapshot(alice, source) == _on_disk(source)
-    assert _restored(alice, source, tmp_path / "out") == []
-    alone = _backup(alice, source, None)
-    assert (result.files, result.dirs, result.bytes) == (alone.files, alone.dirs, alone.bytes)
+    _assert_whole(alice, source, result, tmp_path)
 
 
 @pytest.mark.usefixtures("small_runs")
