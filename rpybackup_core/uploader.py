@@ -201,8 +201,8 @@ class ChunkUploader:
 
     def confirm(self, ids: list[bytes]) -> Future[set[bytes]]:
         """``ask_missing`` for ids another process of the backup stored: asked on their own
-        and not remembered as stored here, where they would push out this run's own ids
-        (a first backup's helper sends some 45,000 of /usr/share's: 6 MiB of its peak)."""
+        and not remembered as stored here, where they would push out this run's own ids (a
+        first backup's helper sends some 20,000 of /usr/share's)."""
         self.send_checks()
         done: Future[set[bytes]] = Future()
         self._post_items()
