@@ -642,10 +642,16 @@ class Archiver:
         try:
             helper.setup(self.excludes, self.remote.link())
         except OSError as exc:
-            log.info("backup helper: %s", exc)
-            while not helper.stopped:
-                self._collect_helper(wait=True)
+            self._outlive_helper(exc)
         return helper
+
+    def _outlive_helper(self, exc: OSError) -> None:
+        """The helper's end of the pipe is gone: take its last reports and then its end
+        (what it had not reported is read here)."""
+        log.info("backup helper: %s", exc)
+        assert self._helper is not None
+        while not self._helper.stopped:
+            self._collect_helper(wait=True)
 
     def _hand_to_helper(
         self, path: str, names: list[str] | None, listing: _Listing, weight: int = 0
@@ -659,10 +665,7 @@ class Archiver:
             else:
                 self._helper.back_up(path, names)
         except OSError as exc:
-            log.info("backup helper: %s", exc)
-            # Its end is gone: its last reports and then its end are on their way.
-            while not self._helper.stopped:
-                self._collect_helper(wait=True)
+            self._outlive_helper(exc)
             listing.nodes.extend(self._take_back(path, names))
             return
         self._helper_jobs.append((path, names, weight, listing))

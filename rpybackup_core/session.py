@@ -426,10 +426,16 @@ class Session:
 
     def op_follow(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         """Help the session that handed out this link: a copy of what it has accepted is
-        not put twice. Only a session of the same client can be followed."""
+        not put twice. Only a session of the same client of the same repository can be
+        followed (client ids are a repository's; links are kept per process)."""
         assert self.client is not None
         leader = _LINKS.find(_text(frame.header, "link"))
-        if leader is None or leader.client is None or leader.client.id != self.client.id:
+        if (
+            leader is None
+            or leader.repo is not self.repo
+            or leader.client is None
+            or leader.client.id != self.client.id
+        ):
             raise NotFound("no such session to follow")
         self.leader = leader
         return {}, b""

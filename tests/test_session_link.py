@@ -44,6 +44,10 @@ def _ok(wire: Wire, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:
     return replies[0]
 
 
+def _link(wire: Wire) -> str:
+    return str(_ok(wire, {"op": "link"})[0]["link"])
+
+
 def _error(wire: Wire, header: dict) -> str:
     replies = wire.request(header)
     assert replies, "the connection closed"
@@ -67,7 +71,7 @@ def test_a_helper_that_follows_finds_what_the_backup_has_sent_before_it_is_index
 ) -> None:
     repository, tokens = repo
     backup, helper = _connect(repository, tokens, "alice"), _connect(repository, tokens, "alice")
-    link = _ok(backup, {"op": "link"})[0]["link"]
+    link = _link(backup)
     _put(backup, CHUNK)
     assert not _has(helper, CHUNK), "another connection does not see an unindexed chunk"
 
@@ -84,8 +88,8 @@ def test_a_link_is_the_same_while_its_connection_lasts_and_gone_after(
 ) -> None:
     repository, tokens = repo
     backup, helper = _connect(repository, tokens, "alice"), _connect(repository, tokens, "alice")
-    link = _ok(backup, {"op": "link"})[0]["link"]
-    assert len(link) == 32 and _ok(backup, {"op": "link"})[0]["link"] == link
+    link = _link(backup)
+    assert len(link) == 32 and _link(backup) == link
 
     backup.close()
 
@@ -98,7 +102,7 @@ def test_another_client_cannot_follow_a_connection(
 ) -> None:
     repository, tokens = repo
     alice, bob = _connect(repository, tokens, "alice"), _connect(repository, tokens, "bob")
-    link = _ok(alice, {"op": "link"})[0]["link"]
+    link = _link(alice)
     _put(alice, CHUNK)
 
     assert _error(bob, {"op": "follow", "link": link}) == "not_found"
@@ -111,9 +115,30 @@ def test_another_client_cannot_follow_a_connection(
 def test_following_needs_authentication(repo: tuple[Repository, dict[str, str]]) -> None:
     repository, tokens = repo
     alice = _connect(repository, tokens, "alice")
-    link = _ok(alice, {"op": "link"})[0]["link"]
+    link = _link(alice)
     stranger = Wire(repository)
 
     assert _error(stranger, {"op": "follow", "link": link}) == "denied"
     alice.close()
     stranger.close()
+
+
+def test_a_client_of_another_repository_cannot_follow_a_connection(
+    repo: tuple[Repository, dict[str, str]], tmp_path: Path
+) -> None:
+    """Client ids are a repository's own: alice of a second repository in the same process
+    (the same id) is not the alice who handed out the link."""
+    repository, tokens = repo
+    other = Repository(tmp_path / "other")
+    try:
+        _, token = other.enroll(other.add_client("alice", admin=False, ttl=3600))
+        assert other.client_by_name("alice").id == repository.client_by_name("alice").id
+        alice = _connect(repository, tokens, "alice")
+        link = _link(alice)
+        namesake = _connect(other, {"alice": token}, "alice")
+
+        assert _error(namesake, {"op": "follow", "link": link}) == "not_found"
+        alice.close()
+        namesake.close()
+    finally:
+        other.close()
