@@ -44,7 +44,14 @@ from .batching import batched
 from .chunker import MAX_SIZE, MIN_SIZE, Chunker
 from .crypto import FILE_DIGEST, ONE_CHUNK_DIGEST, FileHash, MasterKey, Sealer, file_hash
 from .errors import BackupIncomplete, ProtocolError, UsageError
-from .files_cache import CachedFile, FilesCache
+from .files_cache import (
+    CachedFile,
+    DirectoryRow,
+    FilesCache,
+    KnownDirectory,
+    listing_digest,
+    subtrees_digest,
+)
 from .listing import sorted_names
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
@@ -192,6 +199,10 @@ def _digest(digest: FileHash, ids: list[bytes]) -> str:
     return f"{FILE_DIGEST}:{digest.hexdigest()}"
 
 
+def _path_of(entry: tuple[str, os.stat_result]) -> str:
+    return entry[0]
+
+
 def normalize_sources(paths: list[str]) -> list[Path]:
     """Absolute, de-duplicated sources; a source inside another source is dropped."""
     if not paths:
@@ -214,9 +225,11 @@ class Archiver:
         progress: ProgressCallback = ignore_progress,
         helper: Callable[[], BackupHelper] | None = None,
         stage: Callable[[str, os.stat_result, str, list[bytes]], None] | None = None,
+        stage_directory: Callable[[DirectoryRow], None] | None = None,
     ) -> None:
-        """``stage`` takes what the files cache would of each file read (the helper's
-        archiver, which has no cache, sends it to the backup); ``references``, when a list,
+        """``stage`` and ``stage_directory`` take what the files cache would of each file
+        read and each directory stored (the helper's archiver, which has no cache, sends it
+        to the backup); ``references``, when a list,
         collects every chunk id the trees and files read refer to."""
         self.remote = remote
         self.sealer = Sealer(key)
@@ -227,6 +240,9 @@ class Archiver:
         self.progress = Progress("backup")
         self.uploader = ChunkUploader(remote, key, self.progress)
         self._stage = stage or (cache.stage if cache is not None else None)
+        self._stage_directory = stage_directory or (
+            cache.stage_directory if cache is not None else None
+        )
         self.references: list[bytes] | None = None
         # Started on the first large file; one thread, so a file digest sees its pieces in order.
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="hash")
@@ -431,7 +447,9 @@ class Archiver:
         if stat.S_ISDIR(st.st_mode):
             node = Node.from_stat(name, DIR, st)
             writer = TreeWriter(_TREE_IN_MEMORY)
-            self._walk_directory(path, writer.add, lambda: self._store_directory(node, writer))
+            self._walk_directory(
+                path, writer.add, lambda: self._store_directory(node, writer), node
+            )
             self.dirs += 1
             return node
         if stat.S_ISLNK(st.st_mode):
@@ -452,11 +470,16 @@ class Archiver:
             node.content = self._store_written(writer)
 
     def _walk_directory(
-        self, path: str, add: Callable[[list[Node]], None], done: Callable[[], None]
+        self,
+        path: str,
+        add: Callable[[list[Node]], None],
+        done: Callable[[], None],
+        directory: Node | None = None,
     ) -> None:
         """Walk a directory a slice of entries at a time: ``add`` gets each slice's nodes in
         name order once the server has answered for its unchanged files (meanwhile the walk
-        goes on, see ``_defer``), and ``done`` follows the last.
+        goes on, see ``_defer``), and ``done`` follows the last. The files cache can know
+        the ``directory`` node's tree if it is one slice (``_walk_known``).
 
         A slice's entries are stat'ed and let go, and its nodes go to ``add`` as soon as they
         are final: a directory of 100,000 files must hold neither its entries' stat results
@@ -474,7 +497,9 @@ class Archiver:
         prefix = path if path.endswith("/") else path + "/"
         while taken:
             following = next(slices, [])
-            self._walk_slice(prefix, taken, add, None if following else done)
+            if following:
+                directory = None
+            self._walk_slice(prefix, taken, add, None if following else done, directory)
             taken = following
 
     def _walk_slice(
@@ -483,10 +508,22 @@ class Archiver:
         taken: list[str],
         add: Callable[[list[Node]], None],
         done: Callable[[], None] | None,
+        directory: Node | None = None,
     ) -> None:
+        """Walk ``taken`` entries of the directory ``prefix``; the ``directory`` node (whose
+        tree is what ``done`` stores) if they are all of it."""
         listing = _Listing()
         cached: list[tuple[str, Node, CachedFile]] = []
         listed = self._stat_entries(prefix, taken)
+        known_as = None
+        if directory is not None and self._stage_directory is not None:
+            known_as = listing_digest(listed)
+        if known_as is not None and self.cache is not None:
+            known = self.cache.known_directory(prefix, known_as)
+            if known is not None and done is not None and directory is not None:
+                self._walk_known(prefix, listed, known, directory, add, done, len(taken))
+                return
+        entries = len(listed)
         hits = {}
         if self.cache is not None:
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
@@ -534,11 +571,123 @@ class Archiver:
                 + self._cached_files(cached, missing)
                 + self._helped_files(listing.helped)
             )
-            add(sorted(nodes, key=by_name))
+            nodes.sort(key=by_name)
+            add(nodes)
             if done is not None:
                 done()
+            if known_as is not None and directory is not None and len(nodes) == entries:
+                self._remember_directory(prefix, known_as, nodes, directory)
 
         self._defer(answer, listing, finish, len(taken))
+
+    def _walk_known(
+        self,
+        prefix: str,
+        listed: list[tuple[str, os.stat_result]],
+        known: KnownDirectory,
+        directory: Node,
+        add: Callable[[list[Node]], None],
+        done: Callable[[], None],
+        entries: int,
+    ) -> None:
+        """A directory whose entries stat as they did when the files cache learnt its tree:
+        only its subdirectories are walked. Its tree is the one known once the server has
+        every chunk of it and of its files, and the subdirectories' trees are the same;
+        otherwise it is built again (``_rebuild_known``)."""
+        subdirs: list[tuple[str, os.stat_result, Node]] = []
+        others: list[str] = []
+        for child, st in listed:
+            if stat.S_ISDIR(st.st_mode):
+                node = self._entry(child, st)
+                if node is not None:
+                    subdirs.append((child, st, node))
+            else:
+                others.append(child.rpartition("/")[2])
+        answer = self.uploader.ask_missing(known.tree + known.ids)
+        walked = len(listed)
+
+        def finish(missing: set[bytes]) -> None:
+            if (
+                not missing
+                and len(subdirs) + len(others) == walked
+                and subtrees_digest([node.content for _, _, node in subdirs]) == known.subtrees
+            ):
+                directory.content = known.tree
+                self.progress.files_done += known.files
+                self.progress.bytes_done += known.bytes
+                assert self.cache is not None
+                self.cache.keep_directory(prefix, known, [prefix + name for name in others])
+                self.report(self.progress)
+                return
+            self._rebuild_known(prefix, subdirs, others, known, missing, directory, add, done)
+
+        self._defer(answer, None, finish, entries)
+
+    def _rebuild_known(
+        self,
+        prefix: str,
+        subdirs: list[tuple[str, os.stat_result, Node]],
+        others: list[str],
+        known: KnownDirectory,
+        missing: set[bytes],
+        directory: Node,
+        add: Callable[[list[Node]], None],
+        done: Callable[[], None],
+    ) -> None:
+        """A known directory's tree built again: a subdirectory's tree changed, or the server
+        lacks a chunk. Its other entries are stat'ed again and its files' nodes come from the
+        files cache; a file it no longer knows, or one the server lacks a chunk of, is read
+        again. Nothing is walked from here (the walk is past this directory)."""
+        assert self.cache is not None
+        listed = self._stat_entries(prefix, others)
+        regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
+        hits = self.cache.lookup_many(regular)
+        asked = set(known.ids)
+        nodes = [node for _, _, node in subdirs]
+        for child, st in listed:
+            hit = hits.get(child)
+            if hit is not None and asked.issuperset(hit.ids) and not missing.intersection(hit.ids):
+                name = child.rpartition("/")[2]
+                nodes.append(Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids))
+                self.progress.files_done += 1
+                self.progress.bytes_done += hit.size
+                self.cache.keep(child, hit)
+            elif stat.S_ISDIR(st.st_mode):
+                log.warning("skipped %s: it became a directory while the backup ran", child)
+            else:
+                node = (
+                    self._read_file(child, st)
+                    if stat.S_ISREG(st.st_mode)
+                    else self._entry(child, st)
+                )
+                if node is not None:
+                    nodes.append(node)
+        nodes.sort(key=by_name)
+        add(nodes)
+        done()
+        entries = sorted([(child, st) for child, st, _ in subdirs] + listed, key=_path_of)
+        known_as = listing_digest(entries)
+        if known_as is not None and len(nodes) == len(entries):
+            self._remember_directory(prefix, known_as, nodes, directory)
+
+    def _remember_directory(
+        self, prefix: str, known_as: bytes, nodes: list[Node], directory: Node
+    ) -> None:
+        """Stage a stored directory in the files cache: ``nodes`` are all of its entries,
+        ``known_as`` their ``listing_digest``."""
+        assert self._stage_directory is not None
+        files = [node for node in nodes if node.kind == FILE]
+        self._stage_directory(
+            DirectoryRow(
+                prefix,
+                known_as,
+                subtrees_digest([node.content for node in nodes if node.kind == DIR]),
+                b"".join(directory.content),
+                b"".join([chunk_id for node in files for chunk_id in node.content]),
+                len(files),
+                sum(node.size for node in files),
+            )
+        )
 
     def _stat_entries(self, prefix: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
         listed = []
@@ -732,12 +881,14 @@ class Archiver:
         self.report(self.progress)
 
     def _take_helper_stored(self, helper: BackupHelper) -> None:
-        """Stage the files-cache rows of the files the helper read and reference the chunk ids
-        its entries refer to."""
+        """Stage the files-cache rows of the files the helper read and the directories it
+        stored, and reference the chunk ids its entries refer to."""
         if self.cache is not None:
             for row in helper.rows:
                 self.cache.stage_row(row)
-        helper.rows = []
+            for directory in helper.directories:
+                self.cache.stage_directory(directory)
+        helper.rows, helper.directories = [], []
         if helper.references:
             self._helper_references.append(self.uploader.confirm(helper.references))
             helper.references = []

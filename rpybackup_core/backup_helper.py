@@ -37,13 +37,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from .archiver import Archiver, EntriesRead, FileRead
 from .crypto import MasterKey
 from .errors import RPyBackupError
-from .files_cache import file_row
+from .files_cache import DirectoryRow, file_row
 from .helper_process import start_helper, take_messages
 from .progress import Progress
 from .remote import RemoteRepository
@@ -70,11 +70,12 @@ _PROGRESS_SECONDS = 0.2
 
 class _Synced(NamedTuple):
     """What the helper made durable in one sync: its reports, the files-cache rows of the
-    files it read in runs, the chunk ids those runs refer to, and the chunks and sealed bytes
-    it uploaded."""
+    files it read and the directories it stored in runs, the chunk ids those runs refer to,
+    and the chunks and sealed bytes it uploaded."""
 
     reads: list[FileRead | EntriesRead]
     rows: list[tuple[object, ...]]
+    directories: list[DirectoryRow]
     references: list[bytes]
     chunks: int
     sealed_bytes: int
@@ -138,6 +139,7 @@ class BackupHelper:
         self._reader.start()
         # What the reports so far brought besides themselves, until the backup takes it.
         self.rows: list[tuple[object, ...]] = []
+        self.directories: list[DirectoryRow] = []
         self.references: list[bytes] = []
 
     def setup(self, excludes: list[str], link: str) -> None:
@@ -186,6 +188,7 @@ class BackupHelper:
                 self.uploaded_chunks += message.chunks
                 self.uploaded_bytes += message.sealed_bytes
                 self.rows.extend(message.rows)
+                self.directories.extend(message.directories)
                 self.references.extend(message.references)
                 self.run_files += sum(r.files for r in message.reads if isinstance(r, EntriesRead))
                 reports.extend(message.reads)
@@ -237,12 +240,20 @@ def serve(
     try:
         with RemoteRepository.connect(*connect) as remote:
             key = MasterKey.from_text(key_text)
-            rows: list[tuple[object, ...]] = []
+            staged = _Staged()
             notes = _Notes(reports)
-            archiver = Archiver(remote, key, None, [], notes.send_progress, stage=_stager(rows))
+            archiver = Archiver(
+                remote,
+                key,
+                None,
+                [],
+                notes.send_progress,
+                stage=staged.file,
+                stage_directory=staged.directories.append,
+            )
             archiver.references = []
             try:
-                _serve(archiver, remote, jobs, reports, notes, rows, warnings)
+                _serve(archiver, remote, jobs, reports, notes, staged, warnings)
             finally:
                 archiver.close()
     except (OSError, RPyBackupError) as exc:
@@ -258,7 +269,7 @@ def _serve(
     jobs: Connection,
     reports: Connection,
     notes: _Notes,
-    rows: list[tuple[object, ...]],
+    staged: _Staged,
     warnings: _Captured,
 ) -> None:
     done: list[FileRead | EntriesRead] = []
@@ -278,7 +289,8 @@ def _serve(
             reports.send(
                 _Synced(
                     done,
-                    rows[:],
+                    staged.files,
+                    staged.directories,
                     archiver.references,
                     uploaded[0] - chunks,
                     uploaded[1] - sealed_bytes,
@@ -287,7 +299,7 @@ def _serve(
             )
             (chunks, sealed_bytes), done = uploaded, []
             synced_bytes, synced_files = progress.bytes_done, progress.files_done
-            rows.clear()
+            staged.files, staged.directories = [], []
             archiver.references = []
         try:
             job = jobs.recv()
@@ -340,18 +352,19 @@ class _Captured(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _stager(
-    rows: list[tuple[object, ...]],
-) -> Callable[[str, os.stat_result, str, list[bytes]], None]:
-    """Where the helper's archiver puts the files-cache rows of the files it reads: sent to
-    the backup with the sync that made their chunks durable."""
+@dataclass
+class _Staged:
+    """What the helper's archiver would have the files cache remember of the files it read
+    and the directories it stored: sent to the backup with the sync that made their chunks
+    durable."""
 
-    def stage(path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
+    files: list[tuple[object, ...]] = field(default_factory=list)
+    directories: list[DirectoryRow] = field(default_factory=list)
+
+    def file(self, path: str, st: os.stat_result, digest: str, ids: list[bytes]) -> None:
         row = file_row(path, st, digest, ids)
         if row is not None:
-            rows.append(row)
-
-    return stage
+            self.files.append(row)
 
 
 class _Notes:

@@ -6,16 +6,23 @@ after the snapshot is committed, so a failed run never leaves the cache pointing
 server did not accept. Past a few MiB of staged rows, what a run stages waits in temporary
 tables (SQLite spills them to disk), so the client's memory does not grow with the number of
 files in the tree.
+
+It also knows directories: a directory whose entries all still stat as they did (names, kinds,
+modes, owners, times, sizes, inodes) and whose subdirectories' trees are the same has the same
+tree, so a run takes its tree ids and its files' chunk ids from one row instead of building a
+node per file (``KnownDirectory``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .crypto import ID_SIZE
 from .sqlrows import insert_rows
@@ -32,6 +39,8 @@ _SQL_BATCH = 500
 # (/usr/share, tracemalloc): 4,096 took 2-5 MiB off the client's peak.
 _SPILL_STAGED = 4096
 _SPILL_KEPT = 65536
+# Staged directory rows hold their files' chunk ids: spilled past this many bytes of them.
+_SPILL_DIRECTORY_BYTES = 2 * 1024 * 1024
 _RACY_FINE_NS = 100_000_000
 _RACY_COARSE_NS = 2_000_000_000
 _STALE_FILES = ("files.sqlite", "files.sqlite-wal", "files.sqlite-shm")
@@ -48,6 +57,20 @@ class CachedFile:
     generation: int
 
 
+@dataclass(frozen=True)
+class KnownDirectory:
+    """What the cache holds of a directory whose entries stat as they did: its tree's chunk
+    ids, a digest of its subdirectories' tree ids (which must also be the same), its regular
+    files' chunk ids and how many files and bytes they are."""
+
+    tree: list[bytes]
+    subtrees: bytes
+    ids: list[bytes]
+    files: int
+    bytes: int
+    generation: int
+
+
 def is_racy(st: os.stat_result) -> bool:
     """Changed so recently that a same-size rewrite could still share its timestamps.
 
@@ -57,6 +80,35 @@ def is_racy(st: os.stat_result) -> bool:
     coarse = st.st_ctime_ns % 1_000_000_000 == 0
     window = _RACY_COARSE_NS if coarse else _RACY_FINE_NS
     return st.st_ctime_ns > time.time_ns() - window
+
+
+def listing_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
+    """What a directory's entries (path and lstat, in name order) are, as far as its tree
+    can tell: equal digests, equal entries (subdirectories' contents aside). ``None`` if one
+    of them changed too recently to trust (``is_racy``) or a name is not valid UTF-8."""
+    if any(is_racy(st) for _, st in listed):
+        return None
+    text = "\0".join(
+        [
+            f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
+            f"{st.st_ctime_ns} {st.st_ino}"
+            for path, st in listed
+        ]
+    )
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        return None
+    return hashlib.blake2b(encoded, digest_size=32).digest()
+
+
+def subtrees_digest(contents: list[list[bytes]]) -> bytes:
+    """A digest of subdirectories' tree ids, in name order."""
+    digest = hashlib.blake2b(digest_size=32)
+    for ids in contents:
+        digest.update(len(ids).to_bytes(4, "big"))
+        digest.update(b"".join(ids))
+    return digest.digest()
 
 
 def _unchanged(st: os.stat_result, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bool:
@@ -106,6 +158,20 @@ def _path(key: str | bytes) -> str:
     return key if isinstance(key, str) else os.fsdecode(key)
 
 
+class DirectoryRow(NamedTuple):
+    """A directory as the cache stores it (without its generation): its prefix (ending in
+    "/"), ``listing_digest``, ``subtrees_digest``, tree ids and its regular files' chunk ids
+    (joined), how many files and bytes they are."""
+
+    path: str
+    listing: bytes
+    subtrees: bytes
+    tree: bytes
+    ids: bytes
+    files: int
+    bytes: int
+
+
 def _split_ids(ids: bytes) -> list[bytes]:
     # Most files are one chunk: no slicing loop for them (a no-change run looks up every file).
     if len(ids) == ID_SIZE:
@@ -132,12 +198,22 @@ class FilesCache:
                 path TEXT, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
                 inode INTEGER, digest TEXT, ids BLOB, generation INTEGER);
             CREATE TEMP TABLE kept (path TEXT);
+            CREATE TABLE IF NOT EXISTS dirs (
+                path TEXT PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB, ids BLOB,
+                files INTEGER, bytes INTEGER, generation INTEGER);
+            CREATE TEMP TABLE staged_dirs (
+                path TEXT, listing BLOB, subtrees BLOB, tree BLOB, ids BLOB,
+                files INTEGER, bytes INTEGER, generation INTEGER);
+            CREATE TEMP TABLE kept_dirs (path TEXT);
             """
         )
         row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         self.generation = (row[0] if row else 0) + 1
         self._staged: list[tuple[object, ...]] = []
         self._kept: list[str | bytes] = []
+        self._staged_dirs: list[tuple[object, ...]] = []
+        self._staged_dir_bytes = 0
+        self._kept_dirs: list[str] = []
         self._spilled = False
 
     def close(self) -> None:
@@ -187,6 +263,36 @@ class FilesCache:
             if st is not None and _unchanged(st, size, mtime_ns, ctime_ns, inode):
                 found[path] = CachedFile(digest, size, _split_ids(ids), generation)
 
+    def known_directory(self, prefix: str, listing: bytes) -> KnownDirectory | None:
+        """The directory ``prefix`` (ending in "/") as it was when its entries had the
+        ``listing_digest`` ``listing``, if the cache holds it."""
+        row = self._db.execute(
+            "SELECT subtrees, tree, ids, files, bytes, generation FROM dirs "
+            "WHERE path = ? AND listing = ?",
+            (prefix, listing),
+        ).fetchone()
+        if row is None:
+            return None
+        subtrees, tree, ids, files, size, generation = row
+        return KnownDirectory(_split_ids(tree), subtrees, _split_ids(ids), files, size, generation)
+
+    def keep_directory(self, prefix: str, known: KnownDirectory, paths: list[str]) -> None:
+        """A known directory stays as it is, and so do the entries of its ``paths`` (its
+        non-directories); at commit their generation moves on if it has grown old."""
+        if known.generation > self.generation - _REFRESH_AFTER:
+            return
+        self._kept_dirs.append(prefix)
+        self._kept.extend(_key(path) for path in paths)
+        if len(self._kept) >= _SPILL_KEPT:
+            self._spill()
+
+    def stage_directory(self, row: DirectoryRow) -> None:
+        """Remember a directory for the next run."""
+        self._staged_dirs.append((*row, self.generation))
+        self._staged_dir_bytes += len(row.ids)
+        if self._staged_dir_bytes >= _SPILL_DIRECTORY_BYTES:
+            self._spill()
+
     def keep(self, path: str, entry: CachedFile) -> None:
         """An entry ``lookup`` matched stays as it is; at commit its generation moves on if it
         has grown old."""
@@ -214,35 +320,53 @@ class FilesCache:
         self._db.execute("BEGIN")
         insert_rows(self._db, "INSERT INTO temp.staged VALUES", self._staged)
         insert_rows(self._db, "INSERT INTO temp.kept VALUES", [(path,) for path in self._kept])
+        insert_rows(self._db, "INSERT INTO temp.staged_dirs VALUES", self._staged_dirs)
+        insert_rows(
+            self._db, "INSERT INTO temp.kept_dirs VALUES", [(path,) for path in self._kept_dirs]
+        )
         self._db.execute("COMMIT")
+        self._forget_held()
+        self._spilled = True
+
+    def _forget_held(self) -> None:
         self._staged = []
         self._kept = []
-        self._spilled = True
+        self._staged_dirs = []
+        self._staged_dir_bytes = 0
+        self._kept_dirs = []
 
     def commit(self) -> None:
         """Record the staged entries after a committed snapshot; forget long-unseen paths."""
         self._db.execute("BEGIN")
         insert_rows(self._db, "INSERT OR REPLACE INTO files VALUES", self._staged)
-        for start in range(0, len(self._kept), _SQL_BATCH):
-            batch = self._kept[start : start + _SQL_BATCH]
-            self._db.execute(
-                f"UPDATE files SET generation = ? WHERE path IN ({','.join('?' * len(batch))})",
-                [self.generation, *batch],
-            )
+        insert_rows(self._db, "INSERT OR REPLACE INTO dirs VALUES", self._staged_dirs)
+        self._refresh("files", self._kept)
+        self._refresh("dirs", self._kept_dirs)
         if self._spilled:
             self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM temp.staged")
+            self._db.execute("INSERT OR REPLACE INTO dirs SELECT * FROM temp.staged_dirs")
+            for table, kept in (("files", "kept"), ("dirs", "kept_dirs")):
+                self._db.execute(
+                    f"UPDATE {table} SET generation = ? "
+                    f"WHERE path IN (SELECT path FROM temp.{kept})",
+                    (self.generation,),
+                )
+            for temporary in ("staged", "kept", "staged_dirs", "kept_dirs"):
+                self._db.execute(f"DELETE FROM temp.{temporary}")
+        for table in ("files", "dirs"):
             self._db.execute(
-                "UPDATE files SET generation = ? WHERE path IN (SELECT path FROM temp.kept)",
-                (self.generation,),
+                f"DELETE FROM {table} WHERE generation <= ?", (self.generation - _FORGET_AFTER,)
             )
-            self._db.execute("DELETE FROM temp.staged")
-            self._db.execute("DELETE FROM temp.kept")
-        self._db.execute(
-            "DELETE FROM files WHERE generation <= ?", (self.generation - _FORGET_AFTER,)
-        )
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (self.generation,))
         self._db.execute("COMMIT")
-        self._staged = []
-        self._kept = []
+        self._forget_held()
         self._spilled = False
         self.generation += 1
+
+    def _refresh(self, table: str, paths: list[str] | list[str | bytes]) -> None:
+        for start in range(0, len(paths), _SQL_BATCH):
+            batch = paths[start : start + _SQL_BATCH]
+            self._db.execute(
+                f"UPDATE {table} SET generation = ? WHERE path IN ({','.join('?' * len(batch))})",
+                [self.generation, *batch],
+            )

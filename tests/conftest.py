@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -199,3 +200,18 @@ def damage_chunk(server: ServerHarness, name: str, key_text: str, plain: bytes) 
         byte = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def name_a_chunk_never_stored(cache_dir: Path, path: Path) -> None:
+    """As if the server lost it: ``path``'s one chunk id replaced in the files cache (its row
+    and its directory's) by a random one."""
+    db = sqlite3.connect(cache_dir / "files-v2.sqlite")
+    with db:
+        (stored,) = db.execute("SELECT ids FROM files WHERE path = ?", (str(path),)).fetchone()
+        never = os.urandom(len(stored))
+        db.execute("UPDATE files SET ids = ? WHERE path = ?", (never, str(path)))
+        prefix = f"{path.parent}/"
+        (ids,) = db.execute("SELECT ids FROM dirs WHERE path = ?", (prefix,)).fetchone()
+        assert stored in ids
+        db.execute("UPDATE dirs SET ids = ? WHERE path = ?", (ids.replace(stored, never), prefix))
+    db.close()

@@ -24,7 +24,7 @@ from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
-from tests.conftest import commit_header, damage_chunk, listed
+from tests.conftest import commit_header, damage_chunk, listed, name_a_chunk_never_stored
 
 
 def _tree(root: Path, files: int, seed: int = 5) -> Path:
@@ -319,10 +319,7 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
         (folder / "two").write_bytes(bytes([index]) * 700)
     client = _backed_up_once(server, source)
     lacking = source / "d17" / "two"
-    cache = sqlite3.connect(client.config.cache_path / "files-v2.sqlite")
-    with cache:
-        cache.execute("UPDATE files SET ids = ? WHERE path = ?", (os.urandom(32), str(lacking)))
-    cache.close()
+    name_a_chunk_never_stored(client.config.cache_path, lacking)
     read: list[str] = []
     checks: list[int] = []
     original_read, original_check = Archiver._read_file, uploader.UploadPipeline.check
@@ -342,7 +339,8 @@ def test_small_directories_share_has_checks_and_a_file_the_server_lacks_is_read_
     monkeypatch.setattr(uploader.UploadPipeline, "check", counting_check)
     client.backup([str(source)])
     assert read == [str(lacking)]
-    assert sum(checks) == 80 and len(checks) <= 40 // uploader._CHECK_CALLS + 1
+    # Each directory's tree and its two files, and the source's tree (all known directories).
+    assert sum(checks) == 40 * 3 + 1 and len(checks) <= 40 // uploader._CHECK_CALLS + 1
     _assert_restores_identical(client, source, tmp_path)
 
 
@@ -358,10 +356,7 @@ def test_a_lacking_file_that_became_a_directory_is_left_out_not_walked(
     lacking = source / "turns-into-a-dir"
     lacking.write_text("was a file\n" * 100)
     client = _backed_up_once(server, source)
-    cache = sqlite3.connect(client.config.cache_path / "files-v2.sqlite")
-    with cache:
-        cache.execute("UPDATE files SET ids = ? WHERE path = ?", (os.urandom(32), str(lacking)))
-    cache.close()
+    name_a_chunk_never_stored(client.config.cache_path, lacking)
     original_ask = RemoteRepository.ask_has
 
     def replacing_ask(self: RemoteRepository, ids: list[bytes], reference: bool = False) -> int:

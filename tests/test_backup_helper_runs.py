@@ -27,7 +27,7 @@ from rpybackup_core.backup_helper import BackupHelper
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import BackupIncomplete
-from rpybackup_core.files_cache import FilesCache, is_racy
+from rpybackup_core.files_cache import FilesCache, is_racy, listing_digest
 from rpybackup_core.repository import DB_FILE
 from rpybackup_core.tree import Node
 
@@ -124,6 +124,22 @@ def _ctime(st: os.stat_result) -> int:
     return st.st_ctime_ns
 
 
+def _known(cache: FilesCache, directory: str) -> bool:
+    """Whether ``cache`` knows ``directory`` as its entries are now."""
+    prefix = directory + "/"
+    names = sorted(os.listdir(directory))
+    digest = listing_digest([(prefix + name, os.lstat(prefix + name)) for name in names])
+    return digest is not None and cache.known_directory(prefix, digest) is not None
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _readable(path: Path) -> bool:
     try:
         path.read_bytes()
@@ -174,6 +190,17 @@ class _Recording(BackupHelper):
     def back_up(self, prefix: str, names: list[str]) -> None:
         super().back_up(prefix, names)
         self.handed.append((prefix, list(names)))
+
+    def handed_directories(self) -> list[str]:
+        """The directories handed over whole whose names are all valid UTF-8 (the files cache
+        keeps no directory holding another)."""
+        paths = [prefix + name for prefix, names in self.handed for name in names]
+        return [
+            path
+            for path in paths
+            if stat.S_ISDIR(os.lstat(path).st_mode)
+            and all(_utf8(name) for name in [path, *os.listdir(path)])
+        ]
 
     def handed_files(self) -> list[str]:
         """Every regular file under the entries handed over in runs."""
@@ -237,8 +264,9 @@ def test_a_first_backup_hands_runs_to_the_helper_and_stores_every_entry_once(
 def test_the_files_cache_learns_the_files_the_helper_read_so_a_re_run_reads_none(
     alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fresh files cache (a first backup) gets the rows of the files read in runs from the
-    helper's syncs: after the commit it knows each of them, and the next run reads no file."""
+    """A fresh files cache (a first backup) gets the rows of the files read and of the
+    directories stored in runs from the helper's syncs: after the commit it knows each of them,
+    and the next run reads no file."""
     source = _tree(tmp_path / "src", large=False)
     _settled(source)
     cache = FilesCache(tmp_path / "cache")
@@ -251,6 +279,9 @@ def test_the_files_cache_learns_the_files_the_helper_read_so_a_re_run_reads_none
 
         unknown = [path for path in in_runs if cache.lookup(path, os.lstat(path)) is None]
         assert unknown == []
+        stored = helpers.started[0].handed_directories()
+        assert len(stored) >= 2
+        assert [path for path in stored if not _known(cache, path)] == []
 
         read: list[str] = []
         read_content = Archiver.read_content

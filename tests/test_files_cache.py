@@ -125,3 +125,60 @@ def test_adjacent_files_are_read_as_a_range_and_found_as_one_by_one(
         assert ranged == cache.lookup_many(lookup)
         assert sorted(ranged) == sorted(path for path, st in lookup if st is not changed[1])
     cache.close()
+
+
+def _directory(cache: FilesCache, prefix: str, listing: bytes, ids: bytes) -> None:
+    cache.stage_directory(
+        files_cache.DirectoryRow(prefix, listing, b"s" * 32, b"t" * 32, ids, len(ids) // 32, 10)
+    )
+
+
+def test_a_known_directory_is_found_only_by_its_listing_and_only_once_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged directories wait (past a bound, in temporary tables) for the commit; a run that
+    never commits leaves none; a committed one is found by its path and listing digest."""
+    monkeypatch.setattr(files_cache, "_SPILL_DIRECTORY_BYTES", 64)
+    cache = FilesCache(tmp_path / "cache")
+    for index in range(5):
+        _directory(cache, f"/d{index}/", bytes([index]) * 32, bytes([index]) * 96)
+    cache.close()
+    cache = FilesCache(tmp_path / "cache")
+    assert cache.known_directory("/d1/", b"\x01" * 32) is None
+    for index in range(5):
+        _directory(cache, f"/d{index}/", bytes([index]) * 32, bytes([index]) * 96)
+    cache.commit()
+    known = cache.known_directory("/d3/", b"\x03" * 32)
+    assert known is not None
+    assert (known.tree, known.subtrees, known.ids) == ([b"t" * 32], b"s" * 32, [b"\x03" * 32] * 3)
+    assert (known.files, known.bytes) == (3, 10)
+    assert cache.known_directory("/d3/", b"\x04" * 32) is None
+    cache.close()
+
+
+def test_a_kept_directory_and_its_files_outlive_runs_an_unseen_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that finds a directory known keeps its row and its files' rows, refreshing them
+    once they have aged; a directory no run has seen for _FORGET_AFTER runs is dropped."""
+    monkeypatch.setattr(files_cache, "_FORGET_AFTER", 4)
+    monkeypatch.setattr(files_cache, "_REFRESH_AFTER", 2)
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: False)
+    files = _files(tmp_path / "src", 2)
+    cache = FilesCache(tmp_path / "cache")
+    for path, st in files:
+        cache.stage(path, st, "blake3:" + "0" * 64, [b"\x01" * 32])
+    _directory(cache, "/seen/", b"s" * 32, b"\x01" * 64)
+    _directory(cache, "/gone/", b"g" * 32, b"")
+    cache.commit()
+    generations = []
+    for _ in range(8):
+        known = cache.known_directory("/seen/", b"s" * 32)
+        assert known is not None
+        generations.append(known.generation)
+        cache.keep_directory("/seen/", known, [path for path, _ in files])
+        cache.commit()
+    assert generations == [1, 1, 3, 3, 5, 5, 7, 7]
+    assert cache.known_directory("/gone/", b"g" * 32) is None
+    assert sorted(cache.lookup_many(files)) == sorted(path for path, _ in files)
+    cache.close()

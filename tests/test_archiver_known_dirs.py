@@ -1,0 +1,226 @@
+"""Known directories: a re-run takes the tree of a directory whose entries all stat as they did
+from the files cache, without a node per file; every change below one is still backed up.
+
+Real server on loopback, real files; the files cache's lookups and the archiver's reads are
+counted by wrapping the real methods."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rpybackup_core import archiver, files_cache
+from rpybackup_core.archiver import Archiver
+from rpybackup_core.client import BackupClient
+from rpybackup_core.demo import compare_trees
+from rpybackup_core.files_cache import FilesCache, is_racy, listing_digest
+from tests.conftest import listed, name_a_chunk_never_stored
+
+# ---- the tree -------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> Path:
+    """Files at the top and at several depths, a symlink, an empty directory."""
+    for relative, text in [
+        ("top.txt", "at the top\n"),
+        ("a/one.txt", "one\n" * 40),
+        ("a/two.txt", "two\n" * 40),
+        ("a/gone.txt", "removed later\n"),
+        ("a/b/f1.txt", "first\n" * 90),
+        ("a/b/f2.txt", "second\n" * 90),
+        ("e/1/2/3/deep.txt", "deep down\n" * 30),
+        ("e/1/beside.txt", "beside the deep one\n"),
+    ]:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (root / "a" / "b" / "link").symlink_to("f1.txt")
+    (root / "c").mkdir()
+    return root
+
+
+def _directories(source: Path) -> list[Path]:
+    """The directories under ``source`` (and itself) that have entries: an empty one costs a
+    run one listing, and the cache does not keep it."""
+    return sorted(Path(folder) for folder, dirs, files in os.walk(source) if dirs or files)
+
+
+def _settled(source: Path) -> None:
+    """Wait until nothing under ``source`` changed so recently that the cache would not trust
+    it (``is_racy``)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not any(is_racy(os.lstat(path)) for path in [source, *source.rglob("*")]):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{source} stayed too recent to cache")
+
+
+def _known(cache_dir: Path, directory: Path) -> bool:
+    """Whether the files cache knows ``directory`` as its entries are now."""
+    prefix = f"{directory}/"
+    listed = [(prefix + name, os.lstat(prefix + name)) for name in sorted(os.listdir(directory))]
+    digest = listing_digest(listed)
+    cache = FilesCache(cache_dir)
+    try:
+        return digest is not None and cache.known_directory(prefix, digest) is not None
+    finally:
+        cache.close()
+
+
+class _Counted:
+    """The paths the files cache is asked to look up and the files the archiver reads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.looked_up: list[str] = []
+        self.read: list[str] = []
+        lookup_many, read_content = FilesCache.lookup_many, Archiver.read_content
+
+        def counted_lookup(
+            cache: FilesCache, files: list[tuple[str, os.stat_result]], adjacent: bool = False
+        ) -> object:
+            self.looked_up.extend(path for path, _ in files)
+            return lookup_many(cache, files, adjacent)
+
+        def counted_read(archiver: Archiver, path: str) -> object:
+            self.read.append(path)
+            return read_content(archiver, path)
+
+        monkeypatch.setattr(FilesCache, "lookup_many", counted_lookup)
+        monkeypatch.setattr(Archiver, "read_content", counted_read)
+
+
+def _restores_identical(client: BackupClient, source: Path, target: Path) -> None:
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, target / source.relative_to("/")) == []
+
+
+def _tree_ids(client: BackupClient, directory: Path) -> list[bytes]:
+    """The chunk ids of ``directory``'s tree in the latest snapshot."""
+    (entry,) = [
+        entry for entry in listed(client, str(directory.parent)) if entry.path == str(directory)
+    ]
+    return entry.node.content
+
+
+@pytest.fixture
+def alice(server) -> BackupClient:
+    server.enroll("alice")
+    return server.client("alice")
+
+
+# ---- specifications -------------------------------------------------------------------------
+
+
+def test_a_re_run_of_an_unchanged_tree_takes_every_directory_from_the_cache(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first backup teaches the cache every directory; the next run looks up no file,
+    reads none, and stores the same tree with the same counts."""
+    source = _tree(tmp_path / "src")
+    _settled(source)
+    first = alice.backup([str(source)])
+    assert all(_known(alice.config.cache_path, folder) for folder in _directories(source))
+    tree = _tree_ids(alice, source)
+
+    counted = _Counted(monkeypatch)
+    second = alice.backup([str(source)])
+    assert counted.looked_up == [] and counted.read == []
+    assert _tree_ids(alice, source) == tree
+    assert (second.files, second.dirs, second.bytes) == (first.files, first.dirs, first.bytes)
+    _restores_identical(alice, source, tmp_path / "out")
+
+
+def test_every_kind_of_change_below_known_directories_is_backed_up(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changed, added, removed, re-moded and re-linked entries, a touched directory and a
+    change three levels below untouched ones: what changed is read again (a new mode moves a
+    file's ctime), the rest comes from the cache, and the snapshot restores identical. The run
+    after that knows every directory again."""
+    source = _tree(tmp_path / "src")
+    _settled(source)
+    alice.backup([str(source)])
+
+    (source / "a" / "b" / "f1.txt").write_text("FIRST\n" * 90)
+    (source / "a" / "two.txt").chmod(0o600)
+    (source / "a" / "gone.txt").unlink()
+    (source / "c" / "new.txt").write_text("added\n")
+    (source / "a" / "b" / "link").unlink()
+    (source / "a" / "b" / "link").symlink_to("f2.txt")
+    os.utime(source / "e" / "1" / "2", ns=(1_000_000_000, 1_000_000_000))
+    (source / "e" / "1" / "2" / "3" / "deep.txt").write_text("changed deep down\n" * 30)
+    _settled(source)
+    counted = _Counted(monkeypatch)
+    alice.backup([str(source)])
+    assert sorted(counted.read) == sorted(
+        str(source / relative)
+        for relative in ["a/b/f1.txt", "a/two.txt", "c/new.txt", "e/1/2/3/deep.txt"]
+    )
+    _restores_identical(alice, source, tmp_path / "out")
+
+    assert all(_known(alice.config.cache_path, folder) for folder in _directories(source))
+    counted.looked_up.clear()
+    counted.read.clear()
+    alice.backup([str(source)])
+    assert counted.looked_up == [] and counted.read == []
+
+
+def test_a_file_of_a_known_directory_whose_chunk_the_server_lacks_is_read_again(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache names a chunk the server never stored (as if lost) for one file of an
+    unchanged directory: that file, and only that one, is read and stored again."""
+    source = _tree(tmp_path / "src")
+    _settled(source)
+    alice.backup([str(source)])
+    lacking = source / "a" / "b" / "f2.txt"
+    name_a_chunk_never_stored(alice.config.cache_path, lacking)
+
+    counted = _Counted(monkeypatch)
+    alice.backup([str(source)])
+    assert counted.read == [str(lacking)]
+    _restores_identical(alice, source, tmp_path / "out")
+
+
+def test_a_directory_with_an_entry_changed_moments_ago_is_not_remembered(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry changed within the racy window could change again without its stat showing
+    it: its directory is left to the next run to learn (the other directories are known)."""
+    source = _tree(tmp_path / "src")
+    _settled(source)
+    fresh = source / "a" / "b" / "f2.txt"
+    # The backup takes longer than the window: the file counts as changed moments ago.
+    fresh_inode, racy = fresh.stat().st_ino, files_cache.is_racy
+    monkeypatch.setattr(files_cache, "is_racy", lambda st: st.st_ino == fresh_inode or racy(st))
+    alice.backup([str(source)])
+    monkeypatch.undo()
+    assert not _known(alice.config.cache_path, fresh.parent)
+    assert _known(alice.config.cache_path, source / "e" / "1" / "2" / "3")
+
+
+def test_a_directory_walked_in_slices_is_not_known_and_its_files_are_looked_up(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory of more entries than one slice is built file by file on every run."""
+    monkeypatch.setattr(archiver, "_WALK_SLICE", 4)
+    source = tmp_path / "src"
+    (source / "wide").mkdir(parents=True)
+    (source / "narrow").mkdir()
+    for index in range(9):
+        (source / "wide" / f"w{index}").write_text(f"{index}\n")
+    (source / "narrow" / "n").write_text("one\n")
+    _settled(source)
+    alice.backup([str(source)])
+    assert not _known(alice.config.cache_path, source / "wide")
+    assert _known(alice.config.cache_path, source / "narrow")
+
+    counted = _Counted(monkeypatch)
+    alice.backup([str(source)])
+    assert sorted(counted.looked_up) == sorted(str(path) for path in (source / "wide").iterdir())
+    assert counted.read == []
