@@ -249,7 +249,7 @@ def serve(
                 [],
                 notes.send_progress,
                 stage=staged.file,
-                stage_directory=staged.directories.append,
+                stage_directory=staged.directory,
             )
             archiver.references = []
             try:
@@ -365,6 +365,10 @@ class _Staged:
         row = file_row(path, st, digest, ids)
         if row is not None:
             self.files.append(row)
+
+    def directory(self, row: DirectoryRow) -> None:
+        # Not the list's own append: each sync sends the lists and starts new ones.
+        self.directories.append(row)
 
 
 class _Notes:

@@ -301,6 +301,34 @@ def test_the_files_cache_learns_the_files_the_helper_read_so_a_re_run_reads_none
 
 
 @pytest.mark.usefixtures("small_runs")
+def test_directories_the_helper_stores_after_its_first_sync_are_known_too(
+    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More files than the helper syncs at once (1,024), in leaf directories handed over
+    whole (once the walk has read the files before them): the directories of every sync
+    reach the files cache, not only the first's."""
+    monkeypatch.setattr(archiver, "_HELPER_ENTRIES", 36 * archiver._DIRECTORY_ENTRIES)
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(12):
+        _write(source / f"a{index:02d}")
+    for leaf in range(36):
+        (source / f"leaf-{leaf:02d}").mkdir(parents=True)
+        for index in range(60):
+            _write(source / f"leaf-{leaf:02d}" / f"f{index:02d}", 16)
+    _settled(source)
+    cache = FilesCache(tmp_path / "cache")
+    try:
+        helpers = helper_starter(alice, _Recording)
+        _backup(alice, source, helpers, cache)
+        stored = helpers.started[0].handed_directories()
+        assert len(stored) * 60 > 1024
+        assert [path for path in stored if not _known(cache, path)] == []
+    finally:
+        cache.close()
+
+
+@pytest.mark.usefixtures("small_runs")
 @pytest.mark.parametrize("large", [False, True], ids=["no-large-file", "a-large-file"])
 def test_a_re_run_hands_no_runs_to_the_helper(
     alice: BackupClient,
