@@ -518,7 +518,8 @@ class Archiver:
         known_as = None
         if directory is not None and self._stage_directory is not None:
             known_as = listing_digest(listed)
-        if known_as is not None and self.cache is not None:
+        # A first backup's cache knows no directory yet.
+        if known_as is not None and self.cache is not None and self.cache.generation > 1:
             known = self.cache.known_directory(prefix, known_as)
             if known is not None and done is not None and directory is not None:
                 self._walk_known(prefix, listed, known, directory, add, done, len(taken))
