@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -49,7 +50,7 @@ from .files_cache import (
     DirectoryRow,
     FilesCache,
     KnownDirectory,
-    listing_digest,
+    ListingDigest,
     subtrees_digest,
 )
 from .listing import sorted_names
@@ -74,6 +75,10 @@ _DEFERRED_SLICES = 1024
 _DEFERRED_ENTRIES = 65536
 # Directory entries stat'ed, looked up in the files cache and asked about at a time.
 _WALK_SLICE = 1024
+# The files cache learns directories of at most this many entries (whose names a walk holds
+# in memory anyway, listing.py): a known one's names and chunk ids are held until the server
+# has answered for them.
+_LEARN_ENTRIES = 65536
 # A directory's encoded tree stays in memory up to the largest chunk; a larger one goes to a
 # temporary file as it is encoded and is cut from there at the same points.
 _TREE_IN_MEMORY = MAX_SIZE
@@ -165,6 +170,54 @@ class _Deferred:
         )
 
 
+class _Learning:
+    """What a directory's slices showed, for the files cache to learn the directory from:
+    its entries' digest, its subdirectories' tree ids, its files' chunk ids, sizes and
+    number, and how many nodes it got."""
+
+    def __init__(self) -> None:
+        self.listing = ListingDigest()
+        self.subtrees: list[list[bytes]] = []
+        self.ids = bytearray()
+        self.files = 0
+        self.bytes = 0
+        self.nodes = 0
+
+    def learn(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            if node.kind == DIR:
+                self.subtrees.append(node.content)
+            elif node.kind == FILE:
+                self.ids += b"".join(node.content)
+                self.files += 1
+                self.bytes += node.size
+        self.nodes += len(nodes)
+
+    def row(self, prefix: str, tree: list[bytes]) -> DirectoryRow | None:
+        """The directory's row, unless an entry could not be trusted or was left out."""
+        listing = self.listing.digest()
+        if listing is None or self.nodes != self.listing.entries:
+            return None
+        subtrees = subtrees_digest(self.subtrees)
+        return DirectoryRow(
+            prefix, listing, subtrees, b"".join(tree), bytes(self.ids), self.files, self.bytes
+        )
+
+
+@dataclass
+class _DirectoryWalk:
+    """A directory being walked: where its nodes go (``add``, in name order, then ``done``),
+    the node whose tree ``done`` stores (none for a source's own listing) with what the files
+    cache is to learn of it, and subdirectories walked before their slice."""
+
+    prefix: str
+    add: Callable[[list[Node]], None]
+    done: Callable[[], None]
+    directory: Node | None
+    learning: _Learning | None
+    walked: dict[str, Node] = field(default_factory=dict)
+
+
 @dataclass
 class BackupResult:
     snapshot: str
@@ -197,10 +250,6 @@ def _digest(digest: FileHash, ids: list[bytes]) -> str:
     if len(ids) == 1:
         return f"{ONE_CHUNK_DIGEST}:{ids[0].hex()}"
     return f"{FILE_DIGEST}:{digest.hexdigest()}"
-
-
-def _path_of(entry: tuple[str, os.stat_result]) -> str:
-    return entry[0]
 
 
 def normalize_sources(paths: list[str]) -> list[Path]:
@@ -478,8 +527,8 @@ class Archiver:
     ) -> None:
         """Walk a directory a slice of entries at a time: ``add`` gets each slice's nodes in
         name order once the server has answered for its unchanged files (meanwhile the walk
-        goes on, see ``_defer``), and ``done`` follows the last. The files cache can know
-        the ``directory`` node's tree if it is one slice (``_walk_known``).
+        goes on, see ``_defer``), and ``done`` follows the last. The files cache learns the
+        ``directory`` node's tree, and may know it already (``_walk_known``).
 
         A slice's entries are stat'ed and let go, and its nodes go to ``add`` as soon as they
         are final: a directory of 100,000 files must hold neither its entries' stat results
@@ -495,36 +544,52 @@ class Archiver:
             self._defer(None, None, lambda _: done())
             return
         prefix = path if path.endswith("/") else path + "/"
+        learning = directory is not None and self._stage_directory is not None
+        walk = _DirectoryWalk(prefix, add, done, directory, _Learning() if learning else None)
+        following = next(slices, [])
+        if not following:
+            self._walk_slice(walk, taken, last=True)
+            return
+        known = self._known_directory(walk)
+        if known is not None:
+            self._walk_known_slices(walk, known, chain([taken, following], slices))
+            return
+        self._walk_slices(walk, chain([taken, following], slices))
+
+    def _walk_slices(self, walk: _DirectoryWalk, slices: Iterator[list[str]]) -> None:
+        taken = next(slices, [])
         while taken:
             following = next(slices, [])
-            if following:
-                directory = None
-            self._walk_slice(prefix, taken, add, None if following else done, directory)
+            self._walk_slice(walk, taken, last=not following)
             taken = following
 
-    def _walk_slice(
-        self,
-        prefix: str,
-        taken: list[str],
-        add: Callable[[list[Node]], None],
-        done: Callable[[], None] | None,
-        directory: Node | None = None,
-    ) -> None:
-        """Walk ``taken`` entries of the directory ``prefix``; the ``directory`` node (whose
-        tree is what ``done`` stores) if they are all of it."""
+    def _known_directory(
+        self, walk: _DirectoryWalk, listing: bytes | None = None
+    ) -> KnownDirectory | None:
+        """What the files cache knows of the directory (with that ``listing``, if given); a
+        first backup's cache knows none."""
+        if walk.learning is None or self.cache is None or self.cache.generation == 1:
+            return None
+        return self.cache.known_directory(walk.prefix, listing)
+
+    def _walk_slice(self, walk: _DirectoryWalk, taken: list[str], last: bool) -> None:
+        """Walk ``taken`` entries of the directory, the ``last`` of it if so."""
         listing = _Listing()
         cached: list[tuple[str, Node, CachedFile]] = []
+        prefix = walk.prefix
         listed = self._stat_entries(prefix, taken)
-        known_as = None
-        if directory is not None and self._stage_directory is not None:
-            known_as = listing_digest(listed)
-        # A first backup's cache knows no directory yet.
-        if known_as is not None and self.cache is not None and self.cache.generation > 1:
-            known = self.cache.known_directory(prefix, known_as)
-            if known is not None and done is not None and directory is not None:
-                self._walk_known(prefix, listed, known, directory, add, done, len(taken))
-                return
-        entries = len(listed)
+        learning = walk.learning
+        if learning is not None:
+            learning.listing.add(listed)
+            if learning.listing.entries > _LEARN_ENTRIES:
+                walk.learning = learning = None
+            elif last and learning.listing.entries == len(listed) and not walk.walked:
+                # The whole directory is this slice: it may be known as it is.
+                digest = learning.listing.digest()
+                known = self._known_directory(walk, digest) if digest is not None else None
+                if known is not None:
+                    self._walk_known(walk, known, listed, len(taken))
+                    return
         hits = {}
         if self.cache is not None:
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
@@ -532,6 +597,10 @@ class Archiver:
         run: list[str] = []
         run_weight = 0
         for child, st in listed:
+            walked = walk.walked.pop(child, None) if walk.walked else None
+            if walked is not None:
+                listing.nodes.append(walked)
+                continue
             hit = hits.get(child)
             if hit is not None:
                 # A name never holds a "/": the entry's name is what follows the last one.
@@ -555,9 +624,9 @@ class Archiver:
                 # helper can start on these meanwhile, and they count among what it holds.
                 self._hand_to_helper(prefix, run, listing, run_weight)
                 run, run_weight = [], 0
-            walked = self._entry(child, st)
-            if walked is not None:
-                listing.nodes.append(walked)
+            entry = self._entry(child, st)
+            if entry is not None:
+                listing.nodes.append(entry)
         if run:
             self._hand_to_helper(prefix, run, listing, run_weight)
         answer = (
@@ -573,122 +642,160 @@ class Archiver:
                 + self._helped_files(listing.helped)
             )
             nodes.sort(key=by_name)
-            add(nodes)
-            if done is not None:
-                done()
-            if known_as is not None and directory is not None and len(nodes) == entries:
-                self._remember_directory(prefix, known_as, nodes, directory)
+            walk.add(nodes)
+            if walk.learning is not None:
+                walk.learning.learn(nodes)
+            if last:
+                walk.done()
+                self._remember_directory(walk)
 
         self._defer(answer, listing, finish, len(taken))
 
     def _walk_known(
         self,
-        prefix: str,
-        listed: list[tuple[str, os.stat_result]],
+        walk: _DirectoryWalk,
         known: KnownDirectory,
-        directory: Node,
-        add: Callable[[list[Node]], None],
-        done: Callable[[], None],
+        listed: list[tuple[str, os.stat_result]],
         entries: int,
     ) -> None:
-        """A directory whose entries stat as they did when the files cache learnt its tree:
-        only its subdirectories are walked. Its tree is the one known once the server has
-        every chunk of it and of its files, and the subdirectories' trees are the same;
-        otherwise it is built again (``_rebuild_known``)."""
-        subdirs: list[tuple[str, os.stat_result, Node]] = []
+        """A directory of one slice whose entries stat as they did when the files cache learnt
+        it: only its subdirectories are walked (``_known_or_rebuilt``)."""
+        subdirs: dict[str, Node] = {}
         others: list[str] = []
         for child, st in listed:
             if stat.S_ISDIR(st.st_mode):
                 node = self._entry(child, st)
                 if node is not None:
-                    subdirs.append((child, st, node))
+                    subdirs[child] = node
             else:
                 others.append(child.rpartition("/")[2])
+        self._known_or_rebuilt(walk, known, subdirs, others, entries)
+
+    def _walk_known_slices(
+        self, walk: _DirectoryWalk, known: KnownDirectory, slices: Iterator[list[str]]
+    ) -> None:
+        """A directory of several slices that the files cache knows: its subdirectories are
+        walked and its other names kept while its entries' digest is made. If its entries
+        stat as they did, it is known (``_known_or_rebuilt``); otherwise it is walked again
+        as any directory, its subdirectories as they were just walked."""
+        assert walk.learning is not None
+        subdirs: dict[str, Node] = {}
+        others: list[str] = []
+        for taken in slices:
+            listed = self._stat_entries(walk.prefix, taken)
+            walk.learning.listing.add(listed)
+            for child, st in listed:
+                if stat.S_ISDIR(st.st_mode):
+                    node = self._entry(child, st)
+                    if node is not None:
+                        subdirs[child] = node
+                else:
+                    others.append(child.rpartition("/")[2])
+            if walk.learning.listing.entries > _LEARN_ENTRIES:
+                # Grown past what the cache learns: nothing more is kept than a slice's.
+                break
+        else:
+            if walk.learning.listing.digest() == known.listing:
+                self._known_or_rebuilt(walk, known, subdirs, others, walk.learning.listing.entries)
+                return
+        walk.learning = _Learning()
+        walk.walked = subdirs
+        seen = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
+        self._walk_slices(walk, chain(batched(iter(seen), _WALK_SLICE), slices))
+
+    def _known_or_rebuilt(
+        self,
+        walk: _DirectoryWalk,
+        known: KnownDirectory,
+        subdirs: dict[str, Node],
+        others: list[str],
+        entries: int,
+    ) -> None:
+        """Once the server has answered for every chunk of the known tree and its files: the
+        known tree if the server has them all and the subdirectories' trees are the same
+        (walked by now), otherwise the tree built again (``_rebuild_known``)."""
         answer = self.uploader.ask_missing(known.tree + known.ids)
-        walked = len(listed)
+        walked = len(subdirs) + len(others)
 
         def finish(missing: set[bytes]) -> None:
+            assert walk.learning is not None and walk.directory is not None
             if (
                 not missing
-                and len(subdirs) + len(others) == walked
-                and subtrees_digest([node.content for _, _, node in subdirs]) == known.subtrees
+                and walked == walk.learning.listing.entries
+                and subtrees_digest([node.content for node in subdirs.values()]) == known.subtrees
             ):
-                directory.content = known.tree
+                walk.directory.content = known.tree
                 self.progress.files_done += known.files
                 self.progress.bytes_done += known.bytes
                 assert self.cache is not None
-                self.cache.keep_directory(prefix, known, [prefix + name for name in others])
+                self.cache.keep_directory(walk.prefix, known, [walk.prefix + n for n in others])
                 self.report(self.progress)
                 return
-            self._rebuild_known(prefix, subdirs, others, known, missing, directory, add, done)
+            self._rebuild_known(walk, known, subdirs, others, missing)
 
         self._defer(answer, None, finish, entries)
 
     def _rebuild_known(
         self,
-        prefix: str,
-        subdirs: list[tuple[str, os.stat_result, Node]],
-        others: list[str],
+        walk: _DirectoryWalk,
         known: KnownDirectory,
+        subdirs: dict[str, Node],
+        others: list[str],
         missing: set[bytes],
-        directory: Node,
-        add: Callable[[list[Node]], None],
-        done: Callable[[], None],
     ) -> None:
-        """A known directory's tree built again: a subdirectory's tree changed, or the server
-        lacks a chunk. Its other entries are stat'ed again and its files' nodes come from the
-        files cache; a file it no longer knows, or one the server lacks a chunk of, is read
-        again. Nothing is walked from here (the walk is past this directory)."""
+        """A known directory's tree built again, a slice at a time: a subdirectory's tree
+        changed, or the server lacks a chunk. Its entries are stat'ed again and its files'
+        nodes come from the files cache; a file it no longer knows, or one the server lacks
+        a chunk of, is read again. Nothing is walked from here (the walk is past this
+        directory)."""
         assert self.cache is not None
-        listed = self._stat_entries(prefix, others)
-        regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
-        hits = self.cache.lookup_many(regular)
+        walk.learning = _Learning()
         asked = set(known.ids)
-        nodes = [node for _, _, node in subdirs]
-        for child, st in listed:
-            hit = hits.get(child)
-            if hit is not None and asked.issuperset(hit.ids) and not missing.intersection(hit.ids):
-                name = child.rpartition("/")[2]
-                nodes.append(Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids))
-                self.progress.files_done += 1
-                self.progress.bytes_done += hit.size
-                self.cache.keep(child, hit)
-            elif stat.S_ISDIR(st.st_mode):
-                log.warning("skipped %s: it became a directory while the backup ran", child)
-            else:
-                node = (
-                    self._read_file(child, st)
-                    if stat.S_ISREG(st.st_mode)
-                    else self._entry(child, st)
-                )
+        names = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
+        for taken in batched(iter(names), _WALK_SLICE):
+            listed = self._stat_entries(walk.prefix, taken)
+            walk.learning.listing.add(listed)
+            regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
+            hits = self.cache.lookup_many(regular)
+            nodes = []
+            for child, st in listed:
+                node = subdirs.get(child)
+                hit = hits.get(child)
                 if node is not None:
                     nodes.append(node)
-        nodes.sort(key=by_name)
-        add(nodes)
-        done()
-        entries = sorted([(child, st) for child, st, _ in subdirs] + listed, key=_path_of)
-        known_as = listing_digest(entries)
-        if known_as is not None and len(nodes) == len(entries):
-            self._remember_directory(prefix, known_as, nodes, directory)
+                elif (
+                    hit is not None
+                    and asked.issuperset(hit.ids)
+                    and not missing.intersection(hit.ids)
+                ):
+                    name = child.rpartition("/")[2]
+                    nodes.append(Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids))
+                    self.progress.files_done += 1
+                    self.progress.bytes_done += hit.size
+                    self.cache.keep(child, hit)
+                elif stat.S_ISDIR(st.st_mode):
+                    log.warning("skipped %s: it became a directory while the backup ran", child)
+                else:
+                    read = (
+                        self._read_file(child, st)
+                        if stat.S_ISREG(st.st_mode)
+                        else self._entry(child, st)
+                    )
+                    if read is not None:
+                        nodes.append(read)
+            walk.add(nodes)
+            walk.learning.learn(nodes)
+        walk.done()
+        self._remember_directory(walk)
 
-    def _remember_directory(
-        self, prefix: str, known_as: bytes, nodes: list[Node], directory: Node
-    ) -> None:
-        """Stage a stored directory in the files cache: ``nodes`` are all of its entries,
-        ``known_as`` their ``listing_digest``."""
-        assert self._stage_directory is not None
-        files = [node for node in nodes if node.kind == FILE]
-        self._stage_directory(
-            DirectoryRow(
-                prefix,
-                known_as,
-                subtrees_digest([node.content for node in nodes if node.kind == DIR]),
-                b"".join(directory.content),
-                b"".join([chunk_id for node in files for chunk_id in node.content]),
-                len(files),
-                sum(node.size for node in files),
-            )
-        )
+    def _remember_directory(self, walk: _DirectoryWalk) -> None:
+        """Stage a stored directory in the files cache, if it learnt all of it."""
+        if walk.learning is None or walk.directory is None:
+            return
+        row = walk.learning.row(walk.prefix, walk.directory.content)
+        if row is not None:
+            assert self._stage_directory is not None
+            self._stage_directory(row)
 
     def _stat_entries(self, prefix: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
         listed = []

@@ -59,10 +59,12 @@ class CachedFile:
 
 @dataclass(frozen=True)
 class KnownDirectory:
-    """What the cache holds of a directory whose entries stat as they did: its tree's chunk
-    ids, a digest of its subdirectories' tree ids (which must also be the same), its regular
-    files' chunk ids and how many files and bytes they are."""
+    """What the cache holds of a directory: the ``ListingDigest`` of its entries when it
+    learnt it, its tree's chunk ids, a digest of its subdirectories' tree ids, its regular
+    files' chunk ids and how many files and bytes they are. While its entries have that
+    digest and its subdirectories' trees that one, its tree is the same."""
 
+    listing: bytes
     tree: list[bytes]
     subtrees: bytes
     ids: list[bytes]
@@ -82,24 +84,46 @@ def is_racy(st: os.stat_result) -> bool:
     return st.st_ctime_ns > time.time_ns() - window
 
 
+class ListingDigest:
+    """What a directory's entries (path and lstat, in name order, given a slice at a time)
+    are, as far as its tree can tell: equal digests, equal entries (subdirectories' contents
+    aside)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.blake2b(digest_size=32)
+        self.entries = 0
+        self._trusted = True
+
+    def add(self, listed: list[tuple[str, os.stat_result]]) -> None:
+        self.entries += len(listed)
+        if not self._trusted:
+            return
+        if any(is_racy(st) for _, st in listed):
+            self._trusted = False
+            return
+        text = "".join(
+            [
+                f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
+                f"{st.st_ctime_ns} {st.st_ino}\0"
+                for path, st in listed
+            ]
+        )
+        try:
+            self._digest.update(text.encode())
+        except UnicodeEncodeError:
+            self._trusted = False
+
+    def digest(self) -> bytes | None:
+        """``None`` if an entry changed too recently to trust (``is_racy``) or a name is not
+        valid UTF-8."""
+        return self._digest.digest() if self._trusted else None
+
+
 def listing_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
-    """What a directory's entries (path and lstat, in name order) are, as far as its tree
-    can tell: equal digests, equal entries (subdirectories' contents aside). ``None`` if one
-    of them changed too recently to trust (``is_racy``) or a name is not valid UTF-8."""
-    if any(is_racy(st) for _, st in listed):
-        return None
-    text = "\0".join(
-        [
-            f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
-            f"{st.st_ctime_ns} {st.st_ino}"
-            for path, st in listed
-        ]
-    )
-    try:
-        encoded = text.encode()
-    except UnicodeEncodeError:
-        return None
-    return hashlib.blake2b(encoded, digest_size=32).digest()
+    """The ``ListingDigest`` of all of a directory's entries."""
+    digest = ListingDigest()
+    digest.add(listed)
+    return digest.digest()
 
 
 def subtrees_digest(contents: list[list[bytes]]) -> bytes:
@@ -263,18 +287,20 @@ class FilesCache:
             if st is not None and _unchanged(st, size, mtime_ns, ctime_ns, inode):
                 found[path] = CachedFile(digest, size, _split_ids(ids), generation)
 
-    def known_directory(self, prefix: str, listing: bytes) -> KnownDirectory | None:
-        """The directory ``prefix`` (ending in "/") as it was when its entries had the
-        ``listing_digest`` ``listing``, if the cache holds it."""
+    def known_directory(self, prefix: str, listing: bytes | None = None) -> KnownDirectory | None:
+        """The directory ``prefix`` (ending in "/") as the cache learnt it, if it did (and if
+        its entries then had the ``ListingDigest`` ``listing``, when given)."""
         row = self._db.execute(
-            "SELECT subtrees, tree, ids, files, bytes, generation FROM dirs "
-            "WHERE path = ? AND listing = ?",
+            "SELECT listing, subtrees, tree, ids, files, bytes, generation FROM dirs "
+            "WHERE path = ? AND listing = coalesce(?, listing)",
             (prefix, listing),
         ).fetchone()
         if row is None:
             return None
-        subtrees, tree, ids, files, size, generation = row
-        return KnownDirectory(_split_ids(tree), subtrees, _split_ids(ids), files, size, generation)
+        listing, subtrees, tree, ids, files, size, generation = row
+        return KnownDirectory(
+            listing, _split_ids(tree), subtrees, _split_ids(ids), files, size, generation
+        )
 
     def keep_directory(self, prefix: str, known: KnownDirectory, paths: list[str]) -> None:
         """A known directory stays as it is, and so do the entries of its ``paths`` (its

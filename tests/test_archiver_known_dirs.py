@@ -204,23 +204,68 @@ def test_a_directory_with_an_entry_changed_moments_ago_is_not_remembered(
     assert _known(alice.config.cache_path, source / "e" / "1" / "2" / "3")
 
 
-def test_a_directory_walked_in_slices_is_not_known_and_its_files_are_looked_up(
+def _wide(source: Path) -> Path:
+    """A directory of 11 entries (three slices of four): nine files and two subdirectories,
+    each with a file."""
+    wide = source / "wide"
+    for sub in ("s1", "s2"):
+        (wide / sub).mkdir(parents=True)
+        (wide / sub / "inner.txt").write_text(f"inside {sub}\n")
+    for index in range(9):
+        (wide / f"w{index}").write_text(f"{index}\n" * 30)
+    return wide
+
+
+def test_a_directory_walked_in_slices_is_known_and_its_changes_are_backed_up(
     alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A directory of more entries than one slice is built file by file on every run."""
+    """A directory of several slices is learnt whole and known on the next run; when one of
+    its files changed it is walked as any directory (its subdirectories, walked while its
+    entries were compared, are not walked twice); when only a subdirectory changed, its tree
+    is built again. Each time only what changed is read, and the snapshot restores identical."""
     monkeypatch.setattr(archiver, "_WALK_SLICE", 4)
     source = tmp_path / "src"
-    (source / "wide").mkdir(parents=True)
+    wide = _wide(source)
+    _settled(source)
+    alice.backup([str(source)])
+    assert _known(alice.config.cache_path, wide)
+
+    counted = _Counted(monkeypatch)
+    alice.backup([str(source)])
+    assert counted.looked_up == [] and counted.read == []
+
+    for changed in (wide / "w5", wide / "s2" / "inner.txt"), (wide / "s1" / "inner.txt",):
+        for path in changed:
+            path.write_text(f"{path.name} changed\n")
+        _settled(source)
+        counted.read.clear()
+        alice.backup([str(source)])
+        assert sorted(counted.read) == sorted(str(path) for path in changed)
+        _restores_identical(alice, source, tmp_path / f"out-{len(changed)}")
+        assert _known(alice.config.cache_path, wide)
+
+    counted.looked_up.clear()
+    alice.backup([str(source)])
+    assert counted.looked_up == []
+
+
+def test_a_directory_of_more_entries_than_the_cache_learns_is_looked_up_file_by_file(
+    alice: BackupClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archiver, "_WALK_SLICE", 4)
+    monkeypatch.setattr(archiver, "_LEARN_ENTRIES", 6)
+    source = tmp_path / "src"
+    wide = _wide(source)
     (source / "narrow").mkdir()
-    for index in range(9):
-        (source / "wide" / f"w{index}").write_text(f"{index}\n")
     (source / "narrow" / "n").write_text("one\n")
     _settled(source)
     alice.backup([str(source)])
-    assert not _known(alice.config.cache_path, source / "wide")
+    assert not _known(alice.config.cache_path, wide)
     assert _known(alice.config.cache_path, source / "narrow")
 
     counted = _Counted(monkeypatch)
     alice.backup([str(source)])
-    assert sorted(counted.looked_up) == sorted(str(path) for path in (source / "wide").iterdir())
+    assert sorted(counted.looked_up) == sorted(
+        str(path) for path in wide.iterdir() if path.is_file()
+    )
     assert counted.read == []
