@@ -34,7 +34,7 @@ import re
 import socket
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
@@ -168,6 +168,11 @@ class _Deferred:
         return (self.answer is None or self.answer.done()) and (
             self.listing is None or self.listing.ready()
         )
+
+
+# A directory's entries (path and lstat), as a slice of them is walked.
+_Listed = list[tuple[str, os.stat_result]]
+_DIGEST_SIZE = 32
 
 
 class _Learning:
@@ -554,14 +559,17 @@ class Archiver:
         if known is not None:
             self._walk_known_slices(walk, known, chain([taken, following], slices))
             return
-        self._walk_slices(walk, chain([taken, following], slices))
+        self._walk_slices(walk, ((part, None) for part in chain([taken, following], slices)))
 
-    def _walk_slices(self, walk: _DirectoryWalk, slices: Iterator[list[str]]) -> None:
-        taken = next(slices, [])
-        while taken:
-            following = next(slices, [])
-            self._walk_slice(walk, taken, last=not following)
-            taken = following
+    def _walk_slices(
+        self, walk: _DirectoryWalk, slices: Iterator[tuple[list[str], _Listed | None]]
+    ) -> None:
+        """Walk the slices in order: their names, and their entries if already stat'ed."""
+        item = next(slices, None)
+        while item is not None:
+            following = next(slices, None)
+            self._walk_slice(walk, item[0], last=following is None, listed=item[1])
+            item = following
 
     def _known_directory(
         self, walk: _DirectoryWalk, listing: bytes | None = None
@@ -572,12 +580,16 @@ class Archiver:
             return None
         return self.cache.known_directory(walk.prefix, listing)
 
-    def _walk_slice(self, walk: _DirectoryWalk, taken: list[str], last: bool) -> None:
-        """Walk ``taken`` entries of the directory, the ``last`` of it if so."""
+    def _walk_slice(
+        self, walk: _DirectoryWalk, taken: list[str], last: bool, listed: _Listed | None = None
+    ) -> None:
+        """Walk ``taken`` entries of the directory (``listed``, if already stat'ed), the
+        ``last`` of it if so."""
         listing = _Listing()
         cached: list[tuple[str, Node, CachedFile]] = []
         prefix = walk.prefix
-        listed = self._stat_entries(prefix, taken)
+        if listed is None:
+            listed = self._stat_entries(prefix, taken)
         learning = walk.learning
         if learning is not None:
             learning.listing.add(listed)
@@ -652,14 +664,15 @@ class Archiver:
         self._defer(answer, listing, finish, len(taken))
 
     def _walk_known(
-        self,
-        walk: _DirectoryWalk,
-        known: KnownDirectory,
-        listed: list[tuple[str, os.stat_result]],
-        entries: int,
+        self, walk: _DirectoryWalk, known: KnownDirectory, listed: _Listed, entries: int
     ) -> None:
         """A directory of one slice whose entries stat as they did when the files cache learnt
         it: only its subdirectories are walked (``_known_or_rebuilt``)."""
+        subdirs, others = self._walk_subdirectories(listed)
+        self._known_or_rebuilt(walk, known, subdirs, others, entries, listed)
+
+    def _walk_subdirectories(self, listed: _Listed) -> tuple[dict[str, Node], list[str]]:
+        """Walk the directories among ``listed``: their nodes by path, and the others' names."""
         subdirs: dict[str, Node] = {}
         others: list[str] = []
         for child, st in listed:
@@ -669,39 +682,39 @@ class Archiver:
                     subdirs[child] = node
             else:
                 others.append(child.rpartition("/")[2])
-        self._known_or_rebuilt(walk, known, subdirs, others, entries)
+        return subdirs, others
 
     def _walk_known_slices(
         self, walk: _DirectoryWalk, known: KnownDirectory, slices: Iterator[list[str]]
     ) -> None:
-        """A directory of several slices that the files cache knows: its subdirectories are
-        walked and its other names kept while its entries' digest is made. If its entries
-        stat as they did, it is known (``_known_or_rebuilt``); otherwise it is walked again
-        as any directory, its subdirectories as they were just walked."""
+        """A directory of several slices that the files cache knows, slice by slice: while
+        each stats as it did, its subdirectories are walked and its other names kept. If all
+        of them did, it is known (``_known_or_rebuilt``); from the first that did not, it is
+        walked as any directory, the slices before it stat'ed again (their subdirectories as
+        they were just walked)."""
         assert walk.learning is not None
+        listing = walk.learning.listing
         subdirs: dict[str, Node] = {}
         others: list[str] = []
+        seen: list[tuple[list[str], _Listed | None]] = []
         for taken in slices:
             listed = self._stat_entries(walk.prefix, taken)
-            walk.learning.listing.add(listed)
-            for child, st in listed:
-                if stat.S_ISDIR(st.st_mode):
-                    node = self._entry(child, st)
-                    if node is not None:
-                        subdirs[child] = node
-                else:
-                    others.append(child.rpartition("/")[2])
-            if walk.learning.listing.entries > _LEARN_ENTRIES:
-                # Grown past what the cache learns: nothing more is kept than a slice's.
+            digest = listing.add(listed)
+            at = _DIGEST_SIZE * (listing.slices - 1)
+            if digest is None or known.listing[at : at + _DIGEST_SIZE] != digest:
+                seen.append((taken, listed))
                 break
+            seen.append((taken, None))
+            walked, names = self._walk_subdirectories(listed)
+            subdirs.update(walked)
+            others.extend(names)
         else:
-            if walk.learning.listing.digest() == known.listing:
-                self._known_or_rebuilt(walk, known, subdirs, others, walk.learning.listing.entries)
+            if len(known.listing) == _DIGEST_SIZE * listing.slices:
+                self._known_or_rebuilt(walk, known, subdirs, others, listing.entries)
                 return
         walk.learning = _Learning()
         walk.walked = subdirs
-        seen = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
-        self._walk_slices(walk, chain(batched(iter(seen), _WALK_SLICE), slices))
+        self._walk_slices(walk, chain(seen, ((part, None) for part in slices)))
 
     def _known_or_rebuilt(
         self,
@@ -710,10 +723,12 @@ class Archiver:
         subdirs: dict[str, Node],
         others: list[str],
         entries: int,
+        listed: _Listed | None = None,
     ) -> None:
         """Once the server has answered for every chunk of the known tree and its files: the
         known tree if the server has them all and the subdirectories' trees are the same
-        (walked by now), otherwise the tree built again (``_rebuild_known``)."""
+        (walked by now), otherwise the tree built again (``_rebuild_known``; from the entries
+        ``listed`` if it is one slice)."""
         answer = self.uploader.ask_missing(known.tree + known.ids)
         walked = len(subdirs) + len(others)
 
@@ -731,7 +746,7 @@ class Archiver:
                 self.cache.keep_directory(walk.prefix, known, [walk.prefix + n for n in others])
                 self.report(self.progress)
                 return
-            self._rebuild_known(walk, known, subdirs, others, missing)
+            self._rebuild_known(walk, known, subdirs, others, missing, listed)
 
         self._defer(answer, None, finish, entries)
 
@@ -742,18 +757,24 @@ class Archiver:
         subdirs: dict[str, Node],
         others: list[str],
         missing: set[bytes],
+        listed: _Listed | None,
     ) -> None:
         """A known directory's tree built again, a slice at a time: a subdirectory's tree
-        changed, or the server lacks a chunk. Its entries are stat'ed again and its files'
-        nodes come from the files cache; a file it no longer knows, or one the server lacks
-        a chunk of, is read again. Nothing is walked from here (the walk is past this
-        directory)."""
+        changed, or the server lacks a chunk. Its files' nodes come from the files cache (a
+        directory of several slices is stat'ed again); a file it no longer knows, or one the
+        server lacks a chunk of, is read again. Nothing is walked from here (the walk is past
+        this directory)."""
         assert self.cache is not None
         walk.learning = _Learning()
         asked = set(known.ids)
-        names = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
-        for taken in batched(iter(names), _WALK_SLICE):
-            listed = self._stat_entries(walk.prefix, taken)
+        listings: Iterable[_Listed] = [listed] if listed is not None else []
+        if listed is None:
+            names = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
+            listings = (
+                self._stat_entries(walk.prefix, taken)
+                for taken in batched(iter(names), _WALK_SLICE)
+            )
+        for listed in listings:
             walk.learning.listing.add(listed)
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
             hits = self.cache.lookup_many(regular)
@@ -777,7 +798,7 @@ class Archiver:
                     log.warning("skipped %s: it became a directory while the backup ran", child)
                 else:
                     read = (
-                        self._read_file(child, st)
+                        self._read_again(child)
                         if stat.S_ISREG(st.st_mode)
                         else self._entry(child, st)
                     )

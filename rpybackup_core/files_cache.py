@@ -60,9 +60,9 @@ class CachedFile:
 @dataclass(frozen=True)
 class KnownDirectory:
     """What the cache holds of a directory: the ``ListingDigest`` of its entries when it
-    learnt it, its tree's chunk ids, a digest of its subdirectories' tree ids, its regular
-    files' chunk ids and how many files and bytes they are. While its entries have that
-    digest and its subdirectories' trees that one, its tree is the same."""
+    learnt it (one digest per slice), its tree's chunk ids, a digest of its subdirectories'
+    tree ids, its regular files' chunk ids and how many files and bytes they are. While its
+    entries have that digest and its subdirectories' trees that one, its tree is the same."""
 
     listing: bytes
     tree: list[bytes]
@@ -86,37 +86,47 @@ def is_racy(st: os.stat_result) -> bool:
 
 class ListingDigest:
     """What a directory's entries (path and lstat, in name order, given a slice at a time)
-    are, as far as its tree can tell: equal digests, equal entries (subdirectories' contents
-    aside)."""
+    are, as far as its tree can tell: a digest per slice, so a directory of several slices
+    that changed shows it at its first changed slice. Equal digests, equal entries
+    (subdirectories' contents aside)."""
 
     def __init__(self) -> None:
-        self._digest = hashlib.blake2b(digest_size=32)
+        self._digests = bytearray()
         self.entries = 0
+        self.slices = 0
         self._trusted = True
 
-    def add(self, listed: list[tuple[str, os.stat_result]]) -> None:
+    def add(self, listed: list[tuple[str, os.stat_result]]) -> bytes | None:
+        """The next slice's digest; ``None`` if an entry of it changed too recently to trust
+        (``is_racy``) or a name is not valid UTF-8 (then the directory has no digest)."""
         self.entries += len(listed)
-        if not self._trusted:
-            return
-        if any(is_racy(st) for _, st in listed):
+        self.slices += 1
+        digest = _slice_digest(listed)
+        if digest is None:
             self._trusted = False
-            return
-        text = "".join(
-            [
-                f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
-                f"{st.st_ctime_ns} {st.st_ino}\0"
-                for path, st in listed
-            ]
-        )
-        try:
-            self._digest.update(text.encode())
-        except UnicodeEncodeError:
-            self._trusted = False
+        elif self._trusted:
+            self._digests += digest
+        return digest
 
     def digest(self) -> bytes | None:
-        """``None`` if an entry changed too recently to trust (``is_racy``) or a name is not
-        valid UTF-8."""
-        return self._digest.digest() if self._trusted else None
+        """Every slice's, joined: ``None`` if one of them had none."""
+        return bytes(self._digests) if self._trusted else None
+
+
+def _slice_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
+    if any(is_racy(st) for _, st in listed):
+        return None
+    text = "".join(
+        [
+            f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
+            f"{st.st_ctime_ns} {st.st_ino}\0"
+            for path, st in listed
+        ]
+    )
+    try:
+        return hashlib.blake2b(text.encode(), digest_size=32).digest()
+    except UnicodeEncodeError:
+        return None
 
 
 def listing_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
