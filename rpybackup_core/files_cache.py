@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ _SPILL_STAGED = 4096
 _SPILL_KEPT = 65536
 # Staged directory rows hold their files' chunk ids: spilled past this many bytes of them.
 _SPILL_DIRECTORY_BYTES = 2 * 1024 * 1024
+# What of an entry's lstat a directory's tree shows (mode, owner, size, mtime) or that moves
+# when its content does (ctime, inode), packed for its listing's digest; a text format cost
+# four times as much (2.1 against 0.5 µs an entry).
+_ENTRY_STAT = struct.Struct("<IIIqqqQ")
 _RACY_FINE_NS = 100_000_000
 _RACY_COARSE_NS = 2_000_000_000
 _STALE_FILES = ("files.sqlite", "files.sqlite-wal", "files.sqlite-shm")
@@ -114,19 +119,28 @@ class ListingDigest:
 
 
 def _slice_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
-    if any(is_racy(st) for _, st in listed):
-        return None
-    text = "".join(
-        [
-            f"{path}\0{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} {st.st_mtime_ns} "
-            f"{st.st_ctime_ns} {st.st_ino}\0"
-            for path, st in listed
-        ]
-    )
+    parts: list[bytes] = []
+    pack = _ENTRY_STAT.pack
     try:
-        return hashlib.blake2b(text.encode(), digest_size=32).digest()
-    except UnicodeEncodeError:
+        for path, st in listed:
+            if is_racy(st):
+                return None
+            parts.append(path.encode())
+            parts.append(
+                pack(
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                )
+            )
+    except (UnicodeEncodeError, struct.error):
         return None
+    # A path holds no NUL byte and each stat is of one size: the joined bytes are unambiguous.
+    return hashlib.blake2b(b"\0".join(parts), digest_size=32).digest()
 
 
 def listing_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
