@@ -283,8 +283,8 @@ class Archiver:
     ) -> None:
         """``stage`` and ``stage_directory`` take what the files cache would of each file
         read and each directory stored (the helper's archiver, which has no cache, sends it
-        to the backup); ``references``, when a list,
-        collects every chunk id the trees and files read refer to."""
+        to the backup); ``references``, when a list, collects every chunk id the trees and
+        files read refer to."""
         self.remote = remote
         self.sealer = Sealer(key)
         self.chunker = Chunker()
@@ -777,7 +777,7 @@ class Archiver:
         for listed in listings:
             walk.learning.listing.add(listed)
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
-            hits = self.cache.lookup_many(regular)
+            hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(listed))
             nodes = []
             for child, st in listed:
                 node = subdirs.get(child)

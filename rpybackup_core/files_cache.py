@@ -40,8 +40,10 @@ _SQL_BATCH = 500
 # (/usr/share, tracemalloc): 4,096 took 2-5 MiB off the client's peak.
 _SPILL_STAGED = 4096
 _SPILL_KEPT = 65536
-# Staged directory rows hold their files' chunk ids: spilled past this many bytes of them.
+# Staged directory rows hold their files' chunk ids: spilled past about this many bytes
+# (counting a row's objects as _DIRECTORY_ROW_BYTES besides its ids).
 _SPILL_DIRECTORY_BYTES = 2 * 1024 * 1024
+_DIRECTORY_ROW_BYTES = 512
 # What of an entry's lstat a directory's tree shows (mode, owner, size, mtime) or that moves
 # when its content does (ctime, inode), packed for its listing's digest; a text format cost
 # four times as much (2.1 against 0.5 µs an entry).
@@ -208,8 +210,8 @@ def _path(key: str | bytes) -> str:
 
 class DirectoryRow(NamedTuple):
     """A directory as the cache stores it (without its generation): its prefix (ending in
-    "/"), ``listing_digest``, ``subtrees_digest``, tree ids and its regular files' chunk ids
-    (joined), how many files and bytes they are."""
+    "/"), ``ListingDigest``, ``subtrees_digest``, tree ids and its regular files' chunk ids
+    (each joined), how many files and bytes they are."""
 
     path: str
     listing: bytes
@@ -333,13 +335,13 @@ class FilesCache:
             return
         self._kept_dirs.append(prefix)
         self._kept.extend(_key(path) for path in paths)
-        if len(self._kept) >= _SPILL_KEPT:
+        if len(self._kept) + len(self._kept_dirs) >= _SPILL_KEPT:
             self._spill()
 
     def stage_directory(self, row: DirectoryRow) -> None:
         """Remember a directory for the next run."""
         self._staged_dirs.append((*row, self.generation))
-        self._staged_dir_bytes += len(row.ids)
+        self._staged_dir_bytes += len(row.ids) + len(row.tree) + _DIRECTORY_ROW_BYTES
         if self._staged_dir_bytes >= _SPILL_DIRECTORY_BYTES:
             self._spill()
 
