@@ -145,13 +145,6 @@ def _slice_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
     return hashlib.blake2b(b"\0".join(parts), digest_size=32).digest()
 
 
-def listing_digest(listed: list[tuple[str, os.stat_result]]) -> bytes | None:
-    """The ``ListingDigest`` of all of a directory's entries."""
-    digest = ListingDigest()
-    digest.add(listed)
-    return digest.digest()
-
-
 def subtrees_digest(contents: list[list[bytes]]) -> bytes:
     """A digest of subdirectories' tree ids, in name order."""
     digest = hashlib.blake2b(digest_size=32)

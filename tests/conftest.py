@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from rpybackup_core import archiver
 from rpybackup_core.archiver import SNAPSHOT_META
+from rpybackup_core.batching import batched
 from rpybackup_core.cli.main import main
 from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.crypto import MasterKey, Sealer
-from rpybackup_core.files_cache import FilesCache
+from rpybackup_core.files_cache import FilesCache, ListingDigest
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
@@ -215,3 +217,17 @@ def name_a_chunk_never_stored(cache_dir: Path, path: Path) -> None:
         assert stored in ids
         db.execute("UPDATE dirs SET ids = ? WHERE path = ?", (ids.replace(stored, never), prefix))
     db.close()
+
+
+def knows_directory(cache: FilesCache, directory: Path | str) -> bool:
+    """Whether ``cache`` knows ``directory`` as its entries are now (a digest per slice the
+    walk takes)."""
+    prefix = f"{directory}/"
+    names = sorted(os.listdir(directory))
+    listing = ListingDigest()
+    for part in batched(
+        [(prefix + name, os.lstat(prefix + name)) for name in names], archiver._WALK_SLICE
+    ):
+        listing.add(part)
+    digest = listing.digest()
+    return digest is not None and cache.known_directory(prefix, digest) is not None

@@ -14,11 +14,10 @@ import pytest
 
 from rpybackup_core import archiver, files_cache
 from rpybackup_core.archiver import Archiver
-from rpybackup_core.batching import batched
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
-from rpybackup_core.files_cache import FilesCache, ListingDigest, is_racy
-from tests.conftest import listed, name_a_chunk_never_stored
+from rpybackup_core.files_cache import FilesCache, is_racy
+from tests.conftest import knows_directory, listed, name_a_chunk_never_stored
 
 # ---- the tree -------------------------------------------------------------------------------
 
@@ -61,17 +60,10 @@ def _settled(source: Path) -> None:
 
 
 def _known(cache_dir: Path, directory: Path) -> bool:
-    """Whether the files cache knows ``directory`` as its entries are now (a digest per
-    slice the walk takes)."""
-    prefix = f"{directory}/"
-    listed = [(prefix + name, os.lstat(prefix + name)) for name in sorted(os.listdir(directory))]
-    listing = ListingDigest()
-    for part in batched(listed, archiver._WALK_SLICE):
-        listing.add(part)
-    digest = listing.digest()
+    """Whether the files cache in ``cache_dir`` knows ``directory`` as its entries are now."""
     cache = FilesCache(cache_dir)
     try:
-        return digest is not None and cache.known_directory(prefix, digest) is not None
+        return knows_directory(cache, directory)
     finally:
         cache.close()
 

@@ -27,9 +27,10 @@ from rpybackup_core.backup_helper import BackupHelper
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import BackupIncomplete
-from rpybackup_core.files_cache import FilesCache, is_racy, listing_digest
+from rpybackup_core.files_cache import FilesCache, is_racy
 from rpybackup_core.repository import DB_FILE
 from rpybackup_core.tree import Node
+from tests.conftest import knows_directory
 
 # ---- the tree -------------------------------------------------------------------------------
 
@@ -122,14 +123,6 @@ def _settled(source: Path) -> None:
 
 def _ctime(st: os.stat_result) -> int:
     return st.st_ctime_ns
-
-
-def _known(cache: FilesCache, directory: str) -> bool:
-    """Whether ``cache`` knows ``directory`` as its entries are now."""
-    prefix = directory + "/"
-    names = sorted(os.listdir(directory))
-    digest = listing_digest([(prefix + name, os.lstat(prefix + name)) for name in names])
-    return digest is not None and cache.known_directory(prefix, digest) is not None
 
 
 def _utf8(name: str) -> bool:
@@ -281,7 +274,7 @@ def test_the_files_cache_learns_the_files_the_helper_read_so_a_re_run_reads_none
         assert unknown == []
         stored = helpers.started[0].handed_directories()
         assert len(stored) >= 2
-        assert [path for path in stored if not _known(cache, path)] == []
+        assert [path for path in stored if not knows_directory(cache, path)] == []
 
         read: list[str] = []
         read_content = Archiver.read_content
@@ -323,7 +316,7 @@ def test_directories_the_helper_stores_after_its_first_sync_are_known_too(
         _backup(alice, source, helpers, cache)
         stored = helpers.started[0].handed_directories()
         assert len(stored) * 60 > 1024
-        assert [path for path in stored if not _known(cache, path)] == []
+        assert [path for path in stored if not knows_directory(cache, path)] == []
     finally:
         cache.close()
 
