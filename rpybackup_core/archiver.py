@@ -767,8 +767,9 @@ class Archiver:
         assert self.cache is not None
         walk.learning = _Learning()
         asked = set(known.ids)
-        listings: Iterable[_Listed] = [listed] if listed is not None else []
-        if listed is None:
+        if listed is not None:
+            listings: Iterable[_Listed] = [listed]
+        else:
             names = sorted([*others, *(child.rpartition("/")[2] for child in subdirs)])
             listings = (
                 self._stat_entries(walk.prefix, taken)
@@ -778,22 +779,19 @@ class Archiver:
             walk.learning.listing.add(listed)
             regular = [(child, st) for child, st in listed if stat.S_ISREG(st.st_mode)]
             hits = self.cache.lookup_many(regular, adjacent=len(regular) == len(listed))
+            cached: list[tuple[str, Node, CachedFile]] = []
             nodes = []
             for child, st in listed:
                 node = subdirs.get(child)
                 hit = hits.get(child)
                 if node is not None:
                     nodes.append(node)
-                elif (
-                    hit is not None
-                    and asked.issuperset(hit.ids)
-                    and not missing.intersection(hit.ids)
-                ):
+                elif hit is not None and asked.issuperset(hit.ids):
+                    # The server answered for these ids: ``_cached_files`` reads the file again
+                    # if it lacks one of them.
                     name = child.rpartition("/")[2]
-                    nodes.append(Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids))
-                    self.progress.files_done += 1
-                    self.progress.bytes_done += hit.size
-                    self.cache.keep(child, hit)
+                    node = Node.from_stat(name, FILE, st, hit.size, hit.digest, hit.ids)
+                    cached.append((child, node, hit))
                 elif stat.S_ISDIR(st.st_mode):
                     log.warning("skipped %s: it became a directory while the backup ran", child)
                 else:
@@ -804,6 +802,8 @@ class Archiver:
                     )
                     if read is not None:
                         nodes.append(read)
+            nodes += self._cached_files(cached, missing)
+            nodes.sort(key=by_name)
             walk.add(nodes)
             walk.learning.learn(nodes)
         walk.done()

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from rpybackup_core.cli.main import main
 from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.crypto import MasterKey, Sealer
-from rpybackup_core.files_cache import FilesCache, ListingDigest
+from rpybackup_core.files_cache import FilesCache, ListingDigest, is_racy
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
@@ -231,3 +232,14 @@ def knows_directory(cache: FilesCache, directory: Path | str) -> bool:
         listing.add(part)
     digest = listing.digest()
     return digest is not None and cache.known_directory(prefix, digest) is not None
+
+
+def settled(source: Path) -> None:
+    """Wait (at most 5 s) until nothing under ``source`` changed so recently that the files
+    cache would not trust it (``is_racy``): only then does a backup leave its rows."""
+    paths = [source, *source.rglob("*")]
+    newest = max((os.lstat(path) for path in paths), key=lambda st: st.st_ctime_ns)
+    deadline = time.monotonic() + 5
+    while is_racy(newest) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not is_racy(newest), f"{source} stayed too recent to cache"

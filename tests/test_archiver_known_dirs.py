@@ -7,7 +7,6 @@ counted by wrapping the real methods."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ from rpybackup_core import archiver, files_cache
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
-from rpybackup_core.files_cache import FilesCache, is_racy
-from tests.conftest import knows_directory, listed, name_a_chunk_never_stored
+from rpybackup_core.files_cache import FilesCache
+from tests.conftest import knows_directory, listed, name_a_chunk_never_stored, settled
 
 # ---- the tree -------------------------------------------------------------------------------
 
@@ -46,17 +45,6 @@ def _directories(source: Path) -> list[Path]:
     """The directories under ``source`` (and itself) that have entries: an empty one costs a
     run one listing, and the cache does not keep it."""
     return sorted(Path(folder) for folder, dirs, files in os.walk(source) if dirs or files)
-
-
-def _settled(source: Path) -> None:
-    """Wait until nothing under ``source`` changed so recently that the cache would not trust
-    it (``is_racy``)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not any(is_racy(os.lstat(path)) for path in [source, *source.rglob("*")]):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{source} stayed too recent to cache")
 
 
 def _known(cache_dir: Path, directory: Path) -> bool:
@@ -119,7 +107,7 @@ def test_a_re_run_of_an_unchanged_tree_takes_every_directory_from_the_cache(
     """The first backup teaches the cache every directory; the next run looks up no file,
     reads none, and stores the same tree with the same counts."""
     source = _tree(tmp_path / "src")
-    _settled(source)
+    settled(source)
     first = alice.backup([str(source)])
     assert all(_known(alice.config.cache_path, folder) for folder in _directories(source))
     tree = _tree_ids(alice, source)
@@ -140,7 +128,7 @@ def test_every_kind_of_change_below_known_directories_is_backed_up(
     file's ctime), the rest comes from the cache, and the snapshot restores identical. The run
     after that knows every directory again."""
     source = _tree(tmp_path / "src")
-    _settled(source)
+    settled(source)
     alice.backup([str(source)])
 
     (source / "a" / "b" / "f1.txt").write_text("FIRST\n" * 90)
@@ -151,7 +139,7 @@ def test_every_kind_of_change_below_known_directories_is_backed_up(
     (source / "a" / "b" / "link").symlink_to("f2.txt")
     os.utime(source / "e" / "1" / "2", ns=(1_000_000_000, 1_000_000_000))
     (source / "e" / "1" / "2" / "3" / "deep.txt").write_text("changed deep down\n" * 30)
-    _settled(source)
+    settled(source)
     counted = _Counted(monkeypatch)
     alice.backup([str(source)])
     assert sorted(counted.read) == sorted(
@@ -173,7 +161,7 @@ def test_a_file_of_a_known_directory_whose_chunk_the_server_lacks_is_read_again(
     """The cache names a chunk the server never stored (as if lost) for one file of an
     unchanged directory: that file, and only that one, is read and stored again."""
     source = _tree(tmp_path / "src")
-    _settled(source)
+    settled(source)
     alice.backup([str(source)])
     lacking = source / "a" / "b" / "f2.txt"
     name_a_chunk_never_stored(alice.config.cache_path, lacking)
@@ -190,7 +178,7 @@ def test_a_directory_with_an_entry_changed_moments_ago_is_not_remembered(
     """An entry changed within the racy window could change again without its stat showing
     it: its directory is left to the next run to learn (the other directories are known)."""
     source = _tree(tmp_path / "src")
-    _settled(source)
+    settled(source)
     fresh = source / "a" / "b" / "f2.txt"
     # The backup takes longer than the window: the file counts as changed moments ago.
     fresh_inode, racy = fresh.stat().st_ino, files_cache.is_racy
@@ -223,7 +211,7 @@ def test_a_directory_walked_in_slices_is_known_and_its_changes_are_backed_up(
     monkeypatch.setattr(archiver, "_WALK_SLICE", 4)
     source = tmp_path / "src"
     wide = _wide(source)
-    _settled(source)
+    settled(source)
     alice.backup([str(source)])
     assert _known(alice.config.cache_path, wide)
 
@@ -234,7 +222,7 @@ def test_a_directory_walked_in_slices_is_known_and_its_changes_are_backed_up(
     for changed in (wide / "w5", wide / "s2" / "inner.txt"), (wide / "s1" / "inner.txt",):
         for path in changed:
             path.write_text(f"{path.name} changed\n")
-        _settled(source)
+        settled(source)
         counted.read.clear()
         alice.backup([str(source)])
         assert sorted(counted.read) == sorted(str(path) for path in changed)
@@ -255,7 +243,7 @@ def test_a_directory_of_more_entries_than_the_cache_learns_is_looked_up_file_by_
     wide = _wide(source)
     (source / "narrow").mkdir()
     (source / "narrow" / "n").write_text("one\n")
-    _settled(source)
+    settled(source)
     alice.backup([str(source)])
     assert not _known(alice.config.cache_path, wide)
     assert _known(alice.config.cache_path, source / "narrow")

@@ -14,7 +14,6 @@ import os
 import random
 import sqlite3
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,10 @@ from rpybackup_core.backup_helper import BackupHelper
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import BackupIncomplete
-from rpybackup_core.files_cache import FilesCache, is_racy
+from rpybackup_core.files_cache import FilesCache
 from rpybackup_core.repository import DB_FILE
 from rpybackup_core.tree import Node
-from tests.conftest import knows_directory
+from tests.conftest import knows_directory, settled
 
 # ---- the tree -------------------------------------------------------------------------------
 
@@ -109,20 +108,6 @@ def _in_snapshot(client: BackupClient, source: Path, snapshot: str = "latest") -
     """Every path under ``source`` in the snapshot, as often as it is stored there."""
     with client.listing(str(source), snapshot) as (_, entries):
         return sorted(entry.path for entry in entries)
-
-
-def _settled(source: Path) -> None:
-    """Wait (at most a tenth of a second) until no file under ``source`` changed so recently
-    that the files cache would not trust it (``is_racy``): only then are its rows kept."""
-    newest = max((os.lstat(path) for path in [str(source), *_on_disk(source)]), key=_ctime)
-    deadline = time.monotonic() + 5
-    while is_racy(newest) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not is_racy(newest)
-
-
-def _ctime(st: os.stat_result) -> int:
-    return st.st_ctime_ns
 
 
 def _utf8(name: str) -> bool:
@@ -261,7 +246,7 @@ def test_the_files_cache_learns_the_files_the_helper_read_so_a_re_run_reads_none
     directories stored in runs from the helper's syncs: after the commit it knows each of them,
     and the next run reads no file."""
     source = _tree(tmp_path / "src", large=False)
-    _settled(source)
+    settled(source)
     cache = FilesCache(tmp_path / "cache")
     try:
         assert cache.generation == 1
@@ -309,7 +294,7 @@ def test_directories_the_helper_stores_after_its_first_sync_are_known_too(
         (source / f"leaf-{leaf:02d}").mkdir(parents=True)
         for index in range(60):
             _write(source / f"leaf-{leaf:02d}" / f"f{index:02d}", 16)
-    _settled(source)
+    settled(source)
     cache = FilesCache(tmp_path / "cache")
     try:
         helpers = helper_starter(alice, _Recording)
