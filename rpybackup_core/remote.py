@@ -58,6 +58,13 @@ class RemoteRepository:
         try:
             tls = client_context().wrap_socket(raw, server_hostname=host)
             verify_pinned(tls, fingerprint)
+        except (ssl.SSLEOFError, ConnectionError) as exc:
+            raw.close()
+            # The daemon closes a connection it has no slot for without a word: TLS has not begun.
+            raise ServerUnreachable(
+                f"the server at {address} closed the connection before the TLS handshake ended"
+                " (it refuses connections while its slots are full; its log says why)"
+            ) from exc
         except ssl.SSLError as exc:
             raw.close()
             raise ServerUnreachable(f"TLS handshake with {address} failed: {exc}") from exc

@@ -18,8 +18,9 @@ PEAK_RSS_BOUND = 512 * MIB
 
 def test_fifty_clients_at_once(daemon: Daemon, tmp_path: Path, profile: Profile) -> None:
     count = profile.load_clients
-    # All the clients come from 127.0.0.1, and one address may hold a quarter of the slots.
-    daemon.config.max_connections = 4 * count
+    # All the clients come from 127.0.0.1, one address may hold a quarter of the slots, and a
+    # client may hold two connections at once (its own and its helper process's).
+    daemon.config.max_connections = 4 * 2 * count
     daemon.config.save()
     daemon.restart()
     rng = profile.rng("load")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core.errors import ServerUnreachable
 from rpybackup_core.protocol import MAGIC, MAX_PAYLOAD, PREFIX, PROTOCOL_VERSION
 from rpybackup_core.tls import server_context
 
@@ -184,6 +185,27 @@ def test_one_address_cannot_take_every_connection_slot(
     finally:
         for hog in hogs:
             hog.close()
+
+
+def test_a_client_refused_for_want_of_a_slot_is_told_why(daemon: Daemon, alice: Path) -> None:
+    daemon.config.max_connections = 4
+    daemon.config.save()
+    daemon.restart()
+    # One hog from each of four addresses (each may hold one slot) fills every slot; the
+    # accept loop admits them in order, before the client below.
+    hogs = [
+        socket.create_connection(
+            ("127.0.0.1", daemon.config.listen_port), timeout=30, source_address=(source, 0)
+        )
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+    ]
+    try:
+        with pytest.raises(ServerUnreachable, match="closed the connection before the TLS"):
+            daemon.client("alice").backup([str(alice)])
+    finally:
+        for hog in hogs:
+            hog.close()
+    assert "all 4 connection slots busy" in daemon.log_path.read_text()
 
 
 def test_tls_audit_with_sslscan(daemon: Daemon) -> None:
