@@ -45,8 +45,8 @@ MB = 1000 * 1000
 # ext4 skips inodes freed in the last 30 s when it allocates new ones; creating files right
 # after deleting a big tree is several times slower for whichever tool comes first. Timed
 # restores wait this long after the last mass deletion, so neither tool pays for the harness.
-_INODE_SETTLE = 35.0
-_RACY_SECONDS = 1.5
+INODE_SETTLE = 35.0
+RACY_SECONDS = 1.5
 # Scratch space a real tree needs, in multiples of its size (data, three repositories, two
 # restores).
 _ROOM_FACTOR = 6
@@ -64,7 +64,7 @@ class Source:
             return dataset.generate(data, self.scale)
         copied = dataset.copy_tree(self.tree, data)
         if copied.skipped:
-            _log(f"  {copied.skipped} entries of {self.tree} left out (unreadable or special)")
+            log(f"  {copied.skipped} entries of {self.tree} left out (unreadable or special)")
         return copied.bytes
 
     def mutate(self, data: Path) -> int:
@@ -95,12 +95,12 @@ GOALS = [
 ]
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def _machine() -> dict[str, Any]:
+def describe_machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -140,7 +140,7 @@ def _measure_pair(
             samples.setdefault("rpy_server_rss", []).append(result[1])
         else:
             samples.setdefault("restic_rss", []).append(result.peak_rss)
-        _log(f"  {name}: {seconds:.2f} s")
+        log(f"  {name}: {seconds:.2f} s")
 
 
 def run_repeat(
@@ -157,9 +157,9 @@ def run_repeat(
     total = source.make(data)
     # The files cache does not trust a file changed within a second of being read (it could
     # change again unnoticed); real data is older than that when a backup starts.
-    time.sleep(_RACY_SECONDS)
+    time.sleep(RACY_SECONDS)
     samples.setdefault("dataset_bytes", []).append(total)
-    _log(f"repeat {index + 1}: {source.label()} ({total / MB:.0f} MB) ready")
+    log(f"repeat {index + 1}: {source.label()} ({total / MB:.0f} MB) ready")
     rpy = RPyBackup(work / f"rpy-{index}")
     restic = Restic(work / f"restic-{index}")
     rpy.setup()
@@ -177,21 +177,21 @@ def run_repeat(
             measured = borg.backup(data, "first")
             samples["borg_first"] = [measured.seconds]
             samples["borg_repo"] = [borg.repo_size()]
-            _log(f"  borg_first: {measured.seconds:.2f} s, repo {borg.repo_size() / MB:.0f} MB")
+            log(f"  borg_first: {measured.seconds:.2f} s, repo {borg.repo_size() / MB:.0f} MB")
             shutil.rmtree(borg.work)
         _measure_pair(
             samples, "nochange", lambda: rpy.backup(data), lambda: restic.backup(data), rpy_first
         )
         changed = source.mutate(data)
-        time.sleep(_RACY_SECONDS)
+        time.sleep(RACY_SECONDS)
         samples.setdefault("mutated_bytes", []).append(changed)
         _measure_pair(
             samples, "rerun", lambda: rpy.backup(data), lambda: restic.backup(data), rpy_first
         )
         targets = {"rpy": work / "restore-rpy", "restic": work / "restore-restic"}
-        settle = _INODE_SETTLE - (time.monotonic() - deleted_at)
+        settle = INODE_SETTLE - (time.monotonic() - deleted_at)
         if settle > 0:
-            _log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
+            log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
             time.sleep(settle)
         _measure_pair(
             samples,
@@ -248,7 +248,7 @@ def run_big_file(work: Path, size_mib: int, repeats: int) -> dict[str, list[floa
         samples.setdefault("get_client_rss", []).append(get.peak_rss)
         samples.setdefault("put_server_rss", []).append(put_server)
         samples.setdefault("get_server_rss", []).append(get_server)
-        _log(
+        log(
             f"  big file: put {size / put.seconds / MB:.0f} MB/s, "
             f"get {size / get.seconds / MB:.0f} MB/s, bare TLS {size / bare.seconds / MB:.0f} MB/s"
         )
@@ -454,7 +454,7 @@ def scratch_filesystem(work: Path, gib: int) -> Iterator[None]:
     shared /tmp with test suites churning made restores vary 3x)."""
     work.mkdir(parents=True)
     if gib > 0 and os.geteuid() != 0:
-        _log("not root: running on the filesystem of --work (restores may vary more)")
+        log("not root: running on the filesystem of --work (restores may vary more)")
         gib = 0
     if gib <= 0:
         yield
@@ -496,7 +496,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     data = work / "data"
     started = time.monotonic()
     compile_package()
-    machine = _machine()
+    machine = describe_machine()
     samples: dict[str, list[float]] = {}
     source = Source(args.scale, args.tree)
     for index in range(args.repeats):

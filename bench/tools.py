@@ -92,9 +92,15 @@ class RPyBackup:
 
     name = "rpybackup"
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, checkout: Path | None = None) -> None:
+        """With ``checkout``, the package is imported from that source tree (an A/B pair of
+        two commits, bench/ab.py) instead of the installed one."""
         self.work = work
-        self.cli = str(Path(sys.executable).parent / "rpybackup-core")
+        self.cli = [str(Path(sys.executable).parent / "rpybackup-core")]
+        self.env: dict[str, str] | None = None
+        if checkout is not None:
+            self.cli = [sys.executable, "-P", "-m", "rpybackup_core.cli.main"]
+            self.env = {**os.environ, "PYTHONPATH": str(checkout)}
         self.server_config = work / "server.toml"
         self.client_config = work / "client.toml"
         self.data = work / "server-data"
@@ -112,7 +118,7 @@ class RPyBackup:
         code = json.loads(self.server_cli("client", "add", "bench", "--json").stdout)["code"]
         run_measured(
             [
-                self.cli,
+                *self.cli,
                 "--config",
                 str(self.client_config),
                 "enroll",
@@ -120,22 +126,24 @@ class RPyBackup:
                 code,
                 "--fingerprint",
                 fingerprint,
-            ]
+            ],
+            self.env,
         )
         config = ClientConfig.load(self.client_config)
         config.cache_dir = str(self.work / "client-cache")
         config.save()
 
     def server_cli(self, *args: str) -> Measured:
-        return run_measured([self.cli, "--config", str(self.server_config), *args])
+        return run_measured([*self.cli, "--config", str(self.server_config), *args], self.env)
 
     def start_server(self, port: int) -> None:
         with self.log.open("ab") as log:
             self.server = subprocess.Popen(
-                [self.cli, "--config", str(self.server_config), "serve"],
+                [*self.cli, "--config", str(self.server_config), "serve"],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                env=self.env,
             )
         deadline = time.monotonic() + _SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -175,7 +183,7 @@ class RPyBackup:
         """The client's measurement (CPU includes the server's share) and the server's peak."""
         self.reset_server_peak()
         server_cpu = self._server_cpu()
-        measured = run_measured([self.cli, "--config", str(self.client_config), *args])
+        measured = run_measured([*self.cli, "--config", str(self.client_config), *args], self.env)
         total_cpu = measured.cpu_seconds + self._server_cpu() - server_cpu
         return replace(measured, cpu_seconds=total_cpu), self.server_peak()
 

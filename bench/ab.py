@@ -1,0 +1,241 @@
+"""Two checkouts of rPyBackup in alternating pairs on the same data: did a change move a step?
+
+    python bench/ab.py A_DIR B_DIR [--scale 0.25 | --tree DIR] [--rounds 8] [--restore]
+                       [--work DIR] [--fs-gib 16]
+
+A_DIR and B_DIR are source trees of rPyBackup (``git worktree add /tmp/a <commit>``). Each
+round makes the data afresh, gives each checkout its own server, repository and files cache,
+and runs both on it step by step, alternating which goes first: first backup, no-change
+re-run, ~5 % mutation, re-run and, with ``--restore``, a full restore. This machine's speed
+swings by a third within minutes (docs/performance.md, findings 18 and 69); a pair run back to
+back shares the swing, so the table counts how many pairs each side won besides the medians.
+Results go to bench/results/ as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dataset
+from run import (
+    INODE_SETTLE,
+    RACY_SECONDS,
+    RESULTS,
+    Source,
+    check_room,
+    describe_machine,
+    log,
+    scratch_filesystem,
+)
+from tools import Measured, RPyBackup, ensure_installed
+
+SIDES = ("a", "b")
+STEPS = ("first", "nochange", "rerun", "restore")
+
+
+def _commit(checkout: Path) -> str:
+    described = subprocess.run(
+        ["git", "-C", str(checkout), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return described.stdout.strip() or "unknown"
+
+
+def _pair(
+    samples: dict[str, list[float]],
+    step: str,
+    runs: dict[str, Callable[[], tuple[Measured, int]]],
+    a_first: bool,
+) -> None:
+    """Both sides' ``step`` back to back, in the given order; wall and CPU (client + server)."""
+    for side in SIDES if a_first else reversed(SIDES):
+        # What ran before (the data's copy, the other side's restore) is written back now,
+        # not during the measured step.
+        os.sync()
+        measured, _server_peak = runs[side]()
+        samples.setdefault(f"{side}_{step}", []).append(measured.seconds)
+        samples.setdefault(f"{side}_{step}_cpu", []).append(measured.cpu_seconds)
+        log(f"  {side} {step}: {measured.seconds:.2f} s ({measured.cpu_seconds:.2f} CPU-s)")
+
+
+def run_round(
+    work: Path,
+    data: Path,
+    source: Source,
+    checkouts: dict[str, Path],
+    index: int,
+    with_restore: bool,
+    samples: dict[str, list[float]],
+) -> None:
+    if data.exists():
+        shutil.rmtree(data)
+    deleted_at = time.monotonic()
+    total = source.make(data)
+    time.sleep(RACY_SECONDS)
+    log(f"round {index + 1}: {source.label()} ({total / 1e6:.0f} MB) ready")
+    sides = {side: RPyBackup(work / f"{side}-{index}", checkouts[side]) for side in SIDES}
+    for side in sides.values():
+        side.setup()
+    a_first = index % 2 == 0
+    backups = {name: _backup(side, data) for name, side in sides.items()}
+    try:
+        _pair(samples, "first", backups, a_first)
+        _pair(samples, "nochange", backups, a_first)
+        source.mutate(data)
+        time.sleep(RACY_SECONDS)
+        _pair(samples, "rerun", backups, a_first)
+        if with_restore:
+            _restore_pair(work, data, sides, deleted_at, a_first, samples)
+    finally:
+        for side in sides.values():
+            side.stop()
+    for side in sides.values():
+        shutil.rmtree(side.work)
+
+
+def _backup(side: RPyBackup, data: Path) -> Callable[[], tuple[Measured, int]]:
+    return lambda: side.backup(data)
+
+
+def _restore_pair(
+    work: Path,
+    data: Path,
+    sides: dict[str, RPyBackup],
+    deleted_at: float,
+    a_first: bool,
+    samples: dict[str, list[float]],
+) -> None:
+    targets = {name: work / f"restore-{name}" for name in sides}
+    settle = INODE_SETTLE - (time.monotonic() - deleted_at)
+    if settle > 0:
+        log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
+        time.sleep(settle)
+    runs = {name: _restore(side, targets[name]) for name, side in sides.items()}
+    _pair(samples, "restore", runs, a_first)
+    for name, target in targets.items():
+        problems = dataset.compare(data, target / data.relative_to("/"))
+        if problems:
+            raise SystemExit(f"{name}'s restore differs from the source: {problems[:5]}")
+        shutil.rmtree(target)
+
+
+def _restore(side: RPyBackup, target: Path) -> Callable[[], tuple[Measured, int]]:
+    return lambda: side.restore(target)
+
+
+def summarize(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+    rows = []
+    for step in STEPS:
+        a, b = samples.get(f"a_{step}"), samples.get(f"b_{step}")
+        if not a or not b:
+            continue
+        a_cpu, b_cpu = samples[f"a_{step}_cpu"], samples[f"b_{step}_cpu"]
+        rows.append(
+            {
+                "step": step,
+                "a_median": statistics.median(a),
+                "b_median": statistics.median(b),
+                "b_over_a": statistics.median(b) / statistics.median(a),
+                "b_faster_in": sum(1 for x, y in zip(a, b, strict=True) if y < x),
+                "pairs": len(a),
+                "a_cpu_median": statistics.median(a_cpu),
+                "b_cpu_median": statistics.median(b_cpu),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], commits: dict[str, str]) -> None:
+    print(f"\nA = {commits['a']}, B = {commits['b']}; medians, client + server CPU\n")
+    print("| step | A | B | B/A | B faster in | CPU A | CPU B |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['step']} | {row['a_median']:.2f} s | {row['b_median']:.2f} s "
+            f"| {row['b_over_a']:.2f} | {row['b_faster_in']} of {row['pairs']} "
+            f"| {row['a_cpu_median']:.2f} s | {row['b_cpu_median']:.2f} s |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", type=Path, help="source tree of the first side (A)")
+    parser.add_argument("b", type=Path, help="source tree of the second side (B)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--scale", type=float, default=0.25, help="seeded dataset's size")
+    what.add_argument("--tree", type=Path, help="a copy of this real tree instead")
+    parser.add_argument("--rounds", type=int, default=8, help="pairs per step (keep it even)")
+    parser.add_argument("--restore", action="store_true", help="pair full restores too")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rpybackup-ab"))
+    parser.add_argument("--fs-gib", type=int, default=16, help="as for bench/run.py")
+    args = parser.parse_args()
+    checkouts = {"a": args.a.resolve(), "b": args.b.resolve()}
+    for side, checkout in checkouts.items():
+        if not (checkout / "rpybackup_core" / "__init__.py").is_file():
+            parser.error(f"{side.upper()} {checkout}: not a source tree of rPyBackup")
+        compileall.compile_dir(str(checkout / "rpybackup_core"), quiet=1)
+    work = args.work.resolve()
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
+        if not args.tree.is_dir():
+            parser.error(f"--tree {args.tree}: not a directory")
+        if work.is_relative_to(args.tree) or args.tree.is_relative_to(work):
+            parser.error(f"--tree {args.tree} and --work {work} must not contain each other")
+    ensure_installed()
+    if work.exists():
+        shutil.rmtree(work)
+    if args.tree is not None:
+        check_room(args.tree, work, args.fs_gib)
+    with scratch_filesystem(work, args.fs_gib):
+        return measure(args, work, checkouts)
+
+
+def measure(args: argparse.Namespace, work: Path, checkouts: dict[str, Path]) -> int:
+    data = work / "data"
+    started = time.monotonic()
+    machine = describe_machine()
+    commits = {side: _commit(checkout) for side, checkout in checkouts.items()}
+    source = Source(args.scale, args.tree)
+    samples: dict[str, list[float]] = {}
+    for index in range(args.rounds):
+        run_round(work, data, source, checkouts, index, args.restore, samples)
+    shutil.rmtree(data)
+    rows = summarize(samples)
+    print_table(rows, commits)
+    machine["load_at_end"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}-ab-{commits['a']}-{commits['b']}.json"
+    report = {
+        "time": stamp,
+        "a": {"checkout": str(checkouts["a"]), "commit": commits["a"]},
+        "b": {"checkout": str(checkouts["b"]), "commit": commits["b"]},
+        "source": source.label(),
+        "rounds": args.rounds,
+        "fs_gib": args.fs_gib,
+        "machine": machine,
+        "seconds": round(time.monotonic() - started, 1),
+        "samples": samples,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
