@@ -34,12 +34,12 @@ from run import (
     RACY_SECONDS,
     RESULTS,
     Source,
-    check_room,
     describe_machine,
     log,
+    prepare_work,
     scratch_filesystem,
 )
-from tools import Measured, RPyBackup, ensure_installed
+from tools import Measured, RPyBackup
 
 SIDES = ("a", "b")
 STEPS = ("first", "nochange", "rerun", "restore")
@@ -188,18 +188,7 @@ def main() -> int:
         if not (checkout / "rpybackup_core" / "__init__.py").is_file():
             parser.error(f"{side.upper()} {checkout}: not a source tree of rPyBackup")
         compileall.compile_dir(str(checkout / "rpybackup_core"), quiet=1)
-    work = args.work.resolve()
-    if args.tree is not None:
-        args.tree = args.tree.resolve()
-        if not args.tree.is_dir():
-            parser.error(f"--tree {args.tree}: not a directory")
-        if work.is_relative_to(args.tree) or args.tree.is_relative_to(work):
-            parser.error(f"--tree {args.tree} and --work {work} must not contain each other")
-    ensure_installed()
-    if work.exists():
-        shutil.rmtree(work)
-    if args.tree is not None:
-        check_room(args.tree, work, args.fs_gib)
+    work = prepare_work(parser, args)
     with scratch_filesystem(work, args.fs_gib):
         return measure(args, work, checkouts)
 

@@ -417,8 +417,15 @@ def main() -> int:
         "needs root); 0 uses --work's filesystem as it is",
     )
     args = parser.parse_args()
+    work = prepare_work(parser, args)
+    with scratch_filesystem(work, args.fs_gib):
+        return measure(args, work)
 
-    work = args.work.resolve()
+
+def prepare_work(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """Check ``--tree`` against ``--work``, install the contenders, empty ``--work``; the
+    resolved ``--work``."""
+    work: Path = args.work.resolve()
     if args.tree is not None:
         args.tree = args.tree.resolve()
         if not args.tree.is_dir():
@@ -431,8 +438,7 @@ def main() -> int:
         shutil.rmtree(work)
     if args.tree is not None:
         check_room(args.tree, work, args.fs_gib)
-    with scratch_filesystem(work, args.fs_gib):
-        return measure(args, work)
+    return work
 
 
 def check_room(tree: Path, work: Path, fs_gib: int) -> None:
