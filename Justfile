@@ -31,3 +31,7 @@ bench *ARGS:
 # The server's peak memory for a commit and a prune as a client's chunk count grows (~2 min).
 bench-server-memory:
     {{py}} bench/server_memory.py
+
+# Two checkouts in alternating pairs on the same data: `just ab /tmp/a /tmp/b --tree /usr/share`.
+ab *ARGS:
+    {{py}} bench/ab.py {{ARGS}}
