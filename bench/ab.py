@@ -30,14 +30,15 @@ from typing import Any
 
 import dataset
 from run import (
-    INODE_SETTLE,
     RACY_SECONDS,
     RESULTS,
     Source,
     describe_machine,
+    fresh_data,
     log,
     prepare_work,
     scratch_filesystem,
+    settle_inodes,
 )
 from tools import Measured, RPyBackup
 
@@ -58,15 +59,17 @@ def _commit(checkout: Path) -> str:
 def _pair(
     samples: dict[str, list[float]],
     step: str,
-    runs: dict[str, Callable[[], tuple[Measured, int]]],
+    sides: dict[str, RPyBackup],
+    run: Callable[[str, RPyBackup], tuple[Measured, int]],
     a_first: bool,
 ) -> None:
-    """Both sides' ``step`` back to back, in the given order; wall and CPU (client + server)."""
+    """``run`` the ``step`` on both sides back to back, in the given order; wall and CPU
+    (client + server)."""
     for side in SIDES if a_first else reversed(SIDES):
         # What ran before (the data's copy, the other side's restore) is written back now,
         # not during the measured step.
         os.sync()
-        measured, _server_peak = runs[side]()
+        measured, _server_peak = run(side, sides[side])
         samples.setdefault(f"{side}_{step}", []).append(measured.seconds)
         samples.setdefault(f"{side}_{step}_cpu", []).append(measured.cpu_seconds)
         log(f"  {side} {step}: {measured.seconds:.2f} s ({measured.cpu_seconds:.2f} CPU-s)")
@@ -81,23 +84,21 @@ def run_round(
     with_restore: bool,
     samples: dict[str, list[float]],
 ) -> None:
-    if data.exists():
-        shutil.rmtree(data)
-    deleted_at = time.monotonic()
-    total = source.make(data)
-    time.sleep(RACY_SECONDS)
-    log(f"round {index + 1}: {source.label()} ({total / 1e6:.0f} MB) ready")
+    deleted_at, _ = fresh_data(source, data, f"round {index + 1}")
     sides = {side: RPyBackup(work / f"{side}-{index}", checkouts[side]) for side in SIDES}
     for side in sides.values():
         side.setup()
     a_first = index % 2 == 0
-    backups = {name: _backup(side, data) for name, side in sides.items()}
+
+    def backup(_name: str, side: RPyBackup) -> tuple[Measured, int]:
+        return side.backup(data)
+
     try:
-        _pair(samples, "first", backups, a_first)
-        _pair(samples, "nochange", backups, a_first)
+        _pair(samples, "first", sides, backup, a_first)
+        _pair(samples, "nochange", sides, backup, a_first)
         source.mutate(data)
         time.sleep(RACY_SECONDS)
-        _pair(samples, "rerun", backups, a_first)
+        _pair(samples, "rerun", sides, backup, a_first)
         if with_restore:
             _restore_pair(work, data, sides, deleted_at, a_first, samples)
     finally:
@@ -105,10 +106,6 @@ def run_round(
             side.stop()
     for side in sides.values():
         shutil.rmtree(side.work)
-
-
-def _backup(side: RPyBackup, data: Path) -> Callable[[], tuple[Measured, int]]:
-    return lambda: side.backup(data)
 
 
 def _restore_pair(
@@ -120,21 +117,17 @@ def _restore_pair(
     samples: dict[str, list[float]],
 ) -> None:
     targets = {name: work / f"restore-{name}" for name in sides}
-    settle = INODE_SETTLE - (time.monotonic() - deleted_at)
-    if settle > 0:
-        log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
-        time.sleep(settle)
-    runs = {name: _restore(side, targets[name]) for name, side in sides.items()}
-    _pair(samples, "restore", runs, a_first)
+    settle_inodes(deleted_at)
+
+    def restore(name: str, side: RPyBackup) -> tuple[Measured, int]:
+        return side.restore(targets[name])
+
+    _pair(samples, "restore", sides, restore, a_first)
     for name, target in targets.items():
         problems = dataset.compare(data, target / data.relative_to("/"))
         if problems:
             raise SystemExit(f"{name}'s restore differs from the source: {problems[:5]}")
         shutil.rmtree(target)
-
-
-def _restore(side: RPyBackup, target: Path) -> Callable[[], tuple[Measured, int]]:
-    return lambda: side.restore(target)
 
 
 def summarize(samples: dict[str, list[float]]) -> list[dict[str, Any]]:

@@ -143,6 +143,28 @@ def _measure_pair(
         log(f"  {name}: {seconds:.2f} s")
 
 
+def fresh_data(source: Source, data: Path, label: str) -> tuple[float, int]:
+    """The ``source``'s data made afresh at ``data``: when the old copy was deleted, and the
+    new one's size."""
+    if data.exists():
+        shutil.rmtree(data)
+    deleted_at = time.monotonic()
+    total = source.make(data)
+    # The files cache does not trust a file changed within a second of being read (it could
+    # change again unnoticed); real data is older than that when a backup starts.
+    time.sleep(RACY_SECONDS)
+    log(f"{label}: {source.label()} ({total / MB:.0f} MB) ready")
+    return deleted_at, total
+
+
+def settle_inodes(deleted_at: float) -> None:
+    """Wait until INODE_SETTLE has passed since the harness's last mass deletion."""
+    settle = INODE_SETTLE - (time.monotonic() - deleted_at)
+    if settle > 0:
+        log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
+        time.sleep(settle)
+
+
 def run_repeat(
     work: Path,
     data: Path,
@@ -151,15 +173,8 @@ def run_repeat(
     with_borg: bool,
     samples: dict[str, list[float]],
 ) -> None:
-    if data.exists():
-        shutil.rmtree(data)
-    deleted_at = time.monotonic()
-    total = source.make(data)
-    # The files cache does not trust a file changed within a second of being read (it could
-    # change again unnoticed); real data is older than that when a backup starts.
-    time.sleep(RACY_SECONDS)
+    deleted_at, total = fresh_data(source, data, f"repeat {index + 1}")
     samples.setdefault("dataset_bytes", []).append(total)
-    log(f"repeat {index + 1}: {source.label()} ({total / MB:.0f} MB) ready")
     rpy = RPyBackup(work / f"rpy-{index}")
     restic = Restic(work / f"restic-{index}")
     rpy.setup()
@@ -189,10 +204,7 @@ def run_repeat(
             samples, "rerun", lambda: rpy.backup(data), lambda: restic.backup(data), rpy_first
         )
         targets = {"rpy": work / "restore-rpy", "restic": work / "restore-restic"}
-        settle = INODE_SETTLE - (time.monotonic() - deleted_at)
-        if settle > 0:
-            log(f"  waiting {settle:.0f} s for freed inodes to settle before restoring")
-            time.sleep(settle)
+        settle_inodes(deleted_at)
         _measure_pair(
             samples,
             "restore",
