@@ -37,7 +37,10 @@ async def wait_for(pilot: Pilot[None], condition: Callable[[], object], what: st
 async def table_settled(pilot: Pilot[None], table: DataTable, rows: int, what: str) -> None:
     """Wait for ``rows`` rows, measured and repainted: a screenshot then shows the final table."""
     await wait_for(pilot, lambda: table_laid_out(table, rows), what)
-    table.refresh()
+    # DataTable keeps lines drawn before its columns were measured until its own resize event,
+    # which a starved CI machine may not have delivered yet: drop them so the next paint uses
+    # the measured widths.
+    table.notify_style_update()
     await pilot.pause()
 
 
