@@ -101,9 +101,15 @@ class _KeptBuffers:
 class FramedSocket:
     """One peer's framed stream over a (TLS) socket. Not thread-safe."""
 
-    def __init__(self, sock: socket.socket, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(
+        self, sock: socket.socket, max_payload: int = MAX_PAYLOAD, grow_kept: bool = True
+    ) -> None:
+        """``grow_kept=False`` reads a kept frame into a buffer of its full size at once, for a
+        peer whose length prefixes are trusted as far as ``max_payload`` (a client's pinned
+        server): growing it as the bytes arrive copies and faults in its pages twice over."""
         self.sock = sock
         self.max_payload = max_payload
+        self._grow_kept = grow_kept
         self._buffer = bytearray(_INITIAL_BUFFER)
         self._kept = _KeptBuffers()
         # A frame goes out as a header write and a payload write; with Nagle's algorithm the
@@ -175,7 +181,12 @@ class FramedSocket:
     def _read_kept(self, size: int) -> memoryview:
         buffer = self._kept.free(size)
         if buffer is None:
-            buffer = self._read_growing(size, self._kept.capacity(size))
+            capacity = self._kept.capacity(size)
+            if self._grow_kept:
+                buffer = self._read_growing(size, capacity)
+            else:
+                buffer = bytearray(capacity)
+                self._fill(memoryview(buffer)[:size])
             self._kept.offer(buffer)
         else:
             self._fill(memoryview(buffer)[:size])

@@ -72,7 +72,8 @@ class RemoteRepository:
             raw.close()
             raise
         tls.settimeout(IO_TIMEOUT)
-        remote = cls(FramedSocket(tls), address)
+        # The one peer is the server this client pinned: its frames need not grow as they arrive.
+        remote = cls(FramedSocket(tls, grow_kept=False), address)
         try:
             reply, _ = remote.request("hello", magic=MAGIC, protocol=PROTOCOL_VERSION)
         except (ProtocolError, OSError) as exc:

@@ -24,12 +24,17 @@ def pair():
     right.close()
 
 
-@pytest.fixture
-def wide_pair():
+@pytest.fixture(params=[True, False], ids=["kept-grown", "kept-whole"])
+def wide_pair(request):
+    """The receiver grows kept frames as their bytes arrive (the server's side) or allocates
+    them whole (a client's, whose peer is the server it pinned)."""
     left, right = socket.socketpair()
     left.settimeout(10)
     right.settimeout(10)
-    yield FramedSocket(left, max_payload=16 * MIB), FramedSocket(right, max_payload=16 * MIB)
+    yield (
+        FramedSocket(left, max_payload=16 * MIB),
+        FramedSocket(right, max_payload=16 * MIB, grow_kept=request.param),
+    )
     left.close()
     right.close()
 
