@@ -470,9 +470,10 @@ class Archiver:
                 except OSError as exc:
                     self._error(path, exc)
                     continue
+                # A source's parents are not counted: the folders a run reports are those its
+                # sources hold, whatever depth they sit at.
                 node = Node.from_stat(name, DIR, st)
                 node.content = self._store_tree(self._layout_nodes(path, value))
-                self.dirs += 1
             if node is not None:
                 nodes.append(node)
         self._run_deferred(wait=True)

@@ -621,3 +621,16 @@ def test_a_batch_of_small_files_is_shared_out_in_order_one_run_per_worker() -> N
     ]
     assert len(_shares(segments, 4)) == 4
     assert _shares(segments[1:2], 2) == [segments[1:2]]
+
+
+def test_a_run_counts_the_folders_its_sources_hold_not_their_parents(server, tmp_path) -> None:
+    shallow = tmp_path / "shallow"
+    deep = tmp_path / "a" / "b" / "c" / "deep"
+    for source in (shallow, deep):
+        (source / "one" / "two").mkdir(parents=True)
+        (source / "one" / "two" / "file.txt").write_text("x")
+    server.enroll("alice")
+    client = server.client("alice")
+    counted = [client.backup([str(source)]) for source in (shallow, deep)]
+    # The source itself and its two folders, at any depth.
+    assert [(result.files, result.dirs) for result in counted] == [(1, 3), (1, 3)]
