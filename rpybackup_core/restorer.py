@@ -66,6 +66,9 @@ _HANDED_FILES = 16
 _SLICE_FILES = 128
 _HANDED_SMALL_FILES = 1024
 _HELPER_AFTER_FILES = 1024
+# Hard-linked files whose first name a restore remembers, to link their other names to (a few
+# hundred bytes each); past this many, further ones are restored as files of their own.
+_LINK_GROUPS = 16384
 
 
 def _process_umask() -> int | None:
@@ -396,6 +399,23 @@ def _refuse_dir(fd: int, name: str, shown: str) -> None:
 
 
 @dataclass(eq=False)
+class _LinkGroup:
+    """The names of one hard-linked file in a restore: the first is restored as a file, the
+    others are linked to it once it is in place (as files of their own if it failed)."""
+
+    # What the names must agree on to be one file: size, digest, mode, owner, mtime.
+    same: tuple[object, ...]
+    # The first name as shown: its path under the restore's top directory.
+    first: str
+    restored: bool | None = None
+    waiting: list[tuple[_OpenDir, Node, str]] = field(default_factory=list)
+
+
+def _identity(node: Node) -> tuple[object, ...]:
+    return (node.size, node.digest, node.mode, node.uid, node.gid, node.mtime_ns)
+
+
+@dataclass(eq=False)
 class _OpenDir:
     """A directory being restored into. Its own metadata (``node``) goes on, and its
     descriptor is closed, once it has been walked and every file job inside it has ended."""
@@ -490,6 +510,11 @@ class Restorer:
         # What the helper wrote that progress counts so far, and of that, its finished files.
         self._helper_written = 0
         self._helper_finished = 0
+        # Hard links: the restore's top directory (None: names are not linked), the groups by
+        # link key, and those whose first name is still being written, by its shown path.
+        self._top_fd: int | None = None
+        self._link_groups: dict[str, _LinkGroup] = {}
+        self._linking: dict[str, _LinkGroup] = {}
 
     # ---- entry points -----------------------------------------------------------------------
 
@@ -499,6 +524,7 @@ class Restorer:
         target.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         top = _OpenDir(fd, "")
+        self._top_fd = fd
         try:
             with self._running():
                 if node is None:
@@ -507,6 +533,7 @@ class Restorer:
                 else:
                     self._restore_along(top, trail, node)
         finally:
+            self._top_fd = None
             os.close(fd)
         self.progress.phase = "done"
         self.report(self.progress)
@@ -536,16 +563,19 @@ class Restorer:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
-            self._fetch_batch()
-            self._settle_fetches()
-            self._drain()
-            while self._handed or self._slices:
+            while True:
+                self._fetch_batch()
+                self._settle_fetches()
+                self._drain()
+                # A file's outcome may start more work: its other names, restored as files.
+                if self._fetches or self._jobs or self._batch.segments:
+                    continue
+                if not (self._handed or self._slices):
+                    break
                 if self._helper is not None and self._helper.stopped:
                     self._write_handed_here()
                 else:
                     self._take_helper_outcomes(wait=True)
-                self._settle_fetches()
-                self._drain()
         finally:
             self._fetches.clear()
             self._batch = _SmallFiles()
@@ -639,6 +669,7 @@ class Restorer:
         self._jobs.clear()
 
     def _merge(self, outcomes: list[_Outcome]) -> None:
+        restored = []
         for outcome in outcomes:
             if outcome.error is not None:
                 self._fail(outcome.shown, outcome.error)
@@ -647,7 +678,10 @@ class Restorer:
             self.result.bytes += outcome.written
             self.progress.files_done += 1
             self.progress.bytes_done += outcome.written
+            restored.append(outcome.shown)
         self.report(self.progress)
+        for shown in restored:
+            self._link_waiting(shown, True)
 
     # ---- directories ------------------------------------------------------------------------
 
@@ -796,6 +830,8 @@ class Restorer:
         small: list[tuple[str, Node, str]] = []
         for node in files:
             shown = f"{prefix}/{node.name}"
+            if node.link and self._as_link(where, node, shown):
+                continue
             if node.size > _FETCH_BYTES:
                 self._restore_file(where, node.name, node, shown)
             else:
@@ -805,6 +841,85 @@ class Restorer:
             self._small_seen += len(entries)
             if not self._hand_slice(where, prefix, entries):
                 self._add_to_batch(where, entries)
+
+    # ---- hard links -------------------------------------------------------------------------
+
+    def _as_link(self, where: _OpenDir, node: Node, shown: str) -> bool:
+        """Whether this name of a hard-linked file is linked to its first name (now, or once
+        that is written) rather than restored as a file: not the first name, nor one whose
+        first failed or differs from it."""
+        if self._top_fd is None:
+            return False
+        group = self._link_groups.get(node.link)
+        if group is None:
+            if len(self._link_groups) < _LINK_GROUPS:
+                group = _LinkGroup(_identity(node), shown)
+                self._link_groups[node.link] = group
+                self._linking[shown] = group
+            return False
+        if group.restored is False or group.same != _identity(node):
+            return False
+        if group.restored is None:
+            group.waiting.append((where, node, shown))
+            where.pending += 1
+            return True
+        self._link(group, where, node, shown)
+        return True
+
+    def _link_waiting(self, shown: str, restored: bool) -> None:
+        """The first name of a hard-linked file is written (or failed): its other names met
+        so far are linked to it (or restored as files)."""
+        group = self._linking.pop(shown, None)
+        if group is None:
+            return
+        group.restored = restored
+        waiting, group.waiting = group.waiting, []
+        for where, node, other in waiting:
+            if restored:
+                self._link(group, where, node, other)
+            else:
+                self._restore_file(where, node.name, node, other)
+            where.pending -= 1
+            self._finish_if_done(where)
+
+    def _link(self, group: _LinkGroup, where: _OpenDir, node: Node, shown: str) -> None:
+        try:
+            self._make_link(group.first.split("/")[1:], where, node.name, shown)
+        except RestoreError as exc:
+            self._fail(shown, exc)
+        except OSError as exc:
+            log.info("restore: %s restored as a file, not linked: %s", shown, exc.strerror or exc)
+            self._restore_file(where, node.name, node, shown)
+        else:
+            self._merge([_Outcome(shown, node.size)])
+
+    def _make_link(self, path: list[str], where: _OpenDir, name: str, shown: str) -> None:
+        """Link ``name`` in ``where`` to the file at ``path``, reached one directory at a time
+        without following a symlink, and put in place as a file is (replacing what is there
+        unless it is a directory)."""
+        assert self._top_fd is not None
+        opened: list[int] = []
+        fd = self._top_fd
+        try:
+            for part in path[:-1]:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                opened.append(fd)
+            if where.fresh:
+                os.link(path[-1], name, src_dir_fd=fd, dst_dir_fd=where.fd, follow_symlinks=False)
+                return
+            temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+            os.link(path[-1], temp, src_dir_fd=fd, dst_dir_fd=where.fd, follow_symlinks=False)
+            try:
+                _refuse_dir(where.fd, name, shown)
+                with where.lock:
+                    os.replace(temp, name, src_dir_fd=where.fd, dst_dir_fd=where.fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=where.fd)
+                raise
+        finally:
+            for descriptor in opened:
+                os.close(descriptor)
 
     def _add_to_batch(self, where: _OpenDir, entries: list[tuple[str, Node, str]]) -> None:
         for entry in entries:
@@ -1056,7 +1171,7 @@ class Restorer:
         handed = self._slices.pop(outcome.number, None)
         if handed is None:
             raise RestoreError(f"restore helper reported an unknown slice: {outcome.number}")
-        where = handed[0]
+        where, entries = handed
         self._helper_finished += outcome.written
         for shown, error in outcome.errors:
             self._fail(shown, error)
@@ -1064,6 +1179,10 @@ class Restorer:
         self.result.bytes += outcome.written
         self.progress.files_done += outcome.files
         self.report(self.progress)
+        failed = {shown for shown, _ in outcome.errors}
+        for _, _, shown in entries:
+            if shown not in failed:
+                self._link_waiting(shown, True)
         where.pending -= 1
         self._finish_if_done(where)
 
@@ -1178,3 +1297,4 @@ class Restorer:
         log.error("restore: %s", message)
         self.result.errors.append(message)
         self.progress.errors.append(message)
+        self._link_waiting(shown, False)

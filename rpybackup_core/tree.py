@@ -51,6 +51,9 @@ class Node:
     digest: str = ""
     content: list[bytes] = field(default_factory=list)
     target: str = ""
+    # A regular file with other names (st_nlink > 1): "<device>:<inode>" as backed up, the
+    # same for each of its names in the snapshot, so a restore can link them again.
+    link: str = ""
 
     @classmethod
     def from_stat(
@@ -74,6 +77,8 @@ class Node:
             size,
             digest,
             [] if content is None else content,
+            "",
+            f"{st.st_dev}:{st.st_ino}" if st.st_nlink > 1 and kind == FILE else "",
         )
 
     def encode(self) -> str:
@@ -89,6 +94,8 @@ class Node:
             head += f',"size":{self.size}'
             if algorithm != ONE_CHUNK_DIGEST:
                 head += f",{_quoted(algorithm)}:{_quoted(value)}"
+            if self.link:
+                head += f',"link":{_quoted(self.link)}'
         if self.kind == SYMLINK:
             return f'{head},"target":{_quoted(self.target)}}}'
         ids = '","'.join([chunk_id.hex() for chunk_id in self.content])
@@ -223,6 +230,10 @@ def _digest(doc: dict[str, object], name: str, content: list[bytes]) -> str:
     raise IntegrityError(f"file {name!r} has no valid digest")
 
 
+# A link key is two decimal numbers and a colon.
+_MAX_LINK = 64
+
+
 def _decode_node(doc: object) -> Node:
     if not isinstance(doc, dict):
         raise IntegrityError("tree entry is not an object")
@@ -242,6 +253,10 @@ def _decode_node(doc: object) -> Node:
     if kind == FILE:
         node.size = _int(doc, "size")
         node.digest = _digest(doc, node.name, node.content)
+        link = doc.get("link", "")
+        if not isinstance(link, str) or len(link) > _MAX_LINK:
+            raise IntegrityError(f"file {node.name!r} has a malformed link")
+        node.link = link
     if kind == SYMLINK:
         target = doc.get("target")
         if not isinstance(target, str) or not target or "\x00" in target:

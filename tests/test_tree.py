@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -29,6 +30,16 @@ def sample_nodes() -> list[Node]:
         Node("link", SYMLINK, 0o777, 789, target="../elsewhere"),
         Node("caf\udce9-latin1", FILE, 0o600, 1, size=0, digest="sha256:" + "e" * 64),
         Node("c.txt", FILE, 0o644, 9, size=3, digest="chunk:" + "03" * 32, content=[b"\x03" * 32]),
+        Node(
+            "d.txt",
+            FILE,
+            0o644,
+            10,
+            size=4,
+            digest="chunk:" + "04" * 32,
+            content=[b"\x04" * 32],
+            link="2049:131",
+        ),
     ]
 
 
@@ -50,6 +61,8 @@ def sample_documents() -> list[dict[str, object]]:
          "content": ["03" * 32]},
         {"name": "caf\udce9-latin1", "type": "file", "mode": 0o600, "mtime_ns": 1, **common,
          "size": 0, "sha256": "e" * 64, "content": []},
+        {"name": "d.txt", "type": "file", "mode": 0o644, "mtime_ns": 10, **common, "size": 4,
+         "link": "2049:131", "content": ["04" * 32]},
         {"name": "link", "type": "symlink", "mode": 0o777, "mtime_ns": 789, **common,
          "target": "../elsewhere"},
     ]  # fmt: skip
@@ -101,7 +114,8 @@ def test_a_tree_fed_a_byte_at_a_time_decodes_as_a_whole() -> None:
     nodes = [node for index in range(len(data)) for node in decoder.feed(data[index : index + 1])]
     nodes += decoder.feed(b"", final=True)
     assert nodes == decode_tree(data)
-    assert [node.name for node in nodes] == ["a-dir", "b.txt \u2603 snow", "c.txt", "link"]
+    names = ["a-dir", "b.txt \u2603 snow", "c.txt", "d.txt", "link"]
+    assert [node.name for node in nodes] == names
 
 
 @pytest.mark.parametrize(
@@ -193,8 +207,24 @@ def test_unsafe_names_are_rejected(name: str) -> None:
                 ],
             }
         ).encode(),
+        json.dumps(
+            {
+                "version": 1,
+                "entries": [
+                    {
+                        "name": "x",
+                        "type": "file",
+                        "mode": 1,
+                        "mtime_ns": 1,
+                        "size": 1,
+                        "sha256": "0" * 64,
+                        "link": 7,
+                    }
+                ],
+            }
+        ).encode(),
     ],
-    ids=["garbage", "list", "version", "type", "size", "chunk-id", "empty-target"],
+    ids=["garbage", "list", "version", "type", "size", "chunk-id", "empty-target", "link"],
 )
 def test_malformed_trees_are_rejected(document: bytes) -> None:
     with pytest.raises(IntegrityError):
@@ -238,3 +268,20 @@ def test_duplicate_names_are_rejected() -> None:
     doc["entries"] = doc["entries"] * 2
     with pytest.raises(IntegrityError, match="twice"):
         decode_tree(json.dumps(doc).encode())
+
+
+def test_the_names_of_a_file_with_several_share_a_link_key(tmp_path) -> None:
+    first, second, alone = tmp_path / "first", tmp_path / "second", tmp_path / "alone"
+    first.write_text("x")
+    os.link(first, second)
+    alone.write_text("x")
+    chunk = [b"\x05" * 32]
+    nodes = [
+        Node.from_stat(path.name, FILE, os.lstat(path), 1, "chunk:" + "05" * 32, chunk)
+        for path in (first, second, alone)
+    ]
+    st = os.lstat(first)
+    assert [node.link for node in nodes] == [f"{st.st_dev}:{st.st_ino}"] * 2 + [""]
+    assert b'"link"' not in encode_tree(nodes[2:])
+    decoded = decode_tree(encode_tree(nodes))
+    assert {node.name: node.link for node in decoded} == {node.name: node.link for node in nodes}

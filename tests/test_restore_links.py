@@ -1,0 +1,103 @@
+"""Hard links: each name of a file with several is backed up with the same link key, and a
+restore links the other names to the first one it writes."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from rpybackup_core.demo import compare_trees
+
+MIB = 1024 * 1024
+
+
+def _linked_tree(root: Path) -> Path:
+    """Three names of a small file, two of a large one (fetched part by part), a file with one
+    name, and a file with the small one's content under an inode of its own."""
+    for folder in ("a", "b", "c"):
+        (root / folder).mkdir(parents=True)
+    small = root / "a" / "small.txt"
+    small.write_text("one inode, three names\n" * 100)
+    os.link(small, root / "b" / "small-again.txt")
+    os.link(small, root / "c" / "small-third.txt")
+    large = root / "a" / "large.bin"
+    large.write_bytes(random.Random(1).randbytes(6 * MIB))
+    os.link(large, root / "b" / "large-again.bin")
+    (root / "c" / "alone.txt").write_text("one name")
+    (root / "c" / "twin.txt").write_text("one inode, three names\n" * 100)
+    return root
+
+
+def _inode(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path: Path) -> None:
+    source = _linked_tree(tmp_path / "source")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert result.errors == [] and result.files == 7
+    assert compare_trees(source, restored) == []
+    small = [restored / name for name in ("a/small.txt", "b/small-again.txt", "c/small-third.txt")]
+    assert len({_inode(path) for path in small}) == 1 and os.lstat(small[0]).st_nlink == 3
+    assert _inode(restored / "a/large.bin") == _inode(restored / "b/large-again.bin")
+    assert os.lstat(restored / "c/twin.txt").st_nlink == 1
+    assert os.lstat(restored / "c/alone.txt").st_nlink == 1
+
+
+def test_a_name_restored_without_its_first_is_a_file_of_its_own(server, tmp_path: Path) -> None:
+    source = _linked_tree(tmp_path / "source")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    client.restore("latest", target, include=str(source / "b"))
+    again = target / source.relative_to("/") / "b" / "small-again.txt"
+    assert again.read_bytes() == (source / "a" / "small.txt").read_bytes()
+    assert os.lstat(again).st_nlink == 1
+
+
+def test_a_restore_over_an_existing_tree_links_in_place_of_what_it_finds(
+    server, tmp_path: Path
+) -> None:
+    source = _linked_tree(tmp_path / "source")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    (restored / "b" / "small-again.txt").unlink()
+    (restored / "b" / "small-again.txt").write_text("something else")
+    _, result = client.restore("latest", target)
+    assert result.errors == []
+    assert compare_trees(source, restored) == []
+    assert _inode(restored / "b/small-again.txt") == _inode(restored / "a/small.txt")
+
+
+def test_names_linked_to_files_the_restore_helper_writes(server, tmp_path: Path) -> None:
+    """Enough small files for the restore's helper process to write slices of them: the
+    other names wait for each slice's report."""
+    source = tmp_path / "source"
+    (source / "first").mkdir(parents=True)
+    (source / "second").mkdir()
+    for index in range(1500):
+        path = source / "first" / f"f{index:04d}"
+        path.write_bytes(b"%d\n" % index * 50)
+        os.link(path, source / "second" / f"f{index:04d}")
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert result.errors == [] and result.files == 3000
+    assert compare_trees(source, restored) == []
+    for index in (0, 777, 1499):
+        name = f"f{index:04d}"
+        assert _inode(restored / "first" / name) == _inode(restored / "second" / name)
