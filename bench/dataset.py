@@ -274,20 +274,22 @@ class CopiedTree:
 
 def copy_tree(source: Path, root: Path) -> CopiedTree:
     """Copy a real tree under ``root`` (replacing it) with its times and modes: its regular
-    files, directories and symlinks. Anything else (FIFOs, sockets, devices) and whatever
-    cannot be read is left out, so that the copy is exactly what a restore must give back."""
+    files (the names of a hard-linked one linked again in the copy), directories and
+    symlinks. Anything else (FIFOs, sockets, devices) and whatever cannot be read is left
+    out, so that the copy is exactly what a restore must give back."""
     if root.exists():
         shutil.rmtree(root)
     counts = {"bytes": 0, "files": 0, "directories": 0, "symlinks": 0, "skipped": 0}
     root.mkdir(parents=True)
     made: list[tuple[Path, Path]] = [(source, root)]
+    linked: dict[tuple[int, int], Path] = {}
     for folder, dirs, files in os.walk(source):
         here = root / Path(folder).relative_to(source)
         descend = set()
         for name in dirs + files:
             origin, copy = Path(folder) / name, here / name
             try:
-                kind = _copy_entry(origin, copy)
+                kind = _copy_entry(origin, copy, linked)
             except OSError:
                 kind = "skipped"
             counts[kind] += 1
@@ -304,8 +306,9 @@ def copy_tree(source: Path, root: Path) -> CopiedTree:
     return CopiedTree(**counts)
 
 
-def _copy_entry(origin: Path, copy: Path) -> str:
-    mode = os.lstat(origin).st_mode
+def _copy_entry(origin: Path, copy: Path, linked: dict[tuple[int, int], Path]) -> str:
+    st = os.lstat(origin)
+    mode = st.st_mode
     if stat.S_ISLNK(mode):
         os.symlink(os.readlink(origin), copy)
         shutil.copystat(origin, copy, follow_symlinks=False)
@@ -314,7 +317,13 @@ def _copy_entry(origin: Path, copy: Path) -> str:
         copy.mkdir()
         return "directories"
     if stat.S_ISREG(mode):
+        first = linked.get((st.st_dev, st.st_ino))
+        if first is not None:
+            os.link(first, copy)
+            return "files"
         shutil.copy2(origin, copy, follow_symlinks=False)
+        if st.st_nlink > 1:
+            linked[(st.st_dev, st.st_ino)] = copy
         return "files"
     return "skipped"
 
