@@ -33,11 +33,17 @@ def _inode(path: Path) -> int:
     return os.lstat(path).st_ino
 
 
-def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path: Path) -> None:
-    source = _linked_tree(tmp_path / "source")
+def _backed_up(server, source: Path):
+    """Client alice, with one snapshot of ``source``."""
     server.enroll("alice")
     client = server.client("alice")
     client.backup([str(source)])
+    return client
+
+
+def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path: Path) -> None:
+    source = _linked_tree(tmp_path / "source")
+    client = _backed_up(server, source)
     target = tmp_path / "restored"
     _, result = client.restore("latest", target)
     restored = target / source.relative_to("/")
@@ -52,9 +58,7 @@ def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path:
 
 def test_a_name_restored_without_its_first_is_a_file_of_its_own(server, tmp_path: Path) -> None:
     source = _linked_tree(tmp_path / "source")
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = _backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target, include=str(source / "b"))
     again = target / source.relative_to("/") / "b" / "small-again.txt"
@@ -66,9 +70,7 @@ def test_a_restore_over_an_existing_tree_links_in_place_of_what_it_finds(
     server, tmp_path: Path
 ) -> None:
     source = _linked_tree(tmp_path / "source")
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = _backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target)
     restored = target / source.relative_to("/")
@@ -90,9 +92,7 @@ def test_names_linked_to_files_the_restore_helper_writes(server, tmp_path: Path)
         path = source / "first" / f"f{index:04d}"
         path.write_bytes(b"%d\n" % index * 50)
         os.link(path, source / "second" / f"f{index:04d}")
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = _backed_up(server, source)
     target = tmp_path / "restored"
     _, result = client.restore("latest", target)
     restored = target / source.relative_to("/")
