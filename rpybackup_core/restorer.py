@@ -669,7 +669,6 @@ class Restorer:
         self._jobs.clear()
 
     def _merge(self, outcomes: list[_Outcome]) -> None:
-        restored = []
         for outcome in outcomes:
             if outcome.error is not None:
                 self._fail(outcome.shown, outcome.error)
@@ -678,10 +677,11 @@ class Restorer:
             self.result.bytes += outcome.written
             self.progress.files_done += 1
             self.progress.bytes_done += outcome.written
-            restored.append(outcome.shown)
         self.report(self.progress)
-        for shown in restored:
-            self._link_waiting(shown, True)
+        if self._linking:
+            for outcome in outcomes:
+                if outcome.error is None:
+                    self._link_waiting(outcome.shown, True)
 
     # ---- directories ------------------------------------------------------------------------
 
@@ -1179,10 +1179,11 @@ class Restorer:
         self.result.bytes += outcome.written
         self.progress.files_done += outcome.files
         self.report(self.progress)
-        failed = {shown for shown, _ in outcome.errors}
-        for _, _, shown in entries:
-            if shown not in failed:
-                self._link_waiting(shown, True)
+        if self._linking:
+            failed = {shown for shown, _ in outcome.errors}
+            for _, _, shown in entries:
+                if shown not in failed:
+                    self._link_waiting(shown, True)
         where.pending -= 1
         self._finish_if_done(where)
 
