@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 from rpybackup_core.demo import compare_trees
+from tests.conftest import damage_chunk
 
 MIB = 1024 * 1024
 
@@ -101,3 +102,43 @@ def test_names_linked_to_files_the_restore_helper_writes(server, tmp_path: Path)
     for index in (0, 777, 1499):
         name = f"f{index:04d}"
         assert _inode(restored / "first" / name) == _inode(restored / "second" / name)
+
+
+def test_names_the_filesystem_will_not_link_are_restored_as_files(
+    server, tmp_path: Path, monkeypatch
+) -> None:
+    source = _linked_tree(tmp_path / "source")
+    client = _backed_up(server, source)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    # As protected_hardlinks refuses a user a link to a file of someone else's.
+    monkeypatch.setattr(os, "link", refused)
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert result.errors == [] and result.files == 7
+    assert compare_trees(source, restored) == []
+    assert os.lstat(restored / "b/small-again.txt").st_nlink == 1
+
+
+def test_the_other_names_of_a_file_that_fails_fail_too_and_leave_nothing(
+    server, tmp_path: Path
+) -> None:
+    source = _linked_tree(tmp_path / "source")
+    config = server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    damage_chunk(server, "alice", config.key, (source / "a" / "small.txt").read_bytes())
+    target = tmp_path / "restored"
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    # Each name was tried as a file of its own, none linked to a file that failed (the twin
+    # shares the damaged chunk).
+    assert sorted(error.split(":", 1)[0] for error in result.errors) == [
+        "/" + str((source / name).relative_to("/"))
+        for name in ("a/small.txt", "b/small-again.txt", "c/small-third.txt", "c/twin.txt")
+    ]
+    assert not (restored / "b" / "small-again.txt").exists()
+    assert _inode(restored / "a/large.bin") == _inode(restored / "b/large-again.bin")
