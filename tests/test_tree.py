@@ -161,6 +161,12 @@ def test_unsafe_names_are_rejected(name: str) -> None:
         decode_tree(data)
 
 
+def _one_file(**fields: object) -> bytes:
+    """A tree of one file entry, with ``fields`` in place of or beside its usual ones."""
+    entry = {"name": "x", "type": "file", "mode": 1, "mtime_ns": 1, "size": 1}
+    return json.dumps({"version": 1, "entries": [{**entry, "sha256": "0" * 64, **fields}]}).encode()
+
+
 @pytest.mark.parametrize(
     "document",
     [
@@ -168,37 +174,8 @@ def test_unsafe_names_are_rejected(name: str) -> None:
         b"[]",
         json.dumps({"version": 99, "entries": []}).encode(),
         json.dumps({"version": 1, "entries": [{"name": "x", "type": "fifo"}]}).encode(),
-        json.dumps(
-            {
-                "version": 1,
-                "entries": [
-                    {
-                        "name": "x",
-                        "type": "file",
-                        "mode": 1,
-                        "mtime_ns": 1,
-                        "size": "big",
-                        "sha256": "0" * 64,
-                    }
-                ],
-            }
-        ).encode(),
-        json.dumps(
-            {
-                "version": 1,
-                "entries": [
-                    {
-                        "name": "x",
-                        "type": "file",
-                        "mode": 1,
-                        "mtime_ns": 1,
-                        "size": 1,
-                        "sha256": "0" * 64,
-                        "content": ["zz"],
-                    }
-                ],
-            }
-        ).encode(),
+        _one_file(size="big"),
+        _one_file(content=["zz"]),
         json.dumps(
             {
                 "version": 1,
@@ -207,24 +184,20 @@ def test_unsafe_names_are_rejected(name: str) -> None:
                 ],
             }
         ).encode(),
-        json.dumps(
-            {
-                "version": 1,
-                "entries": [
-                    {
-                        "name": "x",
-                        "type": "file",
-                        "mode": 1,
-                        "mtime_ns": 1,
-                        "size": 1,
-                        "sha256": "0" * 64,
-                        "link": 7,
-                    }
-                ],
-            }
-        ).encode(),
+        _one_file(link=7),
+        _one_file(link="1" * 65),
     ],
-    ids=["garbage", "list", "version", "type", "size", "chunk-id", "empty-target", "link"],
+    ids=[
+        "garbage",
+        "list",
+        "version",
+        "type",
+        "size",
+        "chunk-id",
+        "empty-target",
+        "link-type",
+        "link-length",
+    ],
 )
 def test_malformed_trees_are_rejected(document: bytes) -> None:
     with pytest.raises(IntegrityError):
