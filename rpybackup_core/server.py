@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 from .config import ServerConfig
 from .errors import ListenFailed, ProtocolError, RPyBackupError
@@ -23,6 +24,8 @@ from .tls import server_context
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 20.0
+# How long a connection that finds every slot taken waits for one before it is refused.
+SLOT_WAIT = 5.0
 
 
 class BackupServer:
@@ -45,11 +48,15 @@ class BackupServer:
         except OSError as exc:
             raise ListenFailed(f"cannot listen on {config.listen}: {exc.strerror or exc}") from exc
         self._listener.settimeout(0.5)
-        self._slots = threading.BoundedSemaphore(config.max_connections)
-        # One address (an IPv6 /64) may hold a quarter of the slots: a single host's half-open
-        # handshakes or idle sessions cannot lock every other client out.
+        # Slots held and connections waiting for one, in total and per address (an IPv6 /64):
+        # one address may hold a quarter of the slots, so a single host's half-open handshakes
+        # or idle sessions cannot lock every other client out.
+        self._admission = threading.Condition()
         self._per_source_cap = max(1, config.max_connections // 4)
-        self._per_source: Counter[str] = Counter()
+        self._held = 0
+        self._held_by: Counter[str] = Counter()
+        self._waiting = 0
+        self._waiting_by: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._scheduler = PruneScheduler(
             Pruner(self.repo, self.prune_settings), config.prune_interval, self._stopping
@@ -86,30 +93,83 @@ class BackupServer:
             self._stopped.set()
 
     def _admit(self, raw: socket.socket, peer: str) -> None:
-        if not self._slots.acquire(blocking=False):
+        """Serve ``raw`` now if a slot is free; otherwise let it wait a little for one.
+
+        A client that reconnects the moment it closed (the next command of a script, a run's
+        helper) would otherwise be refused while the server is still ending its last session.
+        At most as many connections wait as there are slots, a quarter of them per address.
+        """
+        source = source_key(peer.rsplit(":", 1)[0])
+        with self._admission:
+            if self._has_room(source):
+                self._hold(source, raw)
+                self._start(self._handle, raw, peer)
+                return
+            if (
+                self._waiting >= self.config.max_connections
+                or self._waiting_by[source] >= self._per_source_cap
+            ):
+                self._refuse(raw, peer, source)
+                return
+            self._waiting += 1
+            self._waiting_by[source] += 1
+        log.info("%s waits for a connection slot", peer)
+        self._start(self._wait_for_slot, raw, peer)
+
+    def _start(
+        self, target: Callable[[socket.socket, str], None], raw: socket.socket, peer: str
+    ) -> None:
+        thread = threading.Thread(target=target, args=(raw, peer), name=f"conn-{peer}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _wait_for_slot(self, raw: socket.socket, peer: str) -> None:
+        source = source_key(peer.rsplit(":", 1)[0])
+        with self._admission:
+            self._admission.wait_for(
+                lambda: self._stopping.is_set() or self._has_room(source), SLOT_WAIT
+            )
+            self._waiting -= 1
+            self._forget(self._waiting_by, source)
+            admitted = not self._stopping.is_set() and self._has_room(source)
+            if admitted:
+                self._hold(source, raw)
+            elif not self._stopping.is_set():
+                self._refuse(raw, peer, source)
+        if admitted:
+            self._handle(raw, peer)
+            return
+        raw.close()
+        self._threads.discard(threading.current_thread())
+
+    def _has_room(self, source: str) -> bool:
+        return (
+            self._held < self.config.max_connections
+            and self._held_by[source] < self._per_source_cap
+        )
+
+    def _hold(self, source: str, raw: socket.socket) -> None:
+        self._held += 1
+        self._held_by[source] += 1
+        with self._active_lock:
+            self._active.add(raw)
+
+    def _refuse(self, raw: socket.socket, peer: str, source: str) -> None:
+        if self._held >= self.config.max_connections:
             log.warning(
                 "refusing %s: all %d connection slots busy", peer, self.config.max_connections
             )
-            raw.close()
-            return
-        source = source_key(peer.rsplit(":", 1)[0])
-        with self._active_lock:
-            crowded = self._per_source[source] >= self._per_source_cap
-            if not crowded:
-                self._per_source[source] += 1
-                self._active.add(raw)
-        if crowded:
+        else:
             log.warning(
                 "refusing %s: %s already holds %d connections", peer, source, self._per_source_cap
             )
-            raw.close()
-            self._slots.release()
-            return
-        thread = threading.Thread(
-            target=self._handle, args=(raw, peer), name=f"conn-{peer}", daemon=True
-        )
-        self._threads.add(thread)
-        thread.start()
+        raw.close()
+
+    @staticmethod
+    def _forget(counts: Counter[str], source: str) -> None:
+        counts[source] -= 1
+        if not counts[source]:
+            del counts[source]
 
     def _handle(self, raw: socket.socket, peer: str) -> None:
         tls: ssl.SSLSocket | None = None
@@ -137,14 +197,13 @@ class BackupServer:
         finally:
             with contextlib.suppress(OSError):
                 (tls or raw).close()
-            source = source_key(peer.rsplit(":", 1)[0])
             with self._active_lock:
                 self._active.discard(raw)
-                self._per_source[source] -= 1
-                if not self._per_source[source]:
-                    del self._per_source[source]
+            with self._admission:
+                self._held -= 1
+                self._forget(self._held_by, source_key(peer.rsplit(":", 1)[0]))
+                self._admission.notify_all()
             self._threads.discard(threading.current_thread())
-            self._slots.release()
 
     def stop(self) -> None:
         """Ask the accept loop to end; safe from a signal handler."""
@@ -163,6 +222,8 @@ class BackupServer:
         for raw in active:
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_RDWR)
+        with self._admission:
+            self._admission.notify_all()
         for thread in list(self._threads):
             thread.join(timeout=10)
         # A scheduled prune in progress finishes its client; the next one is not started.

@@ -10,14 +10,17 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from rpybackup_core.errors import ServerUnreachable
+from rpybackup_core.errors import RPyBackupError, ServerUnreachable
 from rpybackup_core.protocol import MAGIC, MAX_PAYLOAD, PREFIX, PROTOCOL_VERSION
+from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.tls import server_context
 
 from .conftest import FIGURES, Profile
@@ -206,6 +209,36 @@ def test_a_client_refused_for_want_of_a_slot_is_told_why(daemon: Daemon, alice: 
         for hog in hogs:
             hog.close()
     assert "all 4 connection slots busy" in daemon.log_path.read_text()
+
+
+def test_a_client_that_finds_no_slot_waits_for_one_to_free(daemon: Daemon, alice: Path) -> None:
+    daemon.config.max_connections = 4
+    daemon.config.save()
+    daemon.restart()
+    config = daemon.clients["alice"]
+    # An address may hold one of four slots: the second connection waits until the first ends,
+    # as the next command of a script does while the server is still ending the last one.
+    first = RemoteRepository.from_config(config)
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            with RemoteRepository.from_config(config) as remote:
+                outcome.append(remote.snapshots())
+        except RPyBackupError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "waits for a connection slot" not in daemon.log_path.read_text():
+            assert time.monotonic() < deadline, "the second connection never waited for a slot"
+            time.sleep(0.05)
+    finally:
+        first.close()
+        waiter.join(timeout=60)
+    assert outcome == [[]]
 
 
 def test_tls_audit_with_sslscan(daemon: Daemon) -> None:
