@@ -24,8 +24,9 @@ from .helper_process import helper_wanted
 from .progress import ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .restore_helper import RestoreHelper
-from .restorer import Restorer, RestoreResult, TreeReader, split_snapshot_path
+from .restorer import Restorer, RestoreResult
 from .tree import DIR, Node
+from .tree_reader import TreeReader, split_snapshot_path
 
 _Helper = TypeVar("_Helper", BackupHelper, RestoreHelper)
 

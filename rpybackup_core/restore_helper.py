@@ -54,17 +54,16 @@ from .directio import DirectWriter
 from .errors import IntegrityError, RestoreError, RPyBackupError
 from .helper_process import start_helper, take_messages
 from .remote import RemoteRepository
-from .restorer import (
-    _DIRECT_DEPTH,
-    _DIRECT_STAGE_BYTES,
+from .restore_files import (
+    DIRECT_DEPTH,
+    DIRECT_STAGE_BYTES,
     HelperOutcome,
-    Restorer,
+    OpenDir,
+    Outcome,
     SliceOutcome,
-    _LargeFile,
-    _OpenDir,
-    _Outcome,
-    _TempFile,
+    TempFile,
 )
+from .restorer import Restorer, _LargeFile
 from .tree import FILE, Node, decode_tree, encode_tree
 
 log = logging.getLogger(__name__)
@@ -237,7 +236,7 @@ def serve(sock: socket.socket, connect: tuple[str, str, str, str], key_text: str
 
 
 @dataclass(eq=False)
-class _SliceDir(_OpenDir):
+class _SliceDir(OpenDir):
     """A directory of the restore's, open here for one slice of its small files."""
 
     number: int = 0
@@ -252,7 +251,7 @@ class _Writer(Restorer):
         super().__init__(remote, key)
         self._sock = sock
         # Large files here belong to no directory of this process.
-        self._nowhere = _OpenDir(-1, "")
+        self._nowhere = OpenDir(-1, "")
         # Large files being written, and the bytes of those finished.
         self._active: dict[str, _Content] = {}
         self._finished = 0
@@ -338,7 +337,7 @@ class _Writer(Restorer):
         where.walked = True
         self._finish_if_done(where)
 
-    def _finish_if_done(self, where: _OpenDir) -> None:
+    def _finish_if_done(self, where: OpenDir) -> None:
         if not isinstance(where, _SliceDir):
             super()._finish_if_done(where)
             return
@@ -348,7 +347,7 @@ class _Writer(Restorer):
 
     def _write_part(
         self,
-        where: _OpenDir,
+        where: OpenDir,
         large: _LargeFile,
         batch: list[bytes],
         sealed: dict[bytes, memoryview],
@@ -356,7 +355,7 @@ class _Writer(Restorer):
         self._tell_progress()
         super()._write_part(where, large, batch, sealed)
 
-    def _merge(self, outcomes: list[_Outcome]) -> None:
+    def _merge(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.error is not None:
                 self._fail(outcome.shown, outcome.error)
@@ -397,7 +396,7 @@ class _Writer(Restorer):
         self._sock.send(json.dumps({**report, "total": total}).encode())
 
 
-class _Content(_TempFile):
+class _Content(TempFile):
     """A restore's file as the helper sees it: content goes into a descriptor the restore
     opened, and the digest goes back with the outcome, to be checked there. Nothing else of
     the file (name, mode, times) is the helper's business."""
@@ -409,9 +408,9 @@ class _Content(_TempFile):
         self.digest = file_hash(node.digest, id_key)
         self.written = 0
         self.error: OSError | RPyBackupError | None = None
-        self.direct = DirectWriter(fd, _DIRECT_STAGE_BYTES, _DIRECT_DEPTH)
+        self.direct = DirectWriter(fd, DIRECT_STAGE_BYTES, DIRECT_DEPTH)
 
-    def finish(self, follow_existing: bool) -> _Outcome:
+    def finish(self, follow_existing: bool) -> Outcome:
         assert self.direct is not None
         try:
             if self.error is not None:
@@ -419,9 +418,9 @@ class _Content(_TempFile):
             self.direct.close()
         except (OSError, RPyBackupError) as exc:
             self.abort()
-            return _Outcome(self.shown, error=exc)
+            return Outcome(self.shown, error=exc)
         os.close(self.out)
-        return _Outcome(self.shown, self.written, digest=self.digest.hexdigest())
+        return Outcome(self.shown, self.written, digest=self.digest.hexdigest())
 
     def abort(self) -> None:
         """Let the descriptor go; removing the file is the restore's part."""

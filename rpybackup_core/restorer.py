@@ -20,20 +20,29 @@ import os
 import secrets
 import stat
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .crypto import MasterKey, Sealer, file_hash
-from .directio import DirectWriter, write_all
-from .errors import IntegrityError, NotFound, RestoreError, RPyBackupError, UsageError
+from .crypto import MasterKey, Sealer
+from .errors import IntegrityError, RestoreError, RPyBackupError, UsageError
 from .memory import share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
-from .tree import DIR, FILE, SYMLINK, Node, TreeDecoder, check_name, decode_tree
+from .restore_files import (
+    IS_ROOT,
+    HelperOutcome,
+    OpenDir,
+    Outcome,
+    SliceOutcome,
+    TempFile,
+    refuse_dir,
+)
+from .tree import DIR, FILE, SYMLINK, Node
+from .tree_reader import TreeReader, split_snapshot_path
 
 if TYPE_CHECKING:
     from .restore_helper import RestoreHelper
@@ -44,18 +53,11 @@ _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
 # Get requests on the wire while the oldest reply is read and handed to the write pool.
 _FETCHES_IN_FLIGHT = 3
-# The aligned buffer a large file is written through (directio.py).
-_DIRECT_STAGE_BYTES = 1024 * 1024
-_DIRECT_DEPTH = 4
 # Subdirectory trees asked for ahead when a directory is entered (then more, so many to a
 # request, as its subdirectories are entered); the tree cache keeps 256.
 _TREES_AHEAD = 32
 _TREES_PER_FETCH = 16
-# Nodes a tree reader keeps across the trees it keeps (a restore's fetched ahead).
-_KEPT_NODES = 65536
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # Large files handed to the helper process and not yet back (each holds a descriptor here).
 _HANDED_FILES = 16
 # Small files go to the helper in slices of a directory's files. It is given more only while
@@ -98,129 +100,6 @@ class RestoreResult:
         }
 
 
-def split_snapshot_path(path: str) -> list[str]:
-    """Components of a path inside a snapshot; '..' and empty components are refused."""
-    parts = [part for part in PurePosixPath("/" + path.strip()).parts[1:] if part != "."]
-    for part in parts:
-        try:
-            check_name(part)
-        except IntegrityError as exc:
-            raise UsageError(f"{path!r} is not a valid path inside a snapshot") from exc
-    return parts
-
-
-class TreeReader:
-    """Loads and decodes trees by their content ids, keeping the most recent ones."""
-
-    def __init__(
-        self,
-        remote: RemoteRepository,
-        sealer: Sealer,
-        keep: int = 256,
-        before_request: Callable[[list[bytes]], None] = lambda ids: None,
-    ) -> None:
-        self.remote = remote
-        self.sealer = sealer
-        self._cache: OrderedDict[tuple[bytes, ...], list[Node]] = OrderedDict()
-        self._keep = keep
-        self._kept_nodes = 0
-        self._before_request = before_request
-
-    def load(self, ids: list[bytes]) -> list[Node]:
-        nodes = self.cached(ids)
-        if nodes is None:
-            self._before_request(ids)
-            # What was on the wire before may have brought it (a restore fetches trees ahead).
-            nodes = self.cached(ids)
-        if nodes is None:
-            nodes = self.add(ids, dict(self.remote.get(list(ids))))
-        return nodes
-
-    def cached(self, ids: list[bytes]) -> list[Node] | None:
-        key = tuple(ids)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        return None
-
-    def add(self, ids: list[bytes], sealed: dict[bytes, memoryview]) -> list[Node]:
-        """Open and decode a tree from its sealed chunks, and keep it (the oldest kept trees
-        go beyond ``keep`` trees or ``_KEPT_NODES`` nodes)."""
-        nodes = decode_tree(b"".join(self.sealer.open(cid, sealed[cid]) for cid in ids))
-        self._drop(tuple(ids))
-        self._cache[tuple(ids)] = nodes
-        self._kept_nodes += len(nodes)
-        while len(self._cache) > self._keep or self._kept_nodes > _KEPT_NODES:
-            self._kept_nodes -= len(self._cache.popitem(last=False)[1])
-        return nodes
-
-    def slices(self, ids: list[bytes]) -> Iterator[list[Node]]:
-        """A tree's nodes a chunk's worth at a time, for going through them once (a restore):
-        a kept tree is let go; any other is fetched, opened and decoded a chunk at a time and
-        not kept, so a directory of any size holds about one chunk's nodes at a time."""
-        key = tuple(ids)
-        if key not in self._cache:
-            self._before_request(ids)
-        nodes = self._drop(key)
-        if nodes is not None:
-            yield nodes
-            return
-        if not ids:
-            raise IntegrityError("a snapshot tree has no content")
-        decoder = TreeDecoder()
-        for index, chunk_id in enumerate(ids):
-            if index:
-                self._before_request(ids)
-            ((_, sealed),) = self.remote.get([chunk_id])
-            nodes = decoder.feed(self.sealer.open(chunk_id, sealed), final=index == len(ids) - 1)
-            if nodes:
-                yield nodes
-
-    def _drop(self, key: tuple[bytes, ...]) -> list[Node] | None:
-        nodes = self._cache.pop(key, None)
-        if nodes is not None:
-            self._kept_nodes -= len(nodes)
-        return nodes
-
-    def find(self, root: list[bytes], parts: list[str]) -> tuple[list[Node], Node | None]:
-        """The nodes along ``parts`` (parents first) and the node itself; None for the root.
-        Each tree on the way is read a chunk at a time and only until the name (entries are in
-        name order), so a path through a huge directory does not decode all of it."""
-        if not parts:
-            self.load(root)
-            return [], None
-        trail: list[Node] = []
-        ids = root
-        node: Node | None = None
-        for index, part in enumerate(parts):
-            node = self._named(ids, part)
-            if node is None:
-                raise NotFound(f"/{'/'.join(parts[: index + 1])} is not in the snapshot")
-            if index < len(parts) - 1:
-                if node.kind != DIR:
-                    raise NotFound(f"/{'/'.join(parts[: index + 1])} is not a directory")
-                trail.append(node)
-                ids = node.content
-        return trail, node
-
-    def _named(self, ids: list[bytes], name: str) -> Node | None:
-        for nodes in self.slices(ids):
-            for node in nodes:
-                if node.name >= name:
-                    return node if node.name == name else None
-        return None
-
-    def walk(self, root: list[bytes], prefix: str = "") -> Iterator[tuple[str, Node]]:
-        """(path, node) of everything under a tree, depth first, each tree read a chunk at a
-        time (``slices``)."""
-        for nodes in self.slices(root):
-            for node in nodes:
-                path = f"{prefix}/{node.name}"
-                yield path, node
-                if node.kind == DIR:
-                    yield from self.walk(node.content, path)
-
-
 def restore_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -232,7 +111,7 @@ class _Fetch:
     A fetch without a request only marks a point in the sequence: ``ready`` gets nothing.
     """
 
-    wheres: list[_OpenDir]
+    wheres: list[OpenDir]
     request_id: int | None
     # Distinct, in the order asked: what the reply must hold.
     ids: list[bytes]
@@ -253,149 +132,9 @@ class _SmallFiles:
 class _LargeFile:
     """A large file being fetched batch by batch: its last write job and its first error."""
 
-    temp: _TempFile
-    previous: Future[list[_Outcome]] | None = None
+    temp: TempFile
+    previous: Future[list[Outcome]] | None = None
     error: OSError | RPyBackupError | None = None
-
-
-@dataclass
-class _Outcome:
-    """What became of one file: bytes written, or why it was not restored."""
-
-    shown: str
-    written: int = 0
-    error: OSError | RPyBackupError | None = None
-    # The digest of what was written ("<hex>"), where another process wrote it.
-    digest: str = ""
-
-
-@dataclass(frozen=True)
-class HelperOutcome:
-    """The helper's report on a large file: what it wrote and its digest, or why it failed."""
-
-    shown: str
-    written: int = 0
-    digest: str = ""
-    error: RPyBackupError | None = None
-
-
-@dataclass(frozen=True)
-class SliceOutcome:
-    """The helper's report on a slice of small files: how many it wrote, which failed."""
-
-    number: int
-    files: int
-    written: int
-    errors: list[tuple[str, RPyBackupError]]
-
-
-class _TempFile:
-    """A file being restored under a temporary name; renamed into place once it verifies.
-
-    In a directory this restore created itself nothing can be in the way, so the file is
-    created under its own name (O_EXCL, so it is new) and removed again if it fails to verify:
-    that saves a rename and a stat per file, which dominate restoring many small files.
-    Written by one job at a time (jobs for one file are chained), so its content needs no
-    lock. Creating a file takes no lock of ours (measured: 6 % faster for 20,000 small files
-    than serialising creations per directory); renames and removals, rare, take ``dir_lock``.
-    """
-
-    def __init__(
-        self,
-        where: _OpenDir,
-        name: str,
-        node: Node,
-        shown: str,
-        follow_existing: bool,
-        id_key: bytes,
-        direct: bool = False,
-    ) -> None:
-        self.fd = where.fd
-        self.name = name
-        self.node = node
-        self.shown = shown
-        self.in_place = where.fresh and not follow_existing
-        self.dir_lock = where.lock
-        self.temp = name if self.in_place else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
-        # In a fresh directory (still 0700) a file may be born with its final mode: that
-        # spares an fchmod per file unless the umask or special bits are in the way.
-        mode = node.mode & 0o777 if self.in_place else 0o600
-        self.mode_set = (
-            self.in_place and where.umask is not None and (mode & ~where.umask) == node.mode
-        )
-        self.new_file_owner = where.new_file_owner
-        self.out = os.open(self.temp, _TEMP_FLAGS, mode, dir_fd=self.fd)
-        # Large files go past the page cache (directio.py): written once, not read back.
-        self.direct: DirectWriter | None = None
-        if direct:
-            try:
-                self.direct = DirectWriter(self.out, _DIRECT_STAGE_BYTES, _DIRECT_DEPTH)
-            except OSError:
-                self.abort()
-                raise
-        self.digest = file_hash(node.digest, id_key)
-        self.written = 0
-        # Set when the helper process wrote the content: its digest, in place of ``digest``.
-        self.written_digest: str | None = None
-        self.error: OSError | RPyBackupError | None = None
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.digest.update(data)
-        if self.direct is not None:
-            self.direct.write([data])
-        else:
-            write_all(self.out, [data])
-        self.written += len(data)
-
-    def finish(self, follow_existing: bool) -> _Outcome:
-        """Verify, apply metadata and move into place; a failure leaves nothing behind."""
-        node = self.node
-        try:
-            if self.error is not None:
-                raise self.error
-            if self.direct is not None:
-                self.direct.close()
-            algorithm = node.digest.partition(":")[0]
-            hexdigest = self.written_digest or self.digest.hexdigest()
-            if f"{algorithm}:{hexdigest}" != node.digest or self.written != node.size:
-                raise IntegrityError(f"{self.shown}: content does not match its {algorithm} digest")
-            if _IS_ROOT and (node.uid, node.gid) != self.new_file_owner:
-                with contextlib.suppress(OSError):
-                    os.fchown(self.out, node.uid, node.gid)
-            if not self.mode_set:
-                # After fchown, which clears setuid and setgid bits.
-                os.fchmod(self.out, node.mode)
-            os.utime(self.out, ns=(node.mtime_ns, node.mtime_ns))
-            os.close(self.out)
-            self.out = -1
-            if not self.in_place:
-                if not follow_existing:
-                    _refuse_dir(self.fd, self.name, self.shown)
-                with self.dir_lock:
-                    os.replace(self.temp, self.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except (OSError, RPyBackupError) as exc:
-            self.abort()
-            return _Outcome(self.shown, error=exc)
-        return _Outcome(self.shown, self.written)
-
-    def abort(self) -> None:
-        if self.direct is not None:
-            self.direct.abandon()
-        if self.out >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.out)
-            self.out = -1
-        with self.dir_lock, contextlib.suppress(OSError):
-            os.unlink(self.temp, dir_fd=self.fd)
-
-
-def _refuse_dir(fd: int, name: str, shown: str) -> None:
-    try:
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise RestoreError(f"{shown}: a directory is in the way")
 
 
 @dataclass(eq=False)
@@ -408,34 +147,15 @@ class _LinkGroup:
     # The first name as shown: its path under the restore's top directory.
     first: str
     restored: bool | None = None
-    waiting: list[tuple[_OpenDir, Node, str]] = field(default_factory=list)
+    waiting: list[tuple[OpenDir, Node, str]] = field(default_factory=list)
 
 
 def _identity(node: Node) -> tuple[object, ...]:
     return (node.size, node.digest, node.mode, node.uid, node.gid, node.mtime_ns)
 
 
-@dataclass(eq=False)
-class _OpenDir:
-    """A directory being restored into. Its own metadata (``node``) goes on, and its
-    descriptor is closed, once it has been walked and every file job inside it has ended."""
-
-    fd: int
-    shown: str
-    node: Node | None = None
-    # Created by this restore, so empty when opened: files can be written in place.
-    fresh: bool = False
-    # For fresh directories: the umask and, as root, who a new file belongs to before any
-    # chown, so files that already match need no fchmod or fchown.
-    umask: int | None = None
-    new_file_owner: tuple[int, int] | None = None
-    pending: int = 0
-    walked: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 # A directory and some of its files (name, node, shown), written by one job.
-_Segment = tuple[_OpenDir, list[tuple[str, Node, str]]]
+_Segment = tuple[OpenDir, list[tuple[str, Node, str]]]
 
 
 def _shares(segments: list[_Segment], count: int) -> list[list[_Segment]]:
@@ -494,15 +214,15 @@ class Restorer:
         self._workers = workers or restore_workers()
         self._pool: ThreadPoolExecutor | None = None
         # Jobs in the pool, oldest first, with the directories each writes into.
-        self._jobs: deque[tuple[Future[list[_Outcome]], list[_OpenDir]]] = deque()
+        self._jobs: deque[tuple[Future[list[Outcome]], list[OpenDir]]] = deque()
         self._fetches: deque[_Fetch] = deque()
         self._batch = _SmallFiles()
         self._umask = _process_umask()
-        self._open: list[_OpenDir] = []
+        self._open: list[OpenDir] = []
         self._start_helper = helper
         self._helper: RestoreHelper | None = None
         # Files the helper is writing, by shown path: their directory, file and mode of writing.
-        self._handed: dict[str, tuple[_OpenDir, _TempFile, bool]] = {}
+        self._handed: dict[str, tuple[OpenDir, TempFile, bool]] = {}
         # Slices of small files the helper is writing, by number; how many small files met.
         self._slices: dict[int, _Segment] = {}
         self._slice_numbers = itertools.count()
@@ -523,7 +243,7 @@ class Restorer:
         trail, node = self.trees.find(root, parts)
         target.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        top = _OpenDir(fd, "")
+        top = OpenDir(fd, "")
         self._top_fd = fd
         try:
             with self._running():
@@ -547,7 +267,7 @@ class Restorer:
         fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with self._running():
-                where = _OpenDir(fd, str(dest.parent))
+                where = OpenDir(fd, str(dest.parent))
                 self._restore_file(where, dest.name, node, str(dest), follow_existing=True)
         finally:
             os.close(fd)
@@ -595,8 +315,8 @@ class Restorer:
         return sealer
 
     def _submit(
-        self, wheres: list[_OpenDir], job: Callable[..., list[_Outcome]], *args: Any
-    ) -> Future[list[_Outcome]]:
+        self, wheres: list[OpenDir], job: Callable[..., list[Outcome]], *args: Any
+    ) -> Future[list[Outcome]]:
         assert self._pool is not None
         while len(self._jobs) > self._workers + 1:
             self._collect()
@@ -608,7 +328,7 @@ class Restorer:
 
     def _fetch(
         self,
-        wheres: list[_OpenDir],
+        wheres: list[OpenDir],
         ids: list[bytes],
         ready: Callable[[dict[bytes, memoryview]], None],
         failed: Callable[[OSError | RPyBackupError], None],
@@ -668,7 +388,7 @@ class Restorer:
         wait([future for future, _ in self._jobs])
         self._jobs.clear()
 
-    def _merge(self, outcomes: list[_Outcome]) -> None:
+    def _merge(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             if outcome.error is not None:
                 self._fail(outcome.shown, outcome.error)
@@ -685,7 +405,7 @@ class Restorer:
 
     # ---- directories ------------------------------------------------------------------------
 
-    def _restore_along(self, where: _OpenDir, trail: list[Node], node: Node) -> None:
+    def _restore_along(self, where: OpenDir, trail: list[Node], node: Node) -> None:
         """Create the parents of an included path, then restore it."""
         if not trail:
             self._restore_nodes(where, [node], "")
@@ -698,7 +418,7 @@ class Restorer:
             child.walked = True
             self._finish_if_done(child)
 
-    def _open_dir(self, where: _OpenDir, node: Node, shown: str) -> _OpenDir:
+    def _open_dir(self, where: OpenDir, node: Node, shown: str) -> OpenDir:
         created = False
         with contextlib.suppress(FileExistsError):
             os.mkdir(node.name, 0o700, dir_fd=where.fd)
@@ -712,22 +432,22 @@ class Restorer:
                     "refusing to write through it"
                 ) from exc
             raise
-        child = _OpenDir(fd, shown, node, fresh=created)
+        child = OpenDir(fd, shown, node, fresh=created)
         self._open.append(child)
         if created:
             self._note_new_file_defaults(child)
         return child
 
-    def _note_new_file_defaults(self, where: _OpenDir) -> None:
+    def _note_new_file_defaults(self, where: OpenDir) -> None:
         """What a file created in a fresh directory starts as, so that files that already
         match need no fchmod or fchown."""
         where.umask = self._umask
-        if _IS_ROOT:
+        if IS_ROOT:
             st = os.fstat(where.fd)
             group = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
             where.new_file_owner = (os.geteuid(), group)
 
-    def _finish_if_done(self, where: _OpenDir) -> None:
+    def _finish_if_done(self, where: OpenDir) -> None:
         """Writing a file touches its directory: a directory's times go on after its files."""
         if not where.walked or where.pending or where.node is None:
             return
@@ -740,7 +460,7 @@ class Restorer:
         finally:
             os.close(where.fd)
 
-    def _restore_nodes(self, where: _OpenDir, nodes: list[Node], prefix: str) -> None:
+    def _restore_nodes(self, where: OpenDir, nodes: list[Node], prefix: str) -> None:
         # The subdirectories' trees travel with the file chunks, so going into a directory
         # does not stop the stream for a round trip of its own (a source tree has thousands).
         subdirs = [node for node in nodes if node.kind == DIR]
@@ -763,7 +483,7 @@ class Restorer:
             except (OSError, RPyBackupError) as exc:
                 self._fail(shown, exc)
 
-    def _prefetch_trees(self, where: _OpenDir, subdirs: list[Node]) -> None:
+    def _prefetch_trees(self, where: OpenDir, subdirs: list[Node]) -> None:
         """Ask for the trees of these subdirectories in one request (a tree of small
         directories would otherwise cost a round trip per directory). A tree of more than one
         chunk is left to be read a chunk at a time when its directory is entered."""
@@ -786,7 +506,7 @@ class Restorer:
             with contextlib.suppress(IntegrityError):
                 self.trees.add(ids, sealed)
 
-    def _restore_dir(self, where: _OpenDir, node: Node, shown: str) -> None:
+    def _restore_dir(self, where: OpenDir, node: Node, shown: str) -> None:
         child = self._open_dir(where, node, shown)
         try:
             for nodes in self.trees.slices(node.content):
@@ -796,7 +516,7 @@ class Restorer:
             self._finish_if_done(child)
 
     def _apply_dir_metadata(self, fd: int, node: Node) -> None:
-        if _IS_ROOT:
+        if IS_ROOT:
             with contextlib.suppress(OSError):
                 os.fchown(fd, node.uid, node.gid)
         os.fchmod(fd, node.mode)
@@ -805,7 +525,7 @@ class Restorer:
     def _restore_symlink(self, fd: int, node: Node, shown: str) -> None:
         self._remove_existing(fd, node.name, shown)
         os.symlink(node.target, node.name, dir_fd=fd)
-        if _IS_ROOT:
+        if IS_ROOT:
             with contextlib.suppress(OSError):
                 os.chown(node.name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
         with contextlib.suppress(NotImplementedError, OSError):
@@ -823,7 +543,7 @@ class Restorer:
 
     # ---- files ------------------------------------------------------------------------------
 
-    def _restore_files(self, where: _OpenDir, files: list[Node], prefix: str) -> None:
+    def _restore_files(self, where: OpenDir, files: list[Node], prefix: str) -> None:
         """Small files are fetched in shared batches (across directories, so a tree of many
         small directories is not one request per directory), or handed to the helper a slice
         at a time; large files batch by batch."""
@@ -844,7 +564,7 @@ class Restorer:
 
     # ---- hard links -------------------------------------------------------------------------
 
-    def _as_link(self, where: _OpenDir, node: Node, shown: str) -> bool:
+    def _as_link(self, where: OpenDir, node: Node, shown: str) -> bool:
         """Whether this name of a hard-linked file is linked to its first name (now, or once
         that is written) rather than restored as a file: not the first name, nor one whose
         first failed or differs from it."""
@@ -882,7 +602,7 @@ class Restorer:
             where.pending -= 1
             self._finish_if_done(where)
 
-    def _link(self, group: _LinkGroup, where: _OpenDir, node: Node, shown: str) -> None:
+    def _link(self, group: _LinkGroup, where: OpenDir, node: Node, shown: str) -> None:
         try:
             self._make_link(group.first.split("/")[1:], where, node.name, shown)
         except RestoreError as exc:
@@ -891,9 +611,9 @@ class Restorer:
             log.info("restore: %s restored as a file, not linked: %s", shown, exc.strerror or exc)
             self._restore_file(where, node.name, node, shown)
         else:
-            self._merge([_Outcome(shown, node.size)])
+            self._merge([Outcome(shown, node.size)])
 
-    def _make_link(self, path: list[str], where: _OpenDir, name: str, shown: str) -> None:
+    def _make_link(self, path: list[str], where: OpenDir, name: str, shown: str) -> None:
         """Link ``name`` in ``where`` to the file at ``path``, reached one directory at a time
         without following a symlink, and put in place as a file is (replacing what is there
         unless it is a directory)."""
@@ -910,7 +630,7 @@ class Restorer:
             temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
             os.link(path[-1], temp, src_dir_fd=fd, dst_dir_fd=where.fd, follow_symlinks=False)
             try:
-                _refuse_dir(where.fd, name, shown)
+                refuse_dir(where.fd, name, shown)
                 with where.lock:
                     os.replace(temp, name, src_dir_fd=where.fd, dst_dir_fd=where.fd)
             except BaseException:
@@ -921,7 +641,7 @@ class Restorer:
             for descriptor in opened:
                 os.close(descriptor)
 
-    def _add_to_batch(self, where: _OpenDir, entries: list[tuple[str, Node, str]]) -> None:
+    def _add_to_batch(self, where: OpenDir, entries: list[tuple[str, Node, str]]) -> None:
         for entry in entries:
             batch = self._batch
             if not batch.segments or batch.segments[-1][0] is not where:
@@ -951,7 +671,7 @@ class Restorer:
 
     def _restore_file(
         self,
-        where: _OpenDir,
+        where: OpenDir,
         name: str,
         node: Node,
         shown: str,
@@ -970,7 +690,7 @@ class Restorer:
 
     def _submit_group(
         self,
-        where: _OpenDir,
+        where: OpenDir,
         entries: list[tuple[str, Node, str]],
         sealed: dict[bytes, memoryview],
         follow_existing: bool,
@@ -983,7 +703,7 @@ class Restorer:
         for share in _shares(batch.segments, self._workers):
             self._submit([where for where, _ in share], self._share_job, share, sealed)
 
-    def _share_job(self, share: list[_Segment], sealed: dict[bytes, memoryview]) -> list[_Outcome]:
+    def _share_job(self, share: list[_Segment], sealed: dict[bytes, memoryview]) -> list[Outcome]:
         outcomes = []
         for where, entries in share:
             outcomes.extend(self._group_job(where, entries, sealed, False))
@@ -999,11 +719,11 @@ class Restorer:
 
     def _group_job(
         self,
-        where: _OpenDir,
+        where: OpenDir,
         entries: list[tuple[str, Node, str]],
         sealed: dict[bytes, memoryview],
         follow_existing: bool,
-    ) -> list[_Outcome]:
+    ) -> list[Outcome]:
         """Pool thread: open the entries' chunks and write their files (reads only ``fd``,
         ``fresh`` and ``lock`` of ``where``, which never change)."""
         sealer = self._sealer()
@@ -1018,12 +738,12 @@ class Restorer:
             pieces = [opened[chunk_id] for chunk_id in node.content]
             damaged = next((p for p in pieces if isinstance(p, IntegrityError)), None)
             if damaged is not None:
-                outcomes.append(_Outcome(shown, error=damaged))
+                outcomes.append(Outcome(shown, error=damaged))
                 continue
             try:
-                temp = _TempFile(where, name, node, shown, follow_existing, self._key.id_key)
+                temp = TempFile(where, name, node, shown, follow_existing, self._key.id_key)
             except OSError as exc:
-                outcomes.append(_Outcome(shown, error=exc))
+                outcomes.append(Outcome(shown, error=exc))
                 continue
             try:
                 for piece in pieces:
@@ -1034,11 +754,11 @@ class Restorer:
         return outcomes
 
     def _write_large(
-        self, where: _OpenDir, name: str, node: Node, shown: str, follow_existing: bool
+        self, where: OpenDir, name: str, node: Node, shown: str, follow_existing: bool
     ) -> None:
         helper = self._large_file_helper()
         try:
-            temp = _TempFile(
+            temp = TempFile(
                 where, name, node, shown, follow_existing, self._key.id_key, direct=helper is None
             )
         except OSError as exc:
@@ -1060,7 +780,7 @@ class Restorer:
         self._handed[shown] = (where, temp, follow_existing)
         where.pending += 1
 
-    def _write_into(self, where: _OpenDir, temp: _TempFile, follow_existing: bool) -> None:
+    def _write_into(self, where: OpenDir, temp: TempFile, follow_existing: bool) -> None:
         """Fetch batch by batch; pool jobs open each batch in parallel and write it in order."""
         large = _LargeFile(temp)
 
@@ -1084,7 +804,7 @@ class Restorer:
     # ---- the helper process -----------------------------------------------------------------
 
     def _hand_slice(
-        self, where: _OpenDir, prefix: str, entries: list[tuple[str, Node, str]]
+        self, where: OpenDir, prefix: str, entries: list[tuple[str, Node, str]]
     ) -> bool:
         """Hand these small files of ``where`` to the helper if it has room for them."""
         if self._small_seen > _HELPER_AFTER_FILES:
@@ -1224,7 +944,7 @@ class Restorer:
 
     def _write_part(
         self,
-        where: _OpenDir,
+        where: OpenDir,
         large: _LargeFile,
         batch: list[bytes],
         sealed: dict[bytes, memoryview],
@@ -1234,7 +954,7 @@ class Restorer:
                 [where], self._part_job, large.temp, batch, sealed, large.previous
             )
 
-    def _submit_finish(self, where: _OpenDir, large: _LargeFile, follow_existing: bool) -> None:
+    def _submit_finish(self, where: OpenDir, large: _LargeFile, follow_existing: bool) -> None:
         self._submit(
             [where], self._finish_job, large.temp, large.previous, large.error, follow_existing
         )
@@ -1252,11 +972,11 @@ class Restorer:
 
     def _part_job(
         self,
-        temp: _TempFile,
+        temp: TempFile,
         batch: list[bytes],
         sealed: dict[bytes, memoryview],
-        previous: Future[list[_Outcome]] | None,
-    ) -> list[_Outcome]:
+        previous: Future[list[Outcome]] | None,
+    ) -> list[Outcome]:
         """Pool thread: open a batch (in parallel with others), then append it in file order."""
         sealer = self._sealer()
         opened: dict[bytes, bytes | memoryview] = {}
@@ -1281,11 +1001,11 @@ class Restorer:
 
     def _finish_job(
         self,
-        temp: _TempFile,
-        previous: Future[list[_Outcome]] | None,
+        temp: TempFile,
+        previous: Future[list[Outcome]] | None,
         error: OSError | RPyBackupError | None,
         follow_existing: bool,
-    ) -> list[_Outcome]:
+    ) -> list[Outcome]:
         if previous is not None:
             previous.result()
         if temp.error is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from rpybackup_core import archiver, restorer, uploader
+from rpybackup_core import archiver, tree_reader, uploader
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
@@ -489,7 +489,7 @@ def test_a_directory_whose_tree_spans_chunks_is_restored_and_listed_a_chunk_at_a
             fed.append(len(piece))
             return super().feed(piece, final)
 
-    monkeypatch.setattr(restorer, "TreeDecoder", CountingDecoder)
+    monkeypatch.setattr(tree_reader, "TreeDecoder", CountingDecoder)
     target = tmp_path / "restored"
     _, result = server.client("alice").restore("latest", target)
 
