@@ -10,17 +10,46 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
+from typing import cast
 
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Buffers up to this size come from the heap, and up to this much freed heap stays mapped.
+_KEPT_MMAP_THRESHOLD = 32 * 1024 * 1024
+_KEPT_TRIM_THRESHOLD = 128 * 1024 * 1024
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    try:
+        return cast("Callable[[int, int], int]", ctypes.CDLL(None).mallopt)
+    except (OSError, AttributeError):
+        return None
 
 
 def share_malloc_arena() -> None:
     """Make every thread allocate from one arena (glibc only; elsewhere nothing happens)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    if not mallopt(_M_ARENA_MAX, 1):
+    mallopt = _mallopt()
+    if mallopt is not None and not mallopt(_M_ARENA_MAX, 1):
         log.debug("mallopt(M_ARENA_MAX) was refused; worker threads keep their own arenas")
+
+
+def keep_freed_memory() -> None:
+    """Reuse freed buffers instead of handing them back to the kernel (glibc only).
+
+    By default glibc maps every multi-MiB buffer afresh and unmaps it when freed, and a page
+    the kernel hands out fresh costs this machine's restores more than the bytes in it
+    (docs/performance.md, finding 73). Only restores ask for this: their buffers in flight are
+    bounded by the fetch window, while a backup's peak would keep what its walk freed.
+    """
+    mallopt = _mallopt()
+    if mallopt is None:
+        return
+    if not (
+        mallopt(_M_MMAP_THRESHOLD, _KEPT_MMAP_THRESHOLD)
+        and mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_THRESHOLD)
+    ):
+        log.debug("mallopt refused the mmap or trim threshold; freed buffers go back to the kernel")

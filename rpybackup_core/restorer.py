@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .crypto import MasterKey, Sealer
 from .errors import IntegrityError, RestoreError, RPyBackupError, UsageError
-from .memory import share_malloc_arena
+from .memory import keep_freed_memory, share_malloc_arena
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .restore_files import (
@@ -280,6 +280,7 @@ class Restorer:
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
         share_malloc_arena()
+        keep_freed_memory()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="restore")
         try:
             yield
