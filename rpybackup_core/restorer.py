@@ -58,7 +58,8 @@ _FETCHES_IN_FLIGHT = 3
 _TREES_AHEAD = 32
 _TREES_PER_FETCH = 16
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Large files handed to the helper process and not yet back (each holds a descriptor here).
+# Large files handed to the helper process and not yet back (each holds a descriptor here);
+# with this many in its hands, this process writes the next one itself.
 _HANDED_FILES = 16
 # Small files go to the helper in slices of a directory's files. It is given more only while
 # it holds fewer than _HANDED_SMALL_FILES (the rest this process writes itself): enough to
@@ -841,7 +842,8 @@ class Restorer:
             self._start_helper = None
 
     def _large_file_helper(self) -> RestoreHelper | None:
-        """The helper, started at the first large file, once it has room for another; none
+        """The helper, started at the first large file, if it has room for another; none
+        while its hands are full (this process writes the file itself rather than wait) or
         once it has stopped (the files it did not finish are then written here first).
 
         Called only as a large file begins, never from a fetch's or a job's completion: a file
@@ -850,8 +852,9 @@ class Restorer:
         helper = self._helper
         if helper is None:
             return None
-        while not helper.stopped and len(self._handed) >= _HANDED_FILES:
-            self._take_helper_outcomes(wait=True)
+        self._take_helper_outcomes(wait=False)
+        if not helper.stopped and len(self._handed) >= _HANDED_FILES:
+            return None
         if helper.stopped:
             self._write_handed_here()
             return None

@@ -69,6 +69,23 @@ def test_large_files_written_by_the_helper_come_back_whole_with_their_metadata(
     assert not helpers.started[0].stopped
 
 
+def test_with_the_helpers_hands_full_the_restore_writes_large_files_itself(
+    server, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hands that hold nothing are always full: every large file is written here, none waits.
+    monkeypatch.setattr(restorer, "_HANDED_FILES", 0)
+    client, source = _backed_up(server, tmp_path)
+    helpers = helper_starter(client, RestoreHelper)
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    assert result.errors == []
+    assert result.files == 44
+    assert compare_trees(source, tmp_path / "out" / source.relative_to("/")) == []
+    assert [helper.files for helper in helpers.started] == [0]
+    assert not helpers.started[0].stopped
+
+
 def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_restore(
     server, tmp_path: Path, helper_starter
 ) -> None:
