@@ -42,8 +42,9 @@ def keep_freed_memory() -> None:
 
     By default glibc maps every multi-MiB buffer afresh and unmaps it when freed, and a page
     the kernel hands out fresh costs this machine's restores more than the bytes in it
-    (docs/performance.md, finding 73). Only restores ask for this: their buffers in flight are
-    bounded by the fetch window, while a backup's peak would keep what its walk freed.
+    (docs/performance.md, findings 73 and 79). Only restores ask for this: their buffers in
+    flight are bounded by the fetch window, while a backup's peak would keep what its walk
+    freed. The setting is process-wide and stays: a console that has restored keeps it.
     """
     mallopt = _mallopt()
     if mallopt is None:
