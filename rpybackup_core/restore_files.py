@@ -21,8 +21,13 @@ from .tree import Node
 # The aligned buffer a large file is written through (directio.py).
 DIRECT_STAGE_BYTES = 1024 * 1024
 DIRECT_DEPTH = 4
-TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def temp_name(name: str) -> str:
+    """A hidden name beside ``name`` to write under before renaming over it."""
+    return f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
 
 
 @dataclass
@@ -83,7 +88,7 @@ class TempFile:
         self.shown = shown
         self.in_place = where.fresh and not follow_existing
         self.dir_lock = where.lock
-        self.temp = name if self.in_place else f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+        self.temp = name if self.in_place else temp_name(name)
         # In a fresh directory (still 0700) a file may be born with its final mode: that
         # spares an fchmod per file unless the umask or special bits are in the way.
         mode = node.mode & 0o777 if self.in_place else 0o600
@@ -91,7 +96,7 @@ class TempFile:
             self.in_place and where.umask is not None and (mode & ~where.umask) == node.mode
         )
         self.new_file_owner = where.new_file_owner
-        self.out = os.open(self.temp, TEMP_FLAGS, mode, dir_fd=self.fd)
+        self.out = os.open(self.temp, _TEMP_FLAGS, mode, dir_fd=self.fd)
         # Large files go past the page cache (directio.py): written once, not read back.
         self.direct: DirectWriter | None = None
         if direct:

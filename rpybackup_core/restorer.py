@@ -17,7 +17,6 @@ import functools
 import itertools
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections import deque
@@ -40,6 +39,7 @@ from .restore_files import (
     SliceOutcome,
     TempFile,
     refuse_dir,
+    temp_name,
 )
 from .tree import DIR, FILE, SYMLINK, Node
 from .tree_reader import TreeReader, split_snapshot_path
@@ -629,7 +629,7 @@ class Restorer:
             if where.fresh:
                 os.link(path[-1], name, src_dir_fd=fd, dst_dir_fd=where.fd, follow_symlinks=False)
                 return
-            temp = f".{name[:64]}.{secrets.token_hex(4)}.rpbtmp"
+            temp = temp_name(name)
             os.link(path[-1], temp, src_dir_fd=fd, dst_dir_fd=where.fd, follow_symlinks=False)
             try:
                 refuse_dir(where.fd, name, shown)
