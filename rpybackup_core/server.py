@@ -99,7 +99,7 @@ class BackupServer:
         helper) would otherwise be refused while the server is still ending its last session.
         At most as many connections wait as there are slots, a quarter of them per address.
         """
-        source = source_key(peer.rsplit(":", 1)[0])
+        source = _source(peer)
         with self._admission:
             if self._has_room(source):
                 self._hold(source, raw)
@@ -124,7 +124,7 @@ class BackupServer:
         thread.start()
 
     def _wait_for_slot(self, raw: socket.socket, peer: str) -> None:
-        source = source_key(peer.rsplit(":", 1)[0])
+        source = _source(peer)
         with self._admission:
             self._admission.wait_for(
                 lambda: self._stopping.is_set() or self._has_room(source), SLOT_WAIT
@@ -201,7 +201,7 @@ class BackupServer:
                 self._active.discard(raw)
             with self._admission:
                 self._held -= 1
-                self._forget(self._held_by, source_key(peer.rsplit(":", 1)[0]))
+                self._forget(self._held_by, _source(peer))
                 self._admission.notify_all()
             self._threads.discard(threading.current_thread())
 
@@ -229,3 +229,8 @@ class BackupServer:
         # A scheduled prune in progress finishes its client; the next one is not started.
         self._scheduler.join()
         log.info("server stopped")
+
+
+def _source(peer: str) -> str:
+    """The address a connection counts against ("host:port" -> its host's source key)."""
+    return source_key(peer.rsplit(":", 1)[0])
