@@ -42,14 +42,20 @@ def _backed_up(server, source: Path):
     return client
 
 
+def _restored_whole(client, source: Path, target: Path, files: int) -> Path:
+    """Restore the latest snapshot into ``target``, check it holds ``files`` files with no
+    error and matches ``source``, and return where ``source`` came back."""
+    _, result = client.restore("latest", target)
+    restored = target / source.relative_to("/")
+    assert result.errors == [] and result.files == files
+    assert compare_trees(source, restored) == []
+    return restored
+
+
 def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path: Path) -> None:
     source = _linked_tree(tmp_path / "source")
     client = _backed_up(server, source)
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    restored = target / source.relative_to("/")
-    assert result.errors == [] and result.files == 7
-    assert compare_trees(source, restored) == []
+    restored = _restored_whole(client, source, tmp_path / "restored", files=7)
     small = [restored / name for name in ("a/small.txt", "b/small-again.txt", "c/small-third.txt")]
     assert len({_inode(path) for path in small}) == 1 and os.lstat(small[0]).st_nlink == 3
     assert _inode(restored / "a/large.bin") == _inode(restored / "b/large-again.bin")
@@ -94,11 +100,7 @@ def test_names_linked_to_files_the_restore_helper_writes(server, tmp_path: Path)
         path.write_bytes(b"%d\n" % index * 50)
         os.link(path, source / "second" / f"f{index:04d}")
     client = _backed_up(server, source)
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    restored = target / source.relative_to("/")
-    assert result.errors == [] and result.files == 3000
-    assert compare_trees(source, restored) == []
+    restored = _restored_whole(client, source, tmp_path / "restored", files=3000)
     for index in (0, 777, 1499):
         name = f"f{index:04d}"
         assert _inode(restored / "first" / name) == _inode(restored / "second" / name)
@@ -115,11 +117,7 @@ def test_names_the_filesystem_will_not_link_are_restored_as_files(
 
     # As protected_hardlinks refuses a user a link to a file of someone else's.
     monkeypatch.setattr(os, "link", refused)
-    target = tmp_path / "restored"
-    _, result = client.restore("latest", target)
-    restored = target / source.relative_to("/")
-    assert result.errors == [] and result.files == 7
-    assert compare_trees(source, restored) == []
+    restored = _restored_whole(client, source, tmp_path / "restored", files=7)
     assert os.lstat(restored / "b/small-again.txt").st_nlink == 1
 
 
