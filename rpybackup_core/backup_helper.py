@@ -20,8 +20,9 @@ reports on is durable and indexed on the server (a `sync` request, after every 2
 that, so the backup can hand it more): the backup's own connection can then reference it,
 and if the helper stops, what it had not reported is read by the backup itself. The helper
 stays connected until the backup has committed, so what it stored stays pinned. Its
-connection follows the backup's (`follow`): a chunk the backup has sent counts as present
-for it, so a copy of a file the backup just read is not put twice.
+connection follows the backup's (`follow`): a chunk either has sent counts as present for the
+other, so a copy of a file the other just read is not put twice (the server makes the
+backup's commit wait until the helper has indexed what the backup counted on).
 
 Two one-way pipes carry the messages (first the backup's excludes and link, then paths one
 way; the other way, per sync, the reports, the rows and ids and what was uploaded for them,

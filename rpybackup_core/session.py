@@ -16,7 +16,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import __version__
@@ -74,6 +74,10 @@ MAX_REFS_PER_SNAPSHOT = 20_000_000
 MAX_TAGS = 64
 MAX_TEXT = 4096
 MAX_SEALED_META = 48 * 1024
+# How long a commit waits for a follower to index chunks it was told are present because the
+# follower had accepted them: a helper's connection that broke off seals its open pack as it
+# ends, which takes an fsync.
+BORROW_WAIT = 60.0
 
 Handler = Callable[["Session", Frame], tuple[dict[str, Any], bytes] | None]
 
@@ -198,6 +202,13 @@ class Session:
         # this one helps (``follow``): chunks it has accepted count as present here too.
         self.link: str | None = None
         self.leader: Session | None = None
+        # The sessions following this one, and the chunks this one was told are present
+        # because one of them had accepted them (not yet indexed then): they are referenced
+        # once indexed, and a commit waits for that. Followers join, leave and index under
+        # ``followed``.
+        self.followed = threading.Condition()
+        self.followers: list[Session] = []
+        self.borrowed: set[bytes] = set()
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -224,6 +235,8 @@ class Session:
             finally:
                 if self.packer is not None:
                     self.packer.close()
+                if self.leader is not None:
+                    self._stop_following()
                 if self.client is not None:
                     self.repo.release_pins(self.pin_key)
                 if self.link is not None:
@@ -325,6 +338,50 @@ class Session:
         for rowids in committed:
             self.pending.difference_update(rowids)
             self.refs.update(rowids.values())
+        if committed and self.leader is not None and self.leader.borrowed:
+            with self.leader.followed:
+                self.leader.followed.notify_all()
+
+    # ---- following ---------------------------------------------------------------------------
+
+    def _stop_following(self) -> None:
+        """This follower ends: what it had accepted is sealed and indexed (or lost) by now."""
+        assert self.leader is not None
+        with self.leader.followed:
+            self.leader.followers.remove(self)
+            self.leader.followed.notify_all()
+
+    def _held_by_followers(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Those of ``ids`` a follower has accepted and not yet indexed."""
+        with self.followed:
+            followers = tuple(self.followers)
+        return {i for i in ids if any(i in follower.pending for follower in followers)}
+
+    def _settle_borrowed(self) -> None:
+        """Reference the borrowed chunks before a commit, each once a follower has indexed it;
+        one that no follower holds any longer and is not indexed was lost, and the snapshot
+        must not count on it."""
+        assert self.client is not None
+        deadline = time.monotonic() + BORROW_WAIT
+        while self.borrowed:
+            # What the followers still hold is taken before the lookup: a chunk leaves a
+            # follower's pending set only once indexed, so one missing from both was lost.
+            held = self._held_by_followers(self.borrowed)
+            found = self.repo.lookup_pinned(self.client.id, list(self.borrowed), self.pin_key)
+            self.refs.update(found.values())
+            self.borrowed.difference_update(found)
+            if not self.borrowed:
+                return
+            left = deadline - time.monotonic()
+            if not self.borrowed <= held or left <= 0:
+                lost = len(self.borrowed)
+                self.borrowed.clear()
+                raise NotFound(
+                    f"{lost} chunks of this snapshot a helper connection had accepted were "
+                    "never stored"
+                )
+            with self.followed:
+                self.followed.wait(min(left, 1.0))
 
     # ---- handlers ---------------------------------------------------------------------------
 
@@ -376,11 +433,23 @@ class Session:
         # them before it commits, and its commit is the only one that references them.
         leading = self.leader.pending if self.leader is not None else frozenset()
         answer = bytes(1 if (i in known or i in self.pending or i in leading) else 0 for i in ids)
+        if self.followers:
+            answer = self._with_followers(ids, answer)
         if frame.header.get("reference") is True:
             # The client will reference what it is told is here (unchanged files): counting it
             # now spares a second lookup of the same ids in a refs request.
             self._add_refs(ids, known)
         return {"count": len(ids)}, answer
+
+    def _with_followers(self, ids: list[bytes], answer: bytes) -> bytes:
+        """Count the chunks a follower has accepted as present too: two processes of one
+        backup that read copies of a file at once store it once (a reference to one of them
+        borrows it until the follower indexes it, ``_add_refs``)."""
+        pairs = list(zip(ids, answer, strict=True))
+        held = self._held_by_followers(i for i, present in pairs if not present)
+        if not held:
+            return answer
+        return bytes(1 if present or i in held else 0 for i, present in pairs)
 
     def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
@@ -393,20 +462,43 @@ class Session:
                 self.repo, self.client.id, self.pin_key, self.pack_size, MAX_PACK_ENTRIES
             )
         stored = 0
+        piece: list[Record] = []
+        for record in records:
+            piece.append(record)
+            if len(piece) >= SUBMIT_RECORDS:
+                stored += self._accept(piece)
+                piece = []
+        if piece:
+            stored += self._accept(piece)
+        return {"stored": stored}, b""
+
+    def _accept(self, records: list[Record]) -> int:
+        """Hand the pack writer the records of chunks not stored yet; returns how many.
+
+        A copy of a chunk that was accepted or indexed since the client asked about it is
+        referenced, not stored twice: the two processes of a backup can read copies of one
+        file at once. What the followers hold is looked at first: it may be indexed next."""
+        assert self.client is not None
+        leading = self.leader.pending if self.leader is not None else frozenset()
+        held = self._held_by_followers(i for i, _ in records) if self.followers else set()
+        unknown = [i for i, _ in records if i not in self.pending and i not in leading]
+        indexed = self.repo.lookup_pinned(
+            self.client.id, [i for i in unknown if i not in held], self.pin_key
+        )
+        self.refs.update(indexed.values())
         batch: list[Record] = []
         for chunk_id, sealed in records:
-            if chunk_id in self.pending:
+            if chunk_id in self.pending or chunk_id in leading or chunk_id in indexed:
                 continue
             self.lost.discard(chunk_id)
+            if chunk_id in held:
+                self.borrowed.add(chunk_id)
+                continue
             self.pending.add(chunk_id)
             batch.append((chunk_id, sealed))
-            stored += 1
-            if len(batch) >= SUBMIT_RECORDS:
-                self._submit(batch)
-                batch = []
         if batch:
             self._submit(batch)
-        return {"stored": stored}, b""
+        return len(batch)
 
     def _submit(self, batch: list[Record]) -> None:
         self._indexed(self._packing(lambda packer: packer.submit(batch)))
@@ -425,19 +517,24 @@ class Session:
         return {"link": self.link}, b""
 
     def op_follow(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
-        """Help the session that handed out this link: a copy of what it has accepted is
-        not put twice. Only a session of the same client of the same repository can be
+        """Help the session that handed out this link: a copy of what either has accepted is
+        not put twice by the other. Only a session of the same client of the same repository can be
         followed (client ids are a repository's; links are kept per process)."""
         assert self.client is not None
+        if self.leader is not None:
+            raise InvalidRequest("this connection already follows another")
         leader = _LINKS.find(_text(frame.header, "link"))
         if (
             leader is None
+            or leader is self
             or leader.repo is not self.repo
             or leader.client is None
             or leader.client.id != self.client.id
         ):
             raise NotFound("no such session to follow")
         self.leader = leader
+        with leader.followed:
+            leader.followers.append(self)
         return {}, b""
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
@@ -450,15 +547,19 @@ class Session:
 
     def _add_refs(self, ids: list[bytes], indexed: dict[bytes, int]) -> int:
         """Count ids as referenced by the coming snapshot; returns how many are not stored.
-        A chunk this session put is referenced once its pack is indexed."""
+        A chunk this session put is referenced once its pack is indexed, one a follower
+        holds once the follower has indexed it (``_settle_borrowed``)."""
         self._check_refs_bound(len(ids))
         self.refs.update(indexed.values())
-        return sum(
-            1 for chunk_id in ids if chunk_id not in indexed and chunk_id not in self.pending
-        )
+        unstored = [i for i in ids if i not in indexed and i not in self.pending]
+        if unstored and self.followers:
+            held = self._held_by_followers(unstored)
+            self.borrowed.update(held)
+            return len(unstored) - len(held)
+        return len(unstored)
 
     def _check_refs_bound(self, more: int) -> None:
-        if len(self.refs) + len(self.pending) + more > MAX_REFS_PER_SNAPSHOT:
+        if len(self.refs) + len(self.pending) + len(self.borrowed) + more > MAX_REFS_PER_SNAPSHOT:
             raise InvalidRequest("too many chunk references for one snapshot")
 
     def op_commit(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
@@ -480,6 +581,7 @@ class Session:
             "parent": parent,
         }
         self._seal_open_pack()
+        self._settle_borrowed()
         if self.lost:
             raise NotFound(
                 f"{len(self.lost)} chunks of this snapshot were lost to a storage failure "

@@ -1,19 +1,23 @@
-"""A backup's helper connection follows the backup's (`link`, `follow`): what the backup has
-sent counts as present for the helper, for the same client only. Real Session threads on
-socketpairs (tests/robustness/wire.py)."""
+"""A backup's helper connection follows the backup's (`link`, `follow`): what either has sent
+counts as present for the other, for the same client only, and the backup's snapshot counts
+on the helper's chunks only once they are indexed. Real Session threads on socketpairs
+(tests/robustness/wire.py)."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from rpybackup_core import session
 from rpybackup_core.protocol import RECORD
 from rpybackup_core.repository import Repository
-from tests.robustness.wire import Wire
+from tests.robustness.wire import IO_TIMEOUT, Wire
 
 
 @pytest.fixture
@@ -61,9 +65,54 @@ def _put(wire: Wire, chunk_id: bytes) -> None:
     _ok(wire, {"op": "put"}, RECORD.pack(chunk_id, 1) + b"x")
 
 
-def _has(wire: Wire, chunk_id: bytes) -> bool:
-    _, answer = _ok(wire, {"op": "has"}, chunk_id)
+def _has(wire: Wire, chunk_id: bytes, reference: bool = False) -> bool:
+    _, answer = _ok(wire, {"op": "has", "reference": reference}, chunk_id)
     return answer == b"\x01"
+
+
+def _commit(wire: Wire, root: bytes) -> list[tuple[dict, bytes]] | None:
+    header = {
+        "op": "commit",
+        "time": "2026-01-01T00:00:00Z",
+        "tags": [],
+        "meta": base64.b64encode(b"sealed").decode(),
+        "stats": {},
+        "root": [root.hex()],
+    }
+    return wire.request(header)
+
+
+def _committed(repository: Repository, reply: list[tuple[dict, bytes]] | None) -> set[int]:
+    """The row ids the snapshot a commit reply names refers to."""
+    assert reply and reply[0][0].get("ok"), reply
+    alice = repository.client_by_name("alice").id
+    return set(repository.snapshot_refs(alice, reply[0][0]["snapshot"]))
+
+
+def _copies(repository: Repository, chunk_id: bytes) -> int:
+    """How many blobs of this chunk the packs hold, indexed or not (a pack's trailer names
+    each of its blobs once)."""
+    packs = (repository.data_dir / "storage").rglob("*")
+    return sum(pack.read_bytes().count(chunk_id) for pack in packs if pack.is_file())
+
+
+def _linked(repository: Repository, tokens: dict[str, str]) -> tuple[Wire, Wire]:
+    """A backup's connection and its helper's, following it."""
+    backup, helper = _connect(repository, tokens, "alice"), _connect(repository, tokens, "alice")
+    _ok(helper, {"op": "follow", "link": _link(backup)})
+    return backup, helper
+
+
+class _WatchedCondition(threading.Condition):
+    """A condition that tells when someone waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
 
 
 def test_a_helper_that_follows_finds_what_the_backup_has_sent_before_it_is_indexed(
@@ -142,3 +191,129 @@ def test_a_client_of_another_repository_cannot_follow_a_connection(
         namesake.close()
     finally:
         other.close()
+
+
+def test_a_backup_finds_what_its_helper_has_accepted_and_references_it_once_indexed(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    _put(helper, CHUNK)
+
+    assert _has(backup, CHUNK, reference=True)
+
+    _ok(helper, {"op": "sync"})
+    refs = _committed(repository, _commit(backup, CHUNK))
+    assert refs == set(repository.lookup(repository.client_by_name("alice").id, [CHUNK]).values())
+    backup.close()
+    helper.close()
+
+
+def test_a_commit_waits_for_the_helper_to_index_what_it_lent(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup = _connect(repository, tokens, "alice")
+    watched = backup.session.followed = _WatchedCondition()
+    helper = _connect(repository, tokens, "alice")
+    _ok(helper, {"op": "follow", "link": _link(backup)})
+    _put(helper, CHUNK)
+    assert _has(backup, CHUNK, reference=True)
+    replies: list = []
+    committing = threading.Thread(target=lambda: replies.append(_commit(backup, CHUNK)))
+    committing.start()
+
+    assert watched.waited.wait(IO_TIMEOUT), "the commit did not wait for the helper"
+    _ok(helper, {"op": "sync"})
+    committing.join(IO_TIMEOUT)
+
+    assert len(_committed(repository, replies[0])) == 1
+    backup.close()
+    helper.close()
+
+
+def test_a_helper_that_hangs_up_still_stores_what_it_lent(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    _put(helper, CHUNK)
+    assert _has(backup, CHUNK, reference=True)
+
+    helper.close()
+
+    assert len(_committed(repository, _commit(backup, CHUNK))) == 1
+    backup.close()
+
+
+def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
+    repo: tuple[Repository, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that holds a chunk and never syncs: the commit gives up, and no snapshot
+    refers to a chunk the server may never have."""
+    monkeypatch.setattr(session, "BORROW_WAIT", 0.2)
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    _put(helper, CHUNK)
+    assert _has(backup, CHUNK, reference=True)
+
+    reply = _commit(backup, CHUNK)
+
+    assert reply and reply[0][0]["error"]["code"] == "not_found", reply
+    assert "never stored" in reply[0][0]["error"]["message"]
+    assert repository.list_snapshots(repository.client_by_name("alice").id) == []
+    backup.close()
+    helper.close()
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["accepted", "indexed"])
+def test_a_copy_the_helper_stored_first_is_not_stored_again(
+    repo: tuple[Repository, dict[str, str]], indexed: bool
+) -> None:
+    """Both processes asked before either put: the second put of the chunk stores nothing and
+    references the first, whether that is still in the helper's hands or indexed by now."""
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    assert not _has(backup, CHUNK, reference=True)
+    _put(helper, CHUNK)
+    if indexed:
+        _ok(helper, {"op": "sync"})
+
+    header, _ = _ok(backup, {"op": "put"}, RECORD.pack(CHUNK, 1) + b"x")
+
+    assert header["stored"] == 0
+    _ok(helper, {"op": "sync"})
+    assert len(_committed(repository, _commit(backup, CHUNK))) == 1
+    backup.close()
+    helper.close()
+    assert _copies(repository, CHUNK) == 1
+
+
+def test_a_helper_does_not_store_a_copy_the_backup_accepted_after_it_asked(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    assert not _has(helper, CHUNK)
+    _put(backup, CHUNK)
+
+    header, _ = _ok(helper, {"op": "put"}, RECORD.pack(CHUNK, 1) + b"x")
+
+    assert header["stored"] == 0
+    assert len(_committed(repository, _commit(backup, CHUNK))) == 1
+    backup.close()
+    helper.close()
+    assert _copies(repository, CHUNK) == 1
+
+
+def test_a_connection_follows_one_other_connection_only(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    other = _connect(repository, tokens, "alice")
+
+    assert _error(helper, {"op": "follow", "link": _link(other)}) == "invalid"
+    assert _error(backup, {"op": "follow", "link": _link(backup)}) == "not_found"
+    for wire in (backup, helper, other):
+        wire.close()
