@@ -78,6 +78,8 @@ MAX_SEALED_META = 48 * 1024
 # follower had accepted them: a helper's connection that broke off seals its open pack as it
 # ends, which takes an fsync.
 BORROW_WAIT = 60.0
+# Borrowed chunks held before those indexed meanwhile are referenced (~100 bytes each).
+MAX_BORROWED = 65536
 
 Handler = Callable[["Session", Frame], tuple[dict[str, Any], bytes] | None]
 
@@ -195,8 +197,8 @@ class Session:
         self.pending: set[bytes] = set()
         # Row ids of the chunks referenced so far: a session may reference millions.
         self.refs = RowSet()
-        # Chunks put but lost to a storage failure before they were indexed: a commit waits
-        # until each is put again.
+        # Chunks put but lost to a storage failure before they were indexed (or borrowed from a
+        # follower that never stored them): a commit waits until each is put again.
         self.lost: set[bytes] = set()
         # This session's link for a helper process (``link``), and the session of the process
         # this one helps (``follow``): chunks it has accepted count as present here too.
@@ -357,28 +359,34 @@ class Session:
             followers = tuple(self.followers)
         return {i for i in ids if any(i in follower.pending for follower in followers)}
 
-    def _settle_borrowed(self) -> None:
-        """Reference the borrowed chunks before a commit, each once a follower has indexed it;
-        one that no follower holds any longer and is not indexed was lost, and the snapshot
-        must not count on it."""
+    def _reference_borrowed(self) -> None:
+        """Reference the borrowed chunks that are indexed by now."""
         assert self.client is not None
+        found = self.repo.lookup_pinned(self.client.id, list(self.borrowed), self.pin_key)
+        self.refs.update(found.values())
+        self.borrowed.difference_update(found)
+
+    def _settle_borrowed(self) -> None:
+        """Before a commit: reference each borrowed chunk once its follower has indexed it.
+        One that no follower holds any longer and is not indexed, or that is still held when
+        ``BORROW_WAIT`` is over, is lost: the snapshot must not count on it."""
         deadline = time.monotonic() + BORROW_WAIT
         while self.borrowed:
             # What the followers still hold is taken before the lookup: a chunk leaves a
             # follower's pending set only once indexed, so one missing from both was lost.
             held = self._held_by_followers(self.borrowed)
-            found = self.repo.lookup_pinned(self.client.id, list(self.borrowed), self.pin_key)
-            self.refs.update(found.values())
-            self.borrowed.difference_update(found)
+            self._reference_borrowed()
             if not self.borrowed:
                 return
             left = deadline - time.monotonic()
             if not self.borrowed <= held or left <= 0:
-                lost = len(self.borrowed)
+                # Lost until put again, so no later commit of this session counts on them.
+                count = len(self.borrowed)
+                self.lost.update(self.borrowed)
                 self.borrowed.clear()
                 raise NotFound(
-                    f"{lost} chunks of this snapshot a helper connection had accepted were "
-                    "never stored"
+                    f"{count} chunks of this snapshot that a helper connection had accepted "
+                    "were never stored"
                 )
             with self.followed:
                 self.followed.wait(min(left, 1.0))
@@ -555,6 +563,10 @@ class Session:
         if unstored and self.followers:
             held = self._held_by_followers(unstored)
             self.borrowed.update(held)
+            if len(self.borrowed) > MAX_BORROWED:
+                # What a follower has indexed since leaves the set: the rest is bounded by
+                # what the followers hold.
+                self._reference_borrowed()
             return len(unstored) - len(held)
         return len(unstored)
 

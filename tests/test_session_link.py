@@ -261,6 +261,8 @@ def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
 
     assert reply and reply[0][0]["error"]["code"] == "not_found", reply
     assert "never stored" in reply[0][0]["error"]["message"]
+    again = _commit(backup, CHUNK)
+    assert again and again[0][0]["error"]["code"] == "not_found", "a second try counts on it"
     assert repository.list_snapshots(repository.client_by_name("alice").id) == []
     backup.close()
     helper.close()
@@ -317,3 +319,27 @@ def test_a_connection_follows_one_other_connection_only(
     assert _error(backup, {"op": "follow", "link": _link(backup)}) == "not_found"
     for wire in (backup, helper, other):
         wire.close()
+
+
+def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit(
+    repo: tuple[Repository, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "MAX_BORROWED", 2)
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    early = [bytes([n]) * 32 for n in (1, 2, 3)]
+    for chunk_id in early:
+        _put(helper, chunk_id)
+    _ok(backup, {"op": "has", "reference": True}, b"".join(early))
+    assert len(backup.session.borrowed) == 3, "none is indexed yet: all stay borrowed"
+    _ok(helper, {"op": "sync"})
+    late = bytes([4]) * 32
+    _put(helper, late)
+
+    assert _has(backup, late, reference=True)
+
+    assert backup.session.borrowed == {late}
+    _ok(helper, {"op": "sync"})
+    assert len(_committed(repository, _commit(backup, early[0]))) == 4
+    backup.close()
+    helper.close()
