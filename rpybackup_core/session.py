@@ -496,9 +496,11 @@ class Session:
         self.refs.update(indexed.values())
         batch: list[Record] = []
         for chunk_id, sealed in records:
-            if chunk_id in self.pending or chunk_id in leading or chunk_id in indexed:
+            if chunk_id in self.pending or chunk_id in leading:
                 continue
             self.lost.discard(chunk_id)
+            if chunk_id in indexed:
+                continue
             if chunk_id in held:
                 self.borrowed.add(chunk_id)
                 continue
@@ -526,8 +528,8 @@ class Session:
 
     def op_follow(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         """Help the session that handed out this link: a copy of what either has accepted is
-        not put twice by the other. Only a session of the same client of the same repository can be
-        followed (client ids are a repository's; links are kept per process)."""
+        not put twice by the other. Only a session of the same client of the same repository
+        can be followed (client ids are a repository's; links are kept per process)."""
         assert self.client is not None
         if self.leader is not None:
             raise InvalidRequest("this connection already follows another")

@@ -136,3 +136,37 @@ def test_a_commit_waits_until_chunks_lost_to_a_storage_failure_are_put_again(
     alice = harness.repo.client_by_name("alice").id
     [row] = harness.repo.lookup(alice, [chunk_id]).values()
     assert list(harness.repo.snapshot_refs(alice, snapshot_id)) == [row]
+
+
+def test_a_lost_chunk_another_connection_stored_meanwhile_counts_once_put_again(
+    faulty: tuple[ServerHarness, FaultyBackend],
+) -> None:
+    """Put again, a lost chunk that is stored by now is referenced, not stored a second time,
+    and no longer holds the commit back."""
+    harness, backend = faulty
+    config = harness.enroll("alice")
+    sealer = Sealer(MasterKey.from_text(config.key))
+    plain = b"a chunk whose first pack never reached the disk"
+    chunk_id = sealer.chunk_id(plain)
+    snapshot = commit_header(sealer, [chunk_id])
+
+    def connect() -> RemoteRepository:
+        return RemoteRepository.connect(
+            config.server, config.fingerprint, config.name, config.token
+        )
+
+    with connect() as remote:
+        backend.fail("put_file", errno.EIO)
+        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
+        with pytest.raises(RPyBackupError, match="server storage failed"):
+            remote.sync()
+        backend.heal()
+        with connect() as other:
+            other.put([(chunk_id, sealer.seal(chunk_id, plain))])
+            other.sync()
+
+        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
+        snapshot_id = remote.commit(snapshot)
+    alice = harness.repo.client_by_name("alice").id
+    [row] = harness.repo.lookup(alice, [chunk_id]).values()
+    assert list(harness.repo.snapshot_refs(alice, snapshot_id)) == [row]
