@@ -106,6 +106,8 @@ class _Links:
 
 
 _LINKS = _Links()
+# Held while a connection starts following another (``follow``).
+_FOLLOWING = threading.Lock()
 
 
 def _text(header: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -485,27 +487,34 @@ class Session:
 
         A copy of a chunk that was accepted or indexed since the client asked about it is
         referenced, not stored twice: the two processes of a backup can read copies of one
-        file at once. What the followers hold is looked at first: it may be indexed next."""
+        file at once. Linked connections claim chunks under the leader's lock, each taking
+        into its pending set those no other holds, and only then look them up in the index
+        (a chunk leaves a pending set once indexed): of two copies put at once, one is
+        stored."""
         assert self.client is not None
         leading = self.leader.pending if self.leader is not None else frozenset()
-        held = self._held_by_followers(i for i, _ in records) if self.followers else set()
-        unknown = [i for i, _ in records if i not in self.pending and i not in leading]
-        indexed = self.repo.lookup_pinned(
-            self.client.id, [i for i in unknown if i not in held], self.pin_key
-        )
+        with (self.leader or self).followed:
+            held = self._held_by_followers(i for i, _ in records) if self.followers else set()
+            claimed = {
+                i: None
+                for i, _ in records
+                if i not in self.pending and i not in leading and i not in held
+            }
+            self.pending.update(claimed)
+        indexed = self.repo.lookup_pinned(self.client.id, list(claimed), self.pin_key)
+        self.pending.difference_update(indexed)
         self.refs.update(indexed.values())
         batch: list[Record] = []
         for chunk_id, sealed in records:
-            if chunk_id in self.pending or chunk_id in leading:
-                continue
-            self.lost.discard(chunk_id)
-            if chunk_id in indexed:
-                continue
             if chunk_id in held:
+                self.lost.discard(chunk_id)
                 self.borrowed.add(chunk_id)
-                continue
-            self.pending.add(chunk_id)
-            batch.append((chunk_id, sealed))
+            elif chunk_id in claimed:
+                self.lost.discard(chunk_id)
+                if chunk_id not in indexed:
+                    batch.append((chunk_id, sealed))
+                # A second record of the chunk in this put is not stored again.
+                del claimed[chunk_id]
         if batch:
             self._submit(batch)
         return len(batch)
@@ -531,8 +540,6 @@ class Session:
         not put twice by the other. Only a session of the same client of the same repository
         can be followed (client ids are a repository's; links are kept per process)."""
         assert self.client is not None
-        if self.leader is not None:
-            raise InvalidRequest("this connection already follows another")
         leader = _LINKS.find(_text(frame.header, "link"))
         if (
             leader is None
@@ -542,9 +549,14 @@ class Session:
             or leader.client.id != self.client.id
         ):
             raise NotFound("no such session to follow")
-        self.leader = leader
-        with leader.followed:
-            leader.followers.append(self)
+        # One leader and its followers, no chains or cycles: a connection locks only its
+        # leader's lock, or its own (``_accept``), so two cannot wait for each other.
+        with _FOLLOWING:
+            if self.leader is not None or self.followers or leader.leader is not None:
+                raise InvalidRequest("a connection follows at most one that follows none")
+            self.leader = leader
+            with leader.followed:
+                leader.followers.append(self)
         return {}, b""
 
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:

@@ -308,17 +308,47 @@ def test_a_helper_does_not_store_a_copy_the_backup_accepted_after_it_asked(
     assert _copies(repository, CHUNK) == 1
 
 
-def test_a_connection_follows_one_other_connection_only(
+def test_connections_follow_one_leader_that_follows_none(
     repo: tuple[Repository, dict[str, str]],
 ) -> None:
+    """No chains and no cycles: a follower follows once, a followed connection follows no
+    other and a follower is followed by none, and no connection follows itself."""
     repository, tokens = repo
     backup, helper = _linked(repository, tokens)
     other = _connect(repository, tokens, "alice")
 
     assert _error(helper, {"op": "follow", "link": _link(other)}) == "invalid"
-    assert _error(backup, {"op": "follow", "link": _link(backup)}) == "not_found"
+    assert _error(backup, {"op": "follow", "link": _link(other)}) == "invalid"
+    assert _error(other, {"op": "follow", "link": _link(helper)}) == "invalid"
+    assert _error(other, {"op": "follow", "link": _link(other)}) == "not_found"
+    _ok(other, {"op": "follow", "link": _link(backup)})
     for wire in (backup, helper, other):
         wire.close()
+
+
+def test_two_linked_connections_putting_a_chunk_at_once_store_it_once(
+    repo: tuple[Repository, dict[str, str]],
+) -> None:
+    repository, tokens = repo
+    backup, helper = _linked(repository, tokens)
+    chunks = [index.to_bytes(32, "big") for index in range(1, 101)]
+    together = threading.Barrier(2, timeout=IO_TIMEOUT)
+
+    def put_all(wire: Wire) -> None:
+        for chunk_id in chunks:
+            together.wait()
+            _put(wire, chunk_id)
+
+    other = threading.Thread(target=put_all, args=(helper,))
+    other.start()
+    put_all(backup)
+    other.join(IO_TIMEOUT)
+    _ok(helper, {"op": "sync"})
+    _ok(backup, {"op": "sync"})
+
+    assert [_copies(repository, chunk_id) for chunk_id in chunks] == [1] * len(chunks)
+    backup.close()
+    helper.close()
 
 
 def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit(
