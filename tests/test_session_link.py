@@ -103,6 +103,14 @@ def _linked(repository: Repository, tokens: dict[str, str]) -> tuple[Wire, Wire]
     return backup, helper
 
 
+def _lent(repository: Repository, tokens: dict[str, str]) -> tuple[Wire, Wire]:
+    """A backup's connection that borrowed CHUNK from its helper's, which holds it unindexed."""
+    backup, helper = _linked(repository, tokens)
+    _put(helper, CHUNK)
+    assert _has(backup, CHUNK, reference=True)
+    return backup, helper
+
+
 class _WatchedCondition(threading.Condition):
     """A condition that tells when someone waits on it."""
 
@@ -213,12 +221,8 @@ def test_a_commit_waits_for_the_helper_to_index_what_it_lent(
     repo: tuple[Repository, dict[str, str]],
 ) -> None:
     repository, tokens = repo
-    backup = _connect(repository, tokens, "alice")
+    backup, helper = _lent(repository, tokens)
     watched = backup.session.followed = _WatchedCondition()
-    helper = _connect(repository, tokens, "alice")
-    _ok(helper, {"op": "follow", "link": _link(backup)})
-    _put(helper, CHUNK)
-    assert _has(backup, CHUNK, reference=True)
     replies: list = []
     committing = threading.Thread(target=lambda: replies.append(_commit(backup, CHUNK)))
     committing.start()
@@ -236,9 +240,7 @@ def test_a_helper_that_hangs_up_still_stores_what_it_lent(
     repo: tuple[Repository, dict[str, str]],
 ) -> None:
     repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
-    _put(helper, CHUNK)
-    assert _has(backup, CHUNK, reference=True)
+    backup, helper = _lent(repository, tokens)
 
     helper.close()
 
@@ -253,9 +255,7 @@ def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
     refers to a chunk the server may never have."""
     monkeypatch.setattr(session, "BORROW_WAIT", 0.2)
     repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
-    _put(helper, CHUNK)
-    assert _has(backup, CHUNK, reference=True)
+    backup, helper = _lent(repository, tokens)
 
     reply = _commit(backup, CHUNK)
 
@@ -268,40 +268,25 @@ def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
     helper.close()
 
 
-@pytest.mark.parametrize("indexed", [False, True], ids=["accepted", "indexed"])
-def test_a_copy_the_helper_stored_first_is_not_stored_again(
-    repo: tuple[Repository, dict[str, str]], indexed: bool
+@pytest.mark.parametrize("first", ["helper", "helper-indexed", "backup"])
+def test_a_copy_the_other_connection_stored_first_is_not_stored_again(
+    repo: tuple[Repository, dict[str, str]], first: str
 ) -> None:
-    """Both processes asked before either put: the second put of the chunk stores nothing and
-    references the first, whether that is still in the helper's hands or indexed by now."""
+    """Both asked before either put: the second put of the chunk stores nothing and
+    references the first, whether that is still in the other's hands or indexed by now."""
     repository, tokens = repo
     backup, helper = _linked(repository, tokens)
     assert not _has(backup, CHUNK, reference=True)
-    _put(helper, CHUNK)
-    if indexed:
+    assert not _has(helper, CHUNK)
+    earlier, later = (backup, helper) if first == "backup" else (helper, backup)
+    _put(earlier, CHUNK)
+    if first == "helper-indexed":
         _ok(helper, {"op": "sync"})
 
-    header, _ = _ok(backup, {"op": "put"}, RECORD.pack(CHUNK, 1) + b"x")
+    header, _ = _ok(later, {"op": "put"}, RECORD.pack(CHUNK, 1) + b"x")
 
     assert header["stored"] == 0
     _ok(helper, {"op": "sync"})
-    assert len(_committed(repository, _commit(backup, CHUNK))) == 1
-    backup.close()
-    helper.close()
-    assert _copies(repository, CHUNK) == 1
-
-
-def test_a_helper_does_not_store_a_copy_the_backup_accepted_after_it_asked(
-    repo: tuple[Repository, dict[str, str]],
-) -> None:
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
-    assert not _has(helper, CHUNK)
-    _put(backup, CHUNK)
-
-    header, _ = _ok(helper, {"op": "put"}, RECORD.pack(CHUNK, 1) + b"x")
-
-    assert header["stored"] == 0
     assert len(_committed(repository, _commit(backup, CHUNK))) == 1
     backup.close()
     helper.close()

@@ -109,40 +109,13 @@ def test_a_read_error_fails_the_restore_clearly_and_passes(
     assert restored_manifest(tmp_path / "after", tree.root) == want
 
 
+@pytest.mark.parametrize("stored_meanwhile", [False, True], ids=["put-again", "stored-meanwhile"])
 def test_a_commit_waits_until_chunks_lost_to_a_storage_failure_are_put_again(
-    faulty: tuple[ServerHarness, FaultyBackend],
+    faulty: tuple[ServerHarness, FaultyBackend], stored_meanwhile: bool
 ) -> None:
     """Every chunk a session puts counts as referenced by its snapshot; one whose pack failed
-    to store is not there, so the commit is refused until the client puts it again."""
-    harness, backend = faulty
-    config = harness.enroll("alice")
-    sealer = Sealer(MasterKey.from_text(config.key))
-    plain = b"a chunk whose first pack never reached the disk"
-    chunk_id = sealer.chunk_id(plain)
-    snapshot = commit_header(sealer, [chunk_id])
-    with RemoteRepository.connect(
-        config.server, config.fingerprint, config.name, config.token
-    ) as remote:
-        backend.fail("put_file", errno.EIO)
-        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
-        with pytest.raises(RPyBackupError, match="server storage failed"):
-            remote.sync()
-        backend.heal()
-        with pytest.raises(NotFound, match="lost to a storage failure"):
-            remote.commit(snapshot)
-
-        remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
-        snapshot_id = remote.commit(snapshot)
-    alice = harness.repo.client_by_name("alice").id
-    [row] = harness.repo.lookup(alice, [chunk_id]).values()
-    assert list(harness.repo.snapshot_refs(alice, snapshot_id)) == [row]
-
-
-def test_a_lost_chunk_another_connection_stored_meanwhile_counts_once_put_again(
-    faulty: tuple[ServerHarness, FaultyBackend],
-) -> None:
-    """Put again, a lost chunk that is stored by now is referenced, not stored a second time,
-    and no longer holds the commit back."""
+    to store is not there, so the commit is refused until the client puts it again. Put
+    again once another connection has stored it, it is referenced, not stored twice."""
     harness, backend = faulty
     config = harness.enroll("alice")
     sealer = Sealer(MasterKey.from_text(config.key))
@@ -161,9 +134,12 @@ def test_a_lost_chunk_another_connection_stored_meanwhile_counts_once_put_again(
         with pytest.raises(RPyBackupError, match="server storage failed"):
             remote.sync()
         backend.heal()
-        with connect() as other:
-            other.put([(chunk_id, sealer.seal(chunk_id, plain))])
-            other.sync()
+        with pytest.raises(NotFound, match="lost to a storage failure"):
+            remote.commit(snapshot)
+        if stored_meanwhile:
+            with connect() as other:
+                other.put([(chunk_id, sealer.seal(chunk_id, plain))])
+                other.sync()
 
         remote.put([(chunk_id, sealer.seal(chunk_id, plain))])
         snapshot_id = remote.commit(snapshot)
