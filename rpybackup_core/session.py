@@ -501,7 +501,12 @@ class Session:
                 if i not in self.pending and i not in leading and i not in held
             }
             self.pending.update(claimed)
-        indexed = self.repo.lookup_pinned(self.client.id, list(claimed), self.pin_key)
+        try:
+            indexed = self.repo.lookup_pinned(self.client.id, list(claimed), self.pin_key)
+        except BaseException:
+            # Unclaimed, or a put of them again would be taken for one already accepted.
+            self.pending.difference_update(claimed)
+            raise
         self.pending.difference_update(indexed)
         self.refs.update(indexed.values())
         batch: list[Record] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rpybackup_core import session
+from rpybackup_core.errors import StorageError
 from rpybackup_core.protocol import RECORD
 from rpybackup_core.repository import Repository
 from tests.robustness.wire import IO_TIMEOUT, Wire
@@ -358,3 +359,24 @@ def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit
     assert len(_committed(repository, _commit(backup, early[0]))) == 4
     backup.close()
     helper.close()
+
+
+def test_a_put_whose_index_lookup_failed_is_stored_when_put_again(
+    repo: tuple[Repository, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put claims its chunks before it looks them up: a failed lookup gives them up again."""
+    repository, tokens = repo
+    backup = _connect(repository, tokens, "alice")
+    record = RECORD.pack(CHUNK, 1) + b"x"
+    with monkeypatch.context() as failing:
+        failing.setattr(repository, "lookup_pinned", _disk_full)
+        [(header, _)] = backup.request({"op": "put"}, record) or []
+        assert header["error"]["code"] == "storage", header
+
+    assert _ok(backup, {"op": "put"}, record)[0]["stored"] == 1
+    backup.close()
+    assert _copies(repository, CHUNK) == 1
+
+
+def _disk_full(*args: object) -> dict[bytes, int]:
+    raise StorageError("no space left on device")
