@@ -97,19 +97,28 @@ def _copies(repository: Repository, chunk_id: bytes) -> int:
     return sum(pack.read_bytes().count(chunk_id) for pack in packs if pack.is_file())
 
 
-def _linked(repository: Repository, tokens: dict[str, str]) -> tuple[Wire, Wire]:
-    """A backup's connection and its helper's, following it."""
+def _disk_full(*args: object) -> dict[bytes, int]:
+    raise StorageError("no space left on device")
+
+
+Linked = tuple[Repository, Wire, Wire]
+
+
+@pytest.fixture
+def linked(repo: tuple[Repository, dict[str, str]]) -> Iterator[Linked]:
+    """alice's repository, a backup's connection and its helper's, following it."""
+    repository, tokens = repo
     backup, helper = _connect(repository, tokens, "alice"), _connect(repository, tokens, "alice")
     _ok(helper, {"op": "follow", "link": _link(backup)})
-    return backup, helper
+    yield repository, backup, helper
+    helper.close()
+    backup.close()
 
 
-def _lent(repository: Repository, tokens: dict[str, str]) -> tuple[Wire, Wire]:
-    """A backup's connection that borrowed CHUNK from its helper's, which holds it unindexed."""
-    backup, helper = _linked(repository, tokens)
+def _lend(backup: Wire, helper: Wire) -> None:
+    """The helper accepts CHUNK and holds it unindexed; the backup borrows it."""
     _put(helper, CHUNK)
     assert _has(backup, CHUNK, reference=True)
-    return backup, helper
 
 
 class _WatchedCondition(threading.Condition):
@@ -203,10 +212,9 @@ def test_a_client_of_another_repository_cannot_follow_a_connection(
 
 
 def test_a_backup_finds_what_its_helper_has_accepted_and_references_it_once_indexed(
-    repo: tuple[Repository, dict[str, str]],
+    linked: Linked,
 ) -> None:
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
+    repository, backup, helper = linked
     _put(helper, CHUNK)
 
     assert _has(backup, CHUNK, reference=True)
@@ -214,15 +222,11 @@ def test_a_backup_finds_what_its_helper_has_accepted_and_references_it_once_inde
     _ok(helper, {"op": "sync"})
     refs = _committed(repository, _commit(backup, CHUNK))
     assert refs == set(repository.lookup(repository.client_by_name("alice").id, [CHUNK]).values())
-    backup.close()
-    helper.close()
 
 
-def test_a_commit_waits_for_the_helper_to_index_what_it_lent(
-    repo: tuple[Repository, dict[str, str]],
-) -> None:
-    repository, tokens = repo
-    backup, helper = _lent(repository, tokens)
+def test_a_commit_waits_for_the_helper_to_index_what_it_lent(linked: Linked) -> None:
+    repository, backup, helper = linked
+    _lend(backup, helper)
     watched = backup.session.followed = _WatchedCondition()
     replies: list = []
     committing = threading.Thread(target=lambda: replies.append(_commit(backup, CHUNK)))
@@ -233,30 +237,25 @@ def test_a_commit_waits_for_the_helper_to_index_what_it_lent(
     committing.join(IO_TIMEOUT)
 
     assert len(_committed(repository, replies[0])) == 1
-    backup.close()
-    helper.close()
 
 
-def test_a_helper_that_hangs_up_still_stores_what_it_lent(
-    repo: tuple[Repository, dict[str, str]],
-) -> None:
-    repository, tokens = repo
-    backup, helper = _lent(repository, tokens)
+def test_a_helper_that_hangs_up_still_stores_what_it_lent(linked: Linked) -> None:
+    repository, backup, helper = linked
+    _lend(backup, helper)
 
     helper.close()
 
     assert len(_committed(repository, _commit(backup, CHUNK))) == 1
-    backup.close()
 
 
 def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
-    repo: tuple[Repository, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    linked: Linked, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A helper that holds a chunk and never syncs: the commit gives up, and no snapshot
     refers to a chunk the server may never have."""
     monkeypatch.setattr(session, "BORROW_WAIT", 0.2)
-    repository, tokens = repo
-    backup, helper = _lent(repository, tokens)
+    repository, backup, helper = linked
+    _lend(backup, helper)
 
     reply = _commit(backup, CHUNK)
 
@@ -265,18 +264,15 @@ def test_a_commit_never_counts_on_a_chunk_the_helper_does_not_store(
     again = _commit(backup, CHUNK)
     assert again and again[0][0]["error"]["code"] == "not_found", "a second try counts on it"
     assert repository.list_snapshots(repository.client_by_name("alice").id) == []
-    backup.close()
-    helper.close()
 
 
 @pytest.mark.parametrize("first", ["helper", "helper-indexed", "backup"])
 def test_a_copy_the_other_connection_stored_first_is_not_stored_again(
-    repo: tuple[Repository, dict[str, str]], first: str
+    linked: Linked, first: str
 ) -> None:
     """Both asked before either put: the second put of the chunk stores nothing and
     references the first, whether that is still in the other's hands or indexed by now."""
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
+    repository, backup, helper = linked
     assert not _has(backup, CHUNK, reference=True)
     assert not _has(helper, CHUNK)
     earlier, later = (backup, helper) if first == "backup" else (helper, backup)
@@ -295,28 +291,23 @@ def test_a_copy_the_other_connection_stored_first_is_not_stored_again(
 
 
 def test_connections_follow_one_leader_that_follows_none(
-    repo: tuple[Repository, dict[str, str]],
+    repo: tuple[Repository, dict[str, str]], linked: Linked
 ) -> None:
     """No chains and no cycles: a follower follows once, a followed connection follows no
     other and a follower is followed by none, and no connection follows itself."""
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
-    other = _connect(repository, tokens, "alice")
+    repository, backup, helper = linked
+    other = _connect(repository, repo[1], "alice")
 
     assert _error(helper, {"op": "follow", "link": _link(other)}) == "invalid"
     assert _error(backup, {"op": "follow", "link": _link(other)}) == "invalid"
     assert _error(other, {"op": "follow", "link": _link(helper)}) == "invalid"
     assert _error(other, {"op": "follow", "link": _link(other)}) == "not_found"
     _ok(other, {"op": "follow", "link": _link(backup)})
-    for wire in (backup, helper, other):
-        wire.close()
+    other.close()
 
 
-def test_two_linked_connections_putting_a_chunk_at_once_store_it_once(
-    repo: tuple[Repository, dict[str, str]],
-) -> None:
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
+def test_two_linked_connections_putting_a_chunk_at_once_store_it_once(linked: Linked) -> None:
+    repository, backup, helper = linked
     chunks = [index.to_bytes(32, "big") for index in range(1, 101)]
     together = threading.Barrier(2, timeout=IO_TIMEOUT)
 
@@ -333,16 +324,13 @@ def test_two_linked_connections_putting_a_chunk_at_once_store_it_once(
     _ok(backup, {"op": "sync"})
 
     assert [_copies(repository, chunk_id) for chunk_id in chunks] == [1] * len(chunks)
-    backup.close()
-    helper.close()
 
 
 def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit(
-    repo: tuple[Repository, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    linked: Linked, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session, "MAX_BORROWED", 2)
-    repository, tokens = repo
-    backup, helper = _linked(repository, tokens)
+    repository, backup, helper = linked
     early = [bytes([n]) * 32 for n in (1, 2, 3)]
     for chunk_id in early:
         _put(helper, chunk_id)
@@ -357,8 +345,6 @@ def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit
     assert backup.session.borrowed == {late}
     _ok(helper, {"op": "sync"})
     assert len(_committed(repository, _commit(backup, early[0]))) == 4
-    backup.close()
-    helper.close()
 
 
 def test_a_put_whose_index_lookup_failed_is_stored_when_put_again(
@@ -376,7 +362,3 @@ def test_a_put_whose_index_lookup_failed_is_stored_when_put_again(
     assert _ok(backup, {"op": "put"}, record)[0]["stored"] == 1
     backup.close()
     assert _copies(repository, CHUNK) == 1
-
-
-def _disk_full(*args: object) -> dict[bytes, int]:
-    raise StorageError("no space left on device")
