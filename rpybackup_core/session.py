@@ -442,24 +442,17 @@ class Session:
         # The leader's accepted chunks are as good as stored for a helper: the leader indexes
         # them before it commits, and its commit is the only one that references them.
         leading = self.leader.pending if self.leader is not None else frozenset()
-        answer = bytes(1 if (i in known or i in self.pending or i in leading) else 0 for i in ids)
-        if self.followers:
-            answer = self._with_followers(ids, answer)
+        # A follower's are too: two processes of one backup that read copies of a file at once
+        # store it once.
+        held = self._held_unindexed(ids, known)
+        answer = bytes(
+            1 if (i in known or i in self.pending or i in leading or i in held) else 0 for i in ids
+        )
         if frame.header.get("reference") is True:
             # The client will reference what it is told is here (unchanged files): counting it
             # now spares a second lookup of the same ids in a refs request.
-            self._add_refs(ids, known)
+            self._add_refs(ids, known, held)
         return {"count": len(ids)}, answer
-
-    def _with_followers(self, ids: list[bytes], answer: bytes) -> bytes:
-        """Count the chunks a follower has accepted as present too: two processes of one
-        backup that read copies of a file at once store it once (a reference to one of them
-        borrows it until the follower indexes it, ``_add_refs``)."""
-        pairs = list(zip(ids, answer, strict=True))
-        held = self._held_by_followers(i for i, present in pairs if not present)
-        if not held:
-            return answer
-        return bytes(1 if present or i in held else 0 for i, present in pairs)
 
     def op_put(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
@@ -567,27 +560,31 @@ class Session:
     def op_refs(self, frame: Frame) -> tuple[dict[str, Any], bytes]:
         assert self.client is not None
         ids = split_ids(frame.payload, ID_SIZE, MAX_IDS_PER_REQUEST)
-        missing = self._add_refs(ids, self.repo.lookup_pinned(self.client.id, ids, self.pin_key))
+        indexed = self.repo.lookup_pinned(self.client.id, ids, self.pin_key)
+        missing = self._add_refs(ids, indexed, self._held_unindexed(ids, indexed))
         if missing:
             raise NotFound(f"{missing} referenced chunks are not stored on the server")
         return {"count": len(ids)}, b""
 
-    def _add_refs(self, ids: list[bytes], indexed: dict[bytes, int]) -> int:
+    def _held_unindexed(self, ids: list[bytes], indexed: dict[bytes, int]) -> set[bytes]:
+        """Those of ``ids``, neither indexed nor accepted here, that a follower holds."""
+        if not self.followers:
+            return set()
+        return self._held_by_followers(i for i in ids if i not in indexed and i not in self.pending)
+
+    def _add_refs(self, ids: list[bytes], indexed: dict[bytes, int], held: set[bytes]) -> int:
         """Count ids as referenced by the coming snapshot; returns how many are not stored.
         A chunk this session put is referenced once its pack is indexed, one a follower
-        holds once the follower has indexed it (``_settle_borrowed``)."""
+        holds (``held``) once the follower has indexed it (``_settle_borrowed``)."""
         self._check_refs_bound(len(ids))
         self.refs.update(indexed.values())
-        unstored = [i for i in ids if i not in indexed and i not in self.pending]
-        if unstored and self.followers:
-            held = self._held_by_followers(unstored)
+        if held:
             self.borrowed.update(held)
             if len(self.borrowed) > MAX_BORROWED:
                 # What a follower has indexed since leaves the set: the rest is bounded by
                 # what the followers hold.
                 self._reference_borrowed()
-            return len(unstored) - len(held)
-        return len(unstored)
+        return sum(1 for i in ids if i not in indexed and i not in self.pending and i not in held)
 
     def _check_refs_bound(self, more: int) -> None:
         if len(self.refs) + len(self.pending) + len(self.borrowed) + more > MAX_REFS_PER_SNAPSHOT:
