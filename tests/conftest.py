@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from rpybackup_core.client import BackupClient, ListedEntry, enroll
 from rpybackup_core.config import ClientConfig, ServerConfig
 from rpybackup_core.crypto import MasterKey, Sealer
 from rpybackup_core.files_cache import FilesCache, ListingDigest, is_racy
+from rpybackup_core.pack import parse_trailer
 from rpybackup_core.server import BackupServer
 from rpybackup_core.storage import LocalBackend
 from rpybackup_core.tls import create_identity
@@ -243,3 +245,11 @@ def settled(source: Path) -> None:
     while is_racy(newest) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not is_racy(newest), f"{source} stayed too recent to cache"
+
+
+def stored_copies(data_dir: Path) -> collections.Counter[bytes]:
+    """How many blobs of each chunk id the server's packs hold, indexed or not."""
+    packs = (path for path in (data_dir / "storage").rglob("*") if path.is_file())
+    return collections.Counter(
+        entry.chunk_id for pack in packs for entry in parse_trailer(pack.read_bytes())
+    )

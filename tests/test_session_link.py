@@ -18,6 +18,7 @@ from rpybackup_core import session
 from rpybackup_core.errors import StorageError
 from rpybackup_core.protocol import RECORD
 from rpybackup_core.repository import Repository
+from tests.conftest import stored_copies
 from tests.robustness.wire import IO_TIMEOUT, Wire
 
 
@@ -88,13 +89,6 @@ def _committed(repository: Repository, reply: list[tuple[dict, bytes]] | None) -
     assert reply and reply[0][0].get("ok"), reply
     alice = repository.client_by_name("alice").id
     return set(repository.snapshot_refs(alice, reply[0][0]["snapshot"]))
-
-
-def _copies(repository: Repository, chunk_id: bytes) -> int:
-    """How many blobs of this chunk the packs hold, indexed or not (a pack's trailer names
-    each of its blobs once)."""
-    packs = (repository.data_dir / "storage").rglob("*")
-    return sum(pack.read_bytes().count(chunk_id) for pack in packs if pack.is_file())
 
 
 def _disk_full(*args: object) -> dict[bytes, int]:
@@ -287,7 +281,7 @@ def test_a_copy_the_other_connection_stored_first_is_not_stored_again(
     assert len(_committed(repository, _commit(backup, CHUNK))) == 1
     backup.close()
     helper.close()
-    assert _copies(repository, CHUNK) == 1
+    assert stored_copies(repository.data_dir)[CHUNK] == 1
 
 
 def test_connections_follow_one_leader_that_follows_none(
@@ -323,7 +317,8 @@ def test_two_linked_connections_putting_a_chunk_at_once_store_it_once(linked: Li
     _ok(helper, {"op": "sync"})
     _ok(backup, {"op": "sync"})
 
-    assert [_copies(repository, chunk_id) for chunk_id in chunks] == [1] * len(chunks)
+    copies = stored_copies(repository.data_dir)
+    assert [copies[chunk_id] for chunk_id in chunks] == [1] * len(chunks)
 
 
 def test_borrowed_chunks_the_helper_has_indexed_do_not_pile_up_before_the_commit(
@@ -361,4 +356,4 @@ def test_a_put_whose_index_lookup_failed_is_stored_when_put_again(
 
     assert _ok(backup, {"op": "put"}, record)[0]["stored"] == 1
     backup.close()
-    assert _copies(repository, CHUNK) == 1
+    assert stored_copies(repository.data_dir)[CHUNK] == 1
