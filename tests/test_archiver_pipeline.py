@@ -14,6 +14,7 @@ import blake3
 import pytest
 
 from rpybackup_core import archiver, tree_reader, uploader
+from rpybackup_core import client as client_module
 from rpybackup_core.archiver import Archiver
 from rpybackup_core.chunker import Chunker
 from rpybackup_core.client import BackupClient
@@ -97,7 +98,9 @@ def test_a_run_that_forgets_what_it_sent_stores_every_chunk_once_and_restores(
     """With almost nothing remembered, duplicates are asked about again, and the server's
     answer (it knows what the session put) keeps each chunk stored once: as much as a run
     that remembers everything sends and stores (the two clients' keys differ, their chunks do
-    not)."""
+    not). One process each: a helper process would not forget, and could send a copy at
+    the same moment as the backup (the server stores it once, but both count it)."""
+    monkeypatch.setattr(client_module, "helper_wanted", lambda: False)
     source = _tree(tmp_path / "src", 300)
     server.enroll("alice")
     server.enroll("bob")
