@@ -181,9 +181,11 @@ class OpenDir:
     # Created by this restore, so empty when opened: files can be written in place.
     fresh: bool = False
     # For fresh directories: the umask and, as root, who a new file belongs to before any
-    # chown, so files that already match need no fchmod or fchown.
+    # chown, so files that already match need no fchmod or fchown; and, as root, who the
+    # directory itself belongs to, so that one that matches needs no fchown either.
     umask: int | None = None
     new_file_owner: tuple[int, int] | None = None
+    owner: tuple[int, int] | None = None
     pending: int = 0
     walked: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -446,6 +446,7 @@ class Restorer:
         where.umask = self._umask
         if IS_ROOT:
             st = os.fstat(where.fd)
+            where.owner = (st.st_uid, st.st_gid)
             group = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
             where.new_file_owner = (os.geteuid(), group)
 
@@ -455,7 +456,7 @@ class Restorer:
             return
         self._open.remove(where)
         try:
-            self._apply_dir_metadata(where.fd, where.node)
+            self._apply_dir_metadata(where, where.node)
             self.result.dirs += 1
         except OSError as exc:
             self._fail(where.shown, exc)
@@ -481,7 +482,7 @@ class Restorer:
                     entered += 1
                     self._restore_dir(where, node, shown)
                 elif node.kind == SYMLINK:
-                    self._restore_symlink(where.fd, node, shown)
+                    self._restore_symlink(where, node, shown)
             except (OSError, RPyBackupError) as exc:
                 self._fail(shown, exc)
 
@@ -517,21 +518,25 @@ class Restorer:
             child.walked = True
             self._finish_if_done(child)
 
-    def _apply_dir_metadata(self, fd: int, node: Node) -> None:
-        if IS_ROOT:
+    def _apply_dir_metadata(self, where: OpenDir, node: Node) -> None:
+        if IS_ROOT and (node.uid, node.gid) != where.owner:
             with contextlib.suppress(OSError):
-                os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, node.mode)
-        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                os.fchown(where.fd, node.uid, node.gid)
+        os.fchmod(where.fd, node.mode)
+        os.utime(where.fd, ns=(node.mtime_ns, node.mtime_ns))
 
-    def _restore_symlink(self, fd: int, node: Node, shown: str) -> None:
-        self._remove_existing(fd, node.name, shown)
-        os.symlink(node.target, node.name, dir_fd=fd)
-        if IS_ROOT:
+    def _restore_symlink(self, where: OpenDir, node: Node, shown: str) -> None:
+        # A directory this restore created holds nothing it did not put there.
+        if not where.fresh:
+            self._remove_existing(where.fd, node.name, shown)
+        os.symlink(node.target, node.name, dir_fd=where.fd)
+        if IS_ROOT and (node.uid, node.gid) != where.new_file_owner:
             with contextlib.suppress(OSError):
-                os.chown(node.name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
+                os.chown(node.name, node.uid, node.gid, dir_fd=where.fd, follow_symlinks=False)
         with contextlib.suppress(NotImplementedError, OSError):
-            os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=fd, follow_symlinks=False)
+            os.utime(
+                node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=where.fd, follow_symlinks=False
+            )
         self.result.symlinks += 1
 
     @staticmethod

@@ -192,29 +192,30 @@ def _append_entries(out: bytearray, nodes: list[Node], first: bool) -> None:
 
 def _int(doc: dict[str, object], key: str, default: int | None = None) -> int:
     value = doc.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
+    # ``type() is int``: JSON gives no int subclass but bool, and bool is no integer here.
+    if type(value) is not int:
         raise IntegrityError(f"tree entry field {key!r} is not an integer")
     return value
 
 
 def _ids(value: object) -> list[bytes]:
-    if not isinstance(value, list):
+    if type(value) is not list:
         raise IntegrityError("tree entry content is not a list")
-    ids = []
-    for item in value:
-        if not isinstance(item, str) or len(item) != ID_SIZE * 2:
+    try:
+        ids = [bytes.fromhex(item) for item in value]
+    except (TypeError, ValueError) as exc:
+        raise IntegrityError("tree entry holds a malformed chunk id") from exc
+    # fromhex skips whitespace, so the length is checked on what it made.
+    for chunk_id in ids:
+        if len(chunk_id) != ID_SIZE:
             raise IntegrityError("tree entry holds a malformed chunk id")
-        try:
-            ids.append(bytes.fromhex(item))
-        except ValueError as exc:
-            raise IntegrityError("tree entry holds a malformed chunk id") from exc
     return ids
 
 
 def _digest(doc: dict[str, object], name: str, content: list[bytes]) -> str:
     """A file's digest under whichever algorithm its tree used (older trees: sha256); a file
     of one chunk without one has its chunk id."""
-    if len(content) == 1 and not any(algorithm in doc for algorithm in FILE_DIGESTS):
+    if len(content) == 1 and doc.keys().isdisjoint(FILE_DIGESTS):
         return f"{ONE_CHUNK_DIGEST}:{content[0].hex()}"
     for algorithm in FILE_DIGESTS:
         value = doc.get(algorithm)
@@ -235,33 +236,35 @@ _MAX_LINK = 64
 
 
 def _decode_node(doc: object) -> Node:
-    if not isinstance(doc, dict):
+    """A node from one decoded tree entry, every field checked. A restore decodes one per file
+    it writes, so the checks are written for speed: fields read once, positional arguments."""
+    if type(doc) is not dict:
         raise IntegrityError("tree entry is not an object")
     kind = doc.get("type")
     if kind not in KINDS:
         raise IntegrityError(f"tree entry has an unknown type {kind!r}")
     node = Node(
-        name=check_name(doc.get("name")),
-        kind=str(kind),
-        mode=_int(doc, "mode") & 0o7777,
-        mtime_ns=_int(doc, "mtime_ns"),
-        uid=_int(doc, "uid", 0),
-        gid=_int(doc, "gid", 0),
+        check_name(doc.get("name")),
+        kind,
+        _int(doc, "mode") & 0o7777,
+        _int(doc, "mtime_ns"),
+        _int(doc, "uid", 0),
+        _int(doc, "gid", 0),
     )
-    if kind in (FILE, DIR):
-        node.content = _ids(doc.get("content", []))
+    if kind == SYMLINK:
+        target = doc.get("target")
+        if type(target) is not str or not target or "\x00" in target:
+            raise IntegrityError(f"symlink {node.name!r} has no valid target")
+        node.target = target
+        return node
+    node.content = _ids(doc.get("content", []))
     if kind == FILE:
         node.size = _int(doc, "size")
         node.digest = _digest(doc, node.name, node.content)
         link = doc.get("link", "")
-        if not isinstance(link, str) or len(link) > _MAX_LINK:
+        if type(link) is not str or len(link) > _MAX_LINK:
             raise IntegrityError(f"file {node.name!r} has a malformed link")
         node.link = link
-    if kind == SYMLINK:
-        target = doc.get("target")
-        if not isinstance(target, str) or not target or "\x00" in target:
-            raise IntegrityError(f"symlink {node.name!r} has no valid target")
-        node.target = target
     return node
 
 
