@@ -73,7 +73,7 @@ class DirectWriter:
         self._start = os.lseek(fd, 0, os.SEEK_CUR)
         self._offset = self._start
         if _set_direct(fd, True):
-            self._stage = mmap.mmap(-1, stage_bytes)
+            self._stage = _take_stage(stage_bytes)
 
     @property
     def direct(self) -> bool:
@@ -107,14 +107,14 @@ class DirectWriter:
         self._offset += self._stage_bytes
         self._filled = 0
         if len(self._writing) < self._depth:
-            self._stage = mmap.mmap(-1, self._stage_bytes)
+            self._stage = _take_stage(self._stage_bytes)
         else:
             oldest, self._stage = self._writing.popleft()
             oldest.result()
 
     def _wait(self) -> None:
-        while self._writing:
-            self._writing.popleft()[0].result()
+        for writing, _ in self._writing:
+            writing.result()
 
     def close(self) -> None:
         """Write the staged tail (padded to a block, then cut back) and free the buffers."""
@@ -132,9 +132,6 @@ class DirectWriter:
 
     def abandon(self) -> None:
         """Free the buffers without writing more (the file is being removed)."""
-        while self._writing:
-            with contextlib.suppress(OSError):
-                self._writing.popleft()[0].result()
         self._release()
 
     def _write_stage(self, stage: mmap.mmap, length: int, offset: int) -> None:
@@ -155,16 +152,18 @@ class DirectWriter:
             staged.release()
 
     def _release(self) -> None:
-        stages = [stage for _, stage in self._writing]
+        """Keep the buffers for the next file once no write uses them (a write's error is
+        the caller's to raise, or to ignore)."""
+        stages = []
+        while self._writing:
+            writing, stage = self._writing.popleft()
+            writing.exception()
+            stages.append(stage)
         if self._stage is not None:
             stages.append(self._stage)
         for stage in stages:
-            # A failed write's traceback may still hold a view of it: then the mapping goes
-            # when that does.
-            with contextlib.suppress(BufferError):
-                stage.close()
+            _keep_stage(stage)
         self._stage = None
-        self._writing.clear()
         self._filled = 0
 
 
@@ -176,6 +175,34 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
             raise OSError(errno.EIO, "the file took no bytes")
         data = data[written:]
         offset += written
+
+
+# Buffers kept for the next file: a fresh mapping faults in each of its pages on first touch,
+# which on this VM cost a restore of many large files about a quarter of its time with the GIL
+# held (docs/performance.md, finding 85). At most this many stay mapped, 1 MiB each in use.
+_KEPT_STAGES = 8
+_kept_stages: list[mmap.mmap] = []
+_kept_lock = threading.Lock()
+
+
+def _take_stage(size: int) -> mmap.mmap:
+    with _kept_lock:
+        for index, stage in enumerate(_kept_stages):
+            if len(stage) == size:
+                return _kept_stages.pop(index)
+    return mmap.mmap(-1, size)
+
+
+def _keep_stage(stage: mmap.mmap) -> None:
+    """Keep the buffer, dropping the one kept longest if there are too many."""
+    with _kept_lock:
+        _kept_stages.append(stage)
+        dropped = _kept_stages.pop(0) if len(_kept_stages) > _KEPT_STAGES else None
+    if dropped is not None:
+        # A failed write's traceback may still hold a view of it: then the mapping goes when
+        # that does.
+        with contextlib.suppress(BufferError):
+            dropped.close()
 
 
 _writer_pool: ThreadPoolExecutor | None = None

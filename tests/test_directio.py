@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 from pathlib import Path
@@ -66,6 +67,36 @@ def test_many_parts_in_one_write_keep_their_order(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "out").read_bytes() == b"".join(parts)
+
+
+def test_a_later_file_reuses_the_buffers_and_holds_only_its_own_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh mapping faults in every page on first touch: the next file takes the last
+    one's buffers, whose old bytes never reach it."""
+    stage = 8 * BLOCK
+    mapped = []
+    fresh_mapping = mmap.mmap
+
+    def counted(*args: int) -> mmap.mmap:
+        mapped.append(args)
+        return fresh_mapping(*args)
+
+    monkeypatch.setattr(mmap, "mmap", counted)
+    first, second = _parts(11, [10 * stage + 5]), _parts(12, [2 * stage + BLOCK + 3])
+    for name, parts in (("first", first), ("second", second)):
+        fd = os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            writer = DirectWriter(fd, stage, depth=4)
+            if not writer.direct:
+                pytest.skip("this filesystem refuses direct I/O: no buffers to keep")
+            writer.write(parts)
+            writer.close()
+        finally:
+            os.close(fd)
+        assert len(mapped) == 4
+    assert (tmp_path / "first").read_bytes() == first[0]
+    assert (tmp_path / "second").read_bytes() == second[0]
 
 
 def test_an_unaligned_start_falls_back_to_ordinary_writes(tmp_path: Path) -> None:
