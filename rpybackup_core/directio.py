@@ -178,8 +178,8 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 # Buffers kept for the next file: a fresh mapping faults in each of its pages on first touch,
-# which on this VM cost a restore of many large files about a quarter of its time with the GIL
-# held (docs/performance.md, finding 85). At most this many stay mapped, 1 MiB each in use.
+# which every large file of a restore paid again, with the GIL held (docs/performance.md,
+# finding 85). At most this many stay mapped, 1 MiB each in use.
 _KEPT_STAGES = 8
 _kept_stages: list[mmap.mmap] = []
 _kept_lock = threading.Lock()

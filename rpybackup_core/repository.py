@@ -312,10 +312,11 @@ class Repository:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        # Statement journals (a multi-row insert's undo log inside a transaction) spill to a
-        # temporary file past 64 KiB: a first backup of 47,600 small files wrote 137 MB there
-        # in 66,500 writes. In memory they last one statement, and every statement that
-        # changes rows is bounded (batches of at most _SQL_BATCH rows).
+        # Statement journals (the undo log of a statement that may abort halfway inside a
+        # transaction) spill to a temporary file past 64 KiB: a first backup of 47,600 small
+        # files wrote 137 MB there in 66,500 writes. In memory each lasts one statement, and
+        # the statements that keep one are bounded: index rows go in at most 256 at a time
+        # (their pack's foreign key may abort them), deletions 500.
         self._db.execute("PRAGMA temp_store=MEMORY")
         with self._lock:
             self._db.executescript(SCHEMA)

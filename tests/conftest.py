@@ -187,6 +187,14 @@ def used_cache(tmp_path: Path) -> Iterator[FilesCache]:
     cache.close()
 
 
+def backed_up(server: ServerHarness, source: Path) -> BackupClient:
+    """Client alice, with one snapshot of ``source``."""
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    return client
+
+
 def listed(client: BackupClient, path: str = "/") -> list[ListedEntry]:
     """Every entry of the latest snapshot under ``path``, as ``rlist`` lists them."""
     with client.listing(path) as (_, entries):

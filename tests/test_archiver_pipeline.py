@@ -26,6 +26,7 @@ from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
 from tests.conftest import (
+    backed_up,
     commit_header,
     damage_chunk,
     listed,
@@ -163,9 +164,7 @@ def test_a_snapshot_references_every_chunk_without_a_refs_request(
 
 def test_restore_over_an_earlier_restore_puts_every_file_back(server, tmp_path: Path) -> None:
     source = _tree(tmp_path / "src", 50)
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target)
     restored = target / source.relative_to("/")

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from rpybackup_core.demo import compare_trees
-from tests.conftest import damage_chunk
+from tests.conftest import backed_up, damage_chunk
 
 MIB = 1024 * 1024
 
@@ -34,14 +34,6 @@ def _inode(path: Path) -> int:
     return os.lstat(path).st_ino
 
 
-def _backed_up(server, source: Path):
-    """Client alice, with one snapshot of ``source``."""
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
-    return client
-
-
 def _restored_whole(client, source: Path, target: Path, files: int) -> Path:
     """Restore the latest snapshot into ``target``, check it holds ``files`` files with no
     error and matches ``source``, and return where ``source`` came back."""
@@ -54,7 +46,7 @@ def _restored_whole(client, source: Path, target: Path, files: int) -> Path:
 
 def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path: Path) -> None:
     source = _linked_tree(tmp_path / "source")
-    client = _backed_up(server, source)
+    client = backed_up(server, source)
     restored = _restored_whole(client, source, tmp_path / "restored", files=7)
     small = [restored / name for name in ("a/small.txt", "b/small-again.txt", "c/small-third.txt")]
     assert len({_inode(path) for path in small}) == 1 and os.lstat(small[0]).st_nlink == 3
@@ -65,7 +57,7 @@ def test_the_names_of_a_hard_linked_file_are_restored_as_links(server, tmp_path:
 
 def test_a_name_restored_without_its_first_is_a_file_of_its_own(server, tmp_path: Path) -> None:
     source = _linked_tree(tmp_path / "source")
-    client = _backed_up(server, source)
+    client = backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target, include=str(source / "b"))
     again = target / source.relative_to("/") / "b" / "small-again.txt"
@@ -77,7 +69,7 @@ def test_a_restore_over_an_existing_tree_links_in_place_of_what_it_finds(
     server, tmp_path: Path
 ) -> None:
     source = _linked_tree(tmp_path / "source")
-    client = _backed_up(server, source)
+    client = backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target)
     restored = target / source.relative_to("/")
@@ -99,7 +91,7 @@ def test_names_linked_to_files_the_restore_helper_writes(server, tmp_path: Path)
         path = source / "first" / f"f{index:04d}"
         path.write_bytes(b"%d\n" % index * 50)
         os.link(path, source / "second" / f"f{index:04d}")
-    client = _backed_up(server, source)
+    client = backed_up(server, source)
     restored = _restored_whole(client, source, tmp_path / "restored", files=3000)
     for index in (0, 777, 1499):
         name = f"f{index:04d}"
@@ -110,7 +102,7 @@ def test_names_the_filesystem_will_not_link_are_restored_as_files(
     server, tmp_path: Path, monkeypatch
 ) -> None:
     source = _linked_tree(tmp_path / "source")
-    client = _backed_up(server, source)
+    client = backed_up(server, source)
 
     def refused(*args: object, **kwargs: object) -> None:
         raise PermissionError(1, "Operation not permitted")

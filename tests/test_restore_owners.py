@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rpybackup_core.demo import compare_trees
+from tests.conftest import backed_up
 
 OTHER_UID, OTHER_GID = 1234, 2345
 
@@ -44,9 +45,7 @@ def _owned_tree(root: Path) -> dict[str, tuple[int, int]]:
 def test_a_restore_as_root_gives_every_entry_its_owner(server, tmp_path: Path) -> None:
     source = tmp_path / "source"
     owners = _owned_tree(source)
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = backed_up(server, source)
 
     _, result = client.restore("latest", tmp_path / "restored")
 
@@ -66,9 +65,7 @@ def test_a_restore_over_an_earlier_one_puts_back_symlinks_changed_since(
     (source / "folder").mkdir(parents=True)
     (source / "folder" / "link").symlink_to("where-it-pointed")
     (source / "top-link").symlink_to("folder")
-    server.enroll("alice")
-    client = server.client("alice")
-    client.backup([str(source)])
+    client = backed_up(server, source)
     target = tmp_path / "restored"
     client.restore("latest", target)
     restored = target / source.relative_to("/")
