@@ -5,22 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from rpybackup_core.cli import output
 from rpybackup_core.cli.main import MODULE_OF, main
-from rpybackup_core.files_cache import is_racy
-
-
-def wait_until_not_racy(path: Path) -> None:
-    """The files cache ignores files changed a moment ago; wait (bounded) until this one isn't."""
-    deadline = time.monotonic() + 10
-    while is_racy(path.stat()):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+from tests.conftest import settled
 
 
 def test_list_shows_local_files_and_their_backup_state(server, cli, tmp_path: Path) -> None:
@@ -28,7 +19,7 @@ def test_list_shows_local_files_and_their_backup_state(server, cli, tmp_path: Pa
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "kept.txt").write_text("one\n")
-    wait_until_not_racy(folder / "kept.txt")
+    settled(folder)
     assert cli("--config", str(config.path), "run", str(folder)).code == 0
     (folder / "fresh.txt").write_text("two\n")
 
