@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .crypto import MasterKey, Sealer
-from .memory import share_malloc_arena
+from .memory import keep_chunk_buffers, share_malloc_arena
 from .progress import Progress
 from .protocol import Blob, record_parts
 from .remote import RemoteRepository
@@ -296,6 +296,7 @@ class UploadPipeline:
         self._local = threading.local()
         self._workers = workers or seal_workers()
         share_malloc_arena()
+        keep_chunk_buffers()
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="seal")
         self.on_server = RecentIds(RECENT_IDS)
         self.uploaded_chunks = 0
