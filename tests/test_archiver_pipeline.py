@@ -7,7 +7,6 @@ import random
 import sqlite3
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 import blake3
@@ -21,7 +20,7 @@ from rpybackup_core.client import BackupClient
 from rpybackup_core.crypto import FILE_DIGEST, MasterKey, Sealer, file_hash, storage_hash
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.errors import BackupIncomplete, CryptoError
-from rpybackup_core.files_cache import FilesCache, is_racy
+from rpybackup_core.files_cache import FilesCache
 from rpybackup_core.remote import RemoteRepository
 from rpybackup_core.restorer import _shares
 from rpybackup_core.tree import DIR, FILE, SYMLINK, Node, TreeDecoder, encode_tree
@@ -31,6 +30,7 @@ from tests.conftest import (
     damage_chunk,
     listed,
     name_a_chunk_never_stored,
+    settled,
     stored_copies,
 )
 
@@ -228,9 +228,7 @@ def test_excludes_match_a_name_or_a_whole_path(server, tmp_path: Path) -> None:
 def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) -> None:
     path = tmp_path / "unchanged.txt"
     path.write_bytes(b"same as last time")
-    deadline = time.monotonic() + 10
-    while is_racy(os.stat(path)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    settled(tmp_path)
     st = os.stat(path)
     cache = FilesCache(tmp_path / "cache")
     cache.stage(str(path), st, "blake3:" + "ab" * 32, [b"i" * 32])
@@ -250,9 +248,7 @@ def test_files_cache_entries_survive_runs_that_only_keep_them(tmp_path: Path) ->
 
 def _backed_up_once(server, source: Path) -> BackupClient:
     """Alice's client after a first backup of ``source``, every file old enough to be cached."""
-    deadline = time.monotonic() + 10
-    while any(is_racy(os.stat(p)) for p in source.rglob("*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    settled(source)
     server.enroll("alice")
     client = server.client("alice")
     client.backup([str(source)])
