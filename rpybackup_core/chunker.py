@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 AVG_SIZE = 1536 * 1024
 MIN_SIZE = 512 * 1024
 MAX_SIZE = 4 * 1024 * 1024
-# What a stream reads ahead of a chunk's start: a chunk is cut once the maximum size is read
-# (or the file ended), and each refill reads at least the 2 MiB beyond it.
+# A stream's window: a chunk is cut only once the largest chunk's worth is read from its start
+# (or the file has ended), and each refill then reads at least the 2 MiB beyond that.
 _WINDOW = MAX_SIZE + 2 * 1024 * 1024
 
 
