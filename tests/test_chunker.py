@@ -53,7 +53,8 @@ def mixed_data(size: int, seed: int) -> bytes:
         elif kind == 1:
             part = bytes(length)
         else:
-            part = (b"log line %d of a busy service\n" % rng.randrange(100) * length)[:length]
+            line = b"log line %d of a busy service\n" % rng.randrange(100)
+            part = (line * (length // len(line) + 1))[:length]
         parts.append(part)
         total += length
     return b"".join(parts)[:size]
