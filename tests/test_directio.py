@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rpybackup_core import directio
 from rpybackup_core.directio import BLOCK, DirectWriter, write_all
 
 STAGE = 4 * BLOCK
@@ -83,6 +84,8 @@ def test_a_later_file_reuses_the_buffers_and_holds_only_its_own_bytes(
         return fresh_mapping(*args)
 
     monkeypatch.setattr(mmap, "mmap", counted)
+    # Buffers other tests left in the process-wide pool would be taken instead of mapped.
+    monkeypatch.setattr(directio, "_kept_stages", [])
     first, second = _parts(11, [10 * stage + 5]), _parts(12, [2 * stage + BLOCK + 3])
     for name, parts in (("first", first), ("second", second)):
         fd = os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
