@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import mmap
 import os
 import secrets
 import threading
@@ -24,6 +25,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from zstandard.backend_cffi import ffi as zstd_ffi
+from zstandard.backend_cffi import lib as zstd_lib
 
 from .errors import ConfigError, CryptoError
 
@@ -44,10 +47,11 @@ _MIN_SAVING = 0.03
 # A chunk whose first 64 KiB do not compress at level 1 is almost surely incompressible
 # (media, archives, random data); the probe costs far less than compressing all of it.
 _PROBE_SIZE = 64 * 1024
-# From this size on, the flag byte and the data are encrypted as two steps of one GCM stream
-# rather than joined first: a fresh buffer of a few MiB for the join cost more than the
+_PROBE_LEVEL = 1
+# From this size on, a chunk stored as it is has its flag byte and data encrypted as two steps
+# of one GCM stream rather than copied together first: the copy of a few MiB cost more than the
 # encryption itself (1.25 MiB chunk: 2.2-2.7 ms -> 0.5-0.7 ms). Smaller ones skip the ~12 us of
-# setting up a stream.
+# setting up a stream. Compressed data is written after its flag byte to begin with.
 _STREAMED_SEAL = 64 * 1024
 
 
@@ -116,14 +120,52 @@ class MasterKey:
         return cls(raw[:32], raw[32:])
 
 
+class _KeptCompressor:
+    """zstd into a buffer kept for all chunks, ahead of a flag byte, through libzstd itself.
+
+    python-zstandard's ``compress`` allocates a fresh buffer of the compression bound for every
+    chunk and keeps all of it (4 MiB for a 4 MiB chunk that compresses to 1), and the flag byte
+    needed a copy of the output after it. The libzstd that python-zstandard ships is reachable
+    through its cffi backend, whose calls release the GIL like its C backend's.
+    """
+
+    def __init__(self) -> None:
+        self._context = zstd_ffi.gc(zstd_lib.ZSTD_createCCtx(), zstd_lib.ZSTD_freeCCtx)
+        # Anonymous memory: only pages a chunk's output has reached count toward the RSS.
+        self._buffer = mmap.mmap(-1, 1)
+
+    def body(self, flag: int, size: int) -> memoryview:
+        """The kept buffer's first ``1 + size`` bytes, the flag byte set: valid until next use."""
+        self._make_room(size)
+        self._buffer[0] = flag
+        return memoryview(self._buffer)[: 1 + size]
+
+    def compress(self, plaintext: bytes | memoryview, level: int, limit: int) -> int | None:
+        """Compress into the kept buffer after its flag byte; None if it takes over ``limit``."""
+        room = zstd_lib.ZSTD_compressBound(len(plaintext))
+        self._make_room(room)
+        with zstd_ffi.from_buffer(self._buffer) as out, zstd_ffi.from_buffer(plaintext) as data:
+            result = zstd_lib.ZSTD_compressCCtx(
+                self._context, out + 1, room, data, len(plaintext), level
+            )
+        if not zstd_lib.ZSTD_isError(result):
+            return int(result) if result <= limit else None
+        reason = zstd_ffi.string(zstd_lib.ZSTD_getErrorName(result)).decode()
+        raise CryptoError(f"zstd could not compress a chunk: {reason}")
+
+    def _make_room(self, size: int) -> None:
+        if len(self._buffer) < 1 + size:
+            self._buffer = mmap.mmap(-1, 1 + size)
+
+
 class Sealer:
     """Compresses and encrypts chunks. Not thread-safe: use one per thread."""
 
     def __init__(self, key: MasterKey, level: int = 3) -> None:
         self._key = key
+        self._level = level
         self._aead = AESGCM(key.seal_key)
-        self._compressor = zstandard.ZstdCompressor(level=level)
-        self._probe = zstandard.ZstdCompressor(level=1)
+        self._compressor = _KeptCompressor()
         self._decompressor = zstandard.ZstdDecompressor()
 
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
@@ -131,24 +173,21 @@ class Sealer:
 
     def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytearray:
         """The sealed blob, encrypted straight into its buffer."""
-        flag, data = self._compress(plaintext)
+        body = self._body(plaintext)
         nonce = os.urandom(NONCE_SIZE)
-        sealed = bytearray(1 + NONCE_SIZE + 1 + len(data) + TAG_SIZE)
+        body_size = 1 + len(plaintext) if body is None else len(body)
+        sealed = bytearray(1 + NONCE_SIZE + body_size + TAG_SIZE)
         sealed[0] = SEAL_VERSION
         sealed[1 : 1 + NONCE_SIZE] = nonce
         out = memoryview(sealed)[1 + NONCE_SIZE :]
-        if len(data) < _STREAMED_SEAL:
-            body = bytearray(1 + len(data))
-            body[0] = flag
-            # Through a view: a bytearray's own slice assignment copies at half the speed.
-            memoryview(body)[1:] = data
+        if body is not None:
             self._aead.encrypt_into(nonce, body, chunk_id, out)
             return sealed
         encryptor = Cipher(algorithms.AES(self._key.seal_key), modes.GCM(nonce)).encryptor()
         encryptor.authenticate_additional_data(chunk_id)
         # update_into wants room for a block beyond what it writes: the tag's place gives it.
-        encryptor.update_into(bytes((flag,)), out)
-        encryptor.update_into(data, out[1:])
+        encryptor.update_into(bytes((_RAW,)), out)
+        encryptor.update_into(plaintext, out[1:])
         encryptor.finalize()
         out[-TAG_SIZE:] = encryptor.tag
         return sealed
@@ -195,16 +234,28 @@ class Sealer:
             raise CryptoError(f"sealed {label.decode()} is not an object")
         return document
 
-    def _compress(self, plaintext: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    def _body(self, plaintext: bytes | memoryview) -> memoryview | None:
+        """The flag byte and the data to encrypt, in the compressor's buffer; None for a large
+        chunk stored as it is, which is encrypted where it lies."""
+        size = len(plaintext)
+        packed = self._compressed_size(plaintext)
+        if packed is not None:
+            return self._compressor.body(_ZSTD, packed)
+        if size >= _STREAMED_SEAL:
+            return None
+        body = self._compressor.body(_RAW, size)
+        body[1:] = plaintext
+        return body
+
+    def _compressed_size(self, plaintext: bytes | memoryview) -> int | None:
+        """Compressed into the compressor's buffer, or None if zstd saves too little."""
         size = len(plaintext)
         if size > _PROBE_SIZE:
-            probe = self._probe.compress(plaintext[:_PROBE_SIZE])
-            if len(probe) > _PROBE_SIZE * (1 - _MIN_SAVING):
-                return _RAW, plaintext
-        packed = self._compressor.compress(plaintext)
-        if len(packed) <= size * (1 - _MIN_SAVING):
-            return _ZSTD, packed
-        return _RAW, plaintext
+            probe_limit = int(_PROBE_SIZE * (1 - _MIN_SAVING))
+            probe = plaintext[:_PROBE_SIZE]
+            if self._compressor.compress(probe, _PROBE_LEVEL, probe_limit) is None:
+                return None
+        return self._compressor.compress(plaintext, self._level, int(size * (1 - _MIN_SAVING)))
 
     def _decompress(self, chunk_id: bytes, body: bytes) -> bytes | memoryview:
         flag, data = body[0], memoryview(body)[1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import tracemalloc
 
 import blake3
 import pytest
@@ -143,3 +144,24 @@ def test_key_wrapping_from_several_threads_at_once_finishes() -> None:
         thread.join(timeout=60)
     assert len(results) == 4, "Argon2id derivations deadlocked"
     assert all(unwrap_key(wrapped, "pw") == key for wrapped in results)
+
+
+@pytest.mark.parametrize("kind", ["text", "small text", "small random"])
+def test_sealing_allocates_little_beyond_the_sealed_blob(kind: str) -> None:
+    """Compression goes into a buffer the sealer keeps, not a fresh one of the zstd bound."""
+    text = b"".join(b"line %d of some text\n" % number for number in range(400_000))
+    plaintext = {
+        "text": text[: 4 * 1024 * 1024],
+        "small text": text[:60_000],
+        "small random": os.urandom(60_000),
+    }[kind]
+    sealer = Sealer(MasterKey.generate())
+    chunk_id = sealer.chunk_id(plaintext)
+    sealer.seal(chunk_id, plaintext)
+    tracemalloc.start()
+    try:
+        sealed = sealer.seal(chunk_id, plaintext)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(sealed) + 16 * 1024
