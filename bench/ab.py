@@ -30,6 +30,7 @@ from typing import Any
 
 import dataset
 from run import (
+    MIB,
     RACY_SECONDS,
     RESULTS,
     Source,
@@ -63,8 +64,8 @@ def _pair(
     run: Callable[[str, RPyBackup], tuple[Measured, int]],
     a_first: bool,
 ) -> None:
-    """``run`` the ``step`` on both sides back to back, in the given order; wall and CPU
-    (client + server)."""
+    """``run`` the ``step`` on both sides back to back, in the given order; wall, CPU (client +
+    server) and the client's peak RSS."""
     for side in SIDES if a_first else reversed(SIDES):
         # What ran before (the data's copy, the other side's restore) is written back now,
         # not during the measured step.
@@ -72,7 +73,11 @@ def _pair(
         measured, _server_peak = run(side, sides[side])
         samples.setdefault(f"{side}_{step}", []).append(measured.seconds)
         samples.setdefault(f"{side}_{step}_cpu", []).append(measured.cpu_seconds)
-        log(f"  {side} {step}: {measured.seconds:.2f} s ({measured.cpu_seconds:.2f} CPU-s)")
+        samples.setdefault(f"{side}_{step}_peak", []).append(measured.peak_rss / MIB)
+        log(
+            f"  {side} {step}: {measured.seconds:.2f} s ({measured.cpu_seconds:.2f} CPU-s, "
+            f"peak {measured.peak_rss / MIB:.0f} MiB)"
+        )
 
 
 def run_round(
@@ -147,20 +152,23 @@ def summarize(samples: dict[str, list[float]]) -> list[dict[str, Any]]:
                 "pairs": len(a),
                 "a_cpu_median": statistics.median(a_cpu),
                 "b_cpu_median": statistics.median(b_cpu),
+                "a_peak_median": statistics.median(samples[f"a_{step}_peak"]),
+                "b_peak_median": statistics.median(samples[f"b_{step}_peak"]),
             }
         )
     return rows
 
 
 def print_table(rows: list[dict[str, Any]], commits: dict[str, str]) -> None:
-    print(f"\nA = {commits['a']}, B = {commits['b']}; medians, client + server CPU\n")
-    print("| step | A | B | B/A | B faster in | CPU A | CPU B |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nA = {commits['a']}, B = {commits['b']}; medians, client + server CPU, client peak\n")
+    print("| step | A | B | B/A | B faster in | CPU A | CPU B | peak A | peak B |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['step']} | {row['a_median']:.2f} s | {row['b_median']:.2f} s "
             f"| {row['b_over_a']:.2f} | {row['b_faster_in']} of {row['pairs']} "
-            f"| {row['a_cpu_median']:.2f} s | {row['b_cpu_median']:.2f} s |"
+            f"| {row['a_cpu_median']:.2f} s | {row['b_cpu_median']:.2f} s "
+            f"| {row['a_peak_median']:.0f} MiB | {row['b_peak_median']:.0f} MiB |"
         )
 
 
