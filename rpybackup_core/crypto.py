@@ -158,6 +158,11 @@ class _KeptCompressor:
             self._buffer = mmap.mmap(-1, 1 + size)
 
 
+def _sealed_size(plaintext: bytes | memoryview, body: memoryview | None) -> int:
+    """A sealed blob's length: a body of flag and data, or the flag and the plaintext."""
+    return 1 + NONCE_SIZE + (1 + len(plaintext) if body is None else len(body)) + TAG_SIZE
+
+
 class Sealer:
     """Compresses and encrypts chunks. Not thread-safe: use one per thread."""
 
@@ -174,23 +179,17 @@ class Sealer:
     def seal(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bytearray:
         """The sealed blob, encrypted straight into its buffer."""
         body = self._body(plaintext)
-        nonce = os.urandom(NONCE_SIZE)
-        body_size = 1 + len(plaintext) if body is None else len(body)
-        sealed = bytearray(1 + NONCE_SIZE + body_size + TAG_SIZE)
-        sealed[0] = SEAL_VERSION
-        sealed[1 : 1 + NONCE_SIZE] = nonce
-        out = memoryview(sealed)[1 + NONCE_SIZE :]
-        if body is not None:
-            self._aead.encrypt_into(nonce, body, chunk_id, out)
-            return sealed
-        encryptor = Cipher(algorithms.AES(self._key.seal_key), modes.GCM(nonce)).encryptor()
-        encryptor.authenticate_additional_data(chunk_id)
-        # update_into wants room for a block beyond what it writes: the tag's place gives it.
-        encryptor.update_into(bytes((_RAW,)), out)
-        encryptor.update_into(plaintext, out[1:])
-        encryptor.finalize()
-        out[-TAG_SIZE:] = encryptor.tag
+        sealed = bytearray(_sealed_size(plaintext, body))
+        self._encrypt(chunk_id, plaintext, body, memoryview(sealed))
         return sealed
+
+    def seal_into(self, chunk_id: bytes, plaintext: bytes | memoryview, out: memoryview) -> int:
+        """Seal into the start of ``out``, which has room for ``SEAL_OVERHEAD`` bytes more than
+        the plaintext; the sealed blob's length."""
+        body = self._body(plaintext)
+        size = _sealed_size(plaintext, body)
+        self._encrypt(chunk_id, plaintext, body, out[:size])
+        return size
 
     def open(
         self, chunk_id: bytes, sealed: bytes | memoryview, verify_id: bool = True
@@ -233,6 +232,30 @@ class Sealer:
         if not isinstance(document, dict):
             raise CryptoError(f"sealed {label.decode()} is not an object")
         return document
+
+    def _encrypt(
+        self,
+        chunk_id: bytes,
+        plaintext: bytes | memoryview,
+        body: memoryview | None,
+        sealed: memoryview,
+    ) -> None:
+        """Fill ``sealed`` (its exact size): version, nonce, and the body encrypted, or, with no
+        body, the flag byte and the plaintext as two steps of one GCM stream."""
+        nonce = os.urandom(NONCE_SIZE)
+        sealed[0] = SEAL_VERSION
+        sealed[1 : 1 + NONCE_SIZE] = nonce
+        out = sealed[1 + NONCE_SIZE :]
+        if body is not None:
+            self._aead.encrypt_into(nonce, body, chunk_id, out)
+            return
+        encryptor = Cipher(algorithms.AES(self._key.seal_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(chunk_id)
+        # update_into wants room for a block beyond what it writes: the tag's place gives it.
+        encryptor.update_into(bytes((_RAW,)), out)
+        encryptor.update_into(plaintext, out[1:])
+        encryptor.finalize()
+        out[-TAG_SIZE:] = encryptor.tag
 
     def _body(self, plaintext: bytes | memoryview) -> memoryview | None:
         """The flag byte and the data to encrypt, in the compressor's buffer; None for a large
