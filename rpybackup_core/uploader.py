@@ -135,9 +135,9 @@ _ASKED_DEPTH = 1
 # so the per-job overhead stays small next to the work.
 _JOB_BYTES = 1024 * 1024
 # Small chunks' records are sealed side by side into a buffer of this size that each sealing
-# thread keeps, and sent a run at a time. As a blob, a header and a join each, they cost a
-# first backup of /usr/share 4-9 % more CPU (docs/performance.md, finding 90): the objects,
-# the copies, and a write that lets the GIL go for every 64 KiB instead of every 256.
+# thread keeps, and sent a run at a time. As a blob, a header and a join each they cost first
+# backups ~2 % more CPU, up to 9 % while this VM was slow (docs/performance.md, finding 90):
+# the objects, the copies, and a write that lets the GIL go every 64 KiB instead of 256.
 RUN_BYTES = 256 * 1024
 
 
