@@ -170,7 +170,9 @@ class Sealer:
         self._key = key
         self._level = level
         self._aead = AESGCM(key.seal_key)
-        self._compressor = _KeptCompressor()
+        # Made at the first seal: a sealer that only opens blobs (restores, tree readers) never
+        # compresses.
+        self._compressor: _KeptCompressor | None = None
         self._decompressor = zstandard.ZstdDecompressor()
 
     def chunk_id(self, plaintext: bytes | memoryview) -> bytes:
@@ -260,25 +262,30 @@ class Sealer:
     def _body(self, plaintext: bytes | memoryview) -> memoryview | None:
         """The flag byte and the data to encrypt, in the compressor's buffer; None for a large
         chunk stored as it is, which is encrypted where it lies."""
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = _KeptCompressor()
         size = len(plaintext)
-        packed = self._compressed_size(plaintext)
+        packed = self._compressed_size(compressor, plaintext)
         if packed is not None:
-            return self._compressor.body(_ZSTD, packed)
+            return compressor.body(_ZSTD, packed)
         if size >= _STREAMED_SEAL:
             return None
-        body = self._compressor.body(_RAW, size)
+        body = compressor.body(_RAW, size)
         body[1:] = plaintext
         return body
 
-    def _compressed_size(self, plaintext: bytes | memoryview) -> int | None:
+    def _compressed_size(
+        self, compressor: _KeptCompressor, plaintext: bytes | memoryview
+    ) -> int | None:
         """Compressed into the compressor's buffer, or None if zstd saves too little."""
         size = len(plaintext)
         if size > _PROBE_SIZE:
             probe_limit = int(_PROBE_SIZE * (1 - _MIN_SAVING))
             probe = plaintext[:_PROBE_SIZE]
-            if self._compressor.compress(probe, _PROBE_LEVEL, probe_limit) is None:
+            if compressor.compress(probe, _PROBE_LEVEL, probe_limit) is None:
                 return None
-        return self._compressor.compress(plaintext, self._level, int(size * (1 - _MIN_SAVING)))
+        return compressor.compress(plaintext, self._level, int(size * (1 - _MIN_SAVING)))
 
     def _decompress(self, chunk_id: bytes, body: bytes) -> bytes | memoryview:
         flag, data = body[0], memoryview(body)[1:]
