@@ -56,7 +56,7 @@ def keep_chunk_buffers() -> None:
 
     Left to itself, glibc maps a buffer above its threshold afresh and raises the threshold
     only to the largest such buffer freed so far: until a backup has freed one of each size,
-    its chunks, their compressed and sealed copies would be mapped and faulted in one by one
+    its chunks and their sealed copies would be mapped and faulted in one by one
     (4 % of the libraries' first backup's CPU, docs/performance.md finding 86). Up to 16 MiB of
     freed memory at the top of the heap stays mapped, as glibc's own raise to 8 MiB would keep;
     beyond that it goes back to the kernel. Process-wide, like the above.

@@ -56,8 +56,8 @@ def test_keep_freed_memory_puts_large_buffers_on_the_heap() -> None:
 
 
 def test_keep_chunk_buffers_puts_a_chunk_and_a_chunkers_window_on_the_heap() -> None:
-    # A backup's largest buffers: a maximum-size chunk and its compression bound, and the
-    # window a stream is cut from.
+    # A backup's largest buffers: a maximum-size chunk and its sealed copy, and the window a
+    # stream is cut from.
     assert _where_a_buffer_lives("chunks", 4 * MIB + 64 * 1024) == "heap"
     assert _where_a_buffer_lives("chunks", 6 * MIB) == "heap"
 
