@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .archiver import Archiver, EntriesRead, FileRead
 from .crypto import MasterKey
@@ -129,8 +129,8 @@ class BackupHelper:
         try:
             self._process = start_helper(
                 serve,
-                (jobs, reports, (address, fingerprint, name, token), key.to_text()),
-                "rpybackup-backup-helper",
+                [jobs.fileno(), reports.fileno()],
+                {"connect": [address, fingerprint, name, token], "key": key.to_text()},
             )
         finally:
             jobs.close()
@@ -228,19 +228,21 @@ class BackupHelper:
 # ---- the helper process ---------------------------------------------------------------------
 
 
-def serve(
-    jobs: Connection, reports: Connection, connect: tuple[str, str, str, str], key_text: str
-) -> None:
-    """The helper process: read each file and back up each directory handed over until the
-    backup closes the pipe."""
+def serve(fds: list[int], args: dict[str, Any]) -> None:
+    """The helper process: read each file and back up each directory handed over on the pipe
+    ``fds[0]``, reporting on the pipe ``fds[1]``, until the backup closes the first."""
+    from multiprocessing.connection import Connection
+
+    jobs, reports = Connection(fds[0], writable=False), Connection(fds[1], readable=False)
     warnings = _Captured()
     archiver_log = logging.getLogger(Archiver.__module__)
     archiver_log.addHandler(warnings)
     # The backup logs them when it takes the report, where its logging goes.
     archiver_log.propagate = False
     try:
-        with RemoteRepository.connect(*connect) as remote:
-            key = MasterKey.from_text(key_text)
+        address, fingerprint, name, token = (str(part) for part in args["connect"])
+        with RemoteRepository.connect(address, fingerprint, name, token) as remote:
+            key = MasterKey.from_text(str(args["key"]))
             staged = _Staged()
             notes = _Notes(reports)
             archiver = Archiver(

@@ -4,15 +4,24 @@ would otherwise wait for the GIL behind the other half (backup_helper.py, restor
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
 import queue
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
+    import subprocess
 
 _Message = TypeVar("_Message")
+
+# The helper's first lines: its setup comes on stdin, so no secret is on its command line.
+_BOOT = (
+    "import json, sys; setup = json.load(sys.stdin); sys.path[:] = setup['path']; "
+    f"from {__name__} import run_helper; run_helper(setup)"
+)
 
 
 def helper_wanted() -> bool:
@@ -20,17 +29,63 @@ def helper_wanted() -> bool:
     return (os.cpu_count() or 1) >= 2
 
 
-def start_helper(target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
-    """Spawned, not forked: the caller's threads (upload, sealing, writing) may hold locks
-    inside OpenSSL or zstd at the moment of a fork. A daemon, so it never outlives the caller."""
-    # Imported here: multiprocessing costs every command's start ~10 ms; only a helper needs it.
-    import multiprocessing
+class HelperProcess:
+    """A started helper: it ends by itself once the caller closes its end of their channel,
+    which the kernel does when the caller dies, so it never outlives the caller for long."""
 
-    process = multiprocessing.get_context("spawn").Process(
-        target=target, args=args, name=name, daemon=True
-    )
-    process.start()
-    return process
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+
+def start_helper(
+    target: Callable[[list[int], dict[str, Any]], None], fds: list[int], args: dict[str, Any]
+) -> HelperProcess:
+    """Run ``target(fds, args)`` in a new interpreter that inherits the descriptors ``fds``.
+
+    A fresh interpreter, not a fork: the caller's threads (upload, sealing, writing) may hold
+    locks inside OpenSSL or zstd at the moment of a fork. Not multiprocessing's spawn either:
+    that starts a third interpreter (its resource tracker) and has the helper import the
+    caller's main script again, ~50 ms of CPU at the start of every backup and restore that
+    needs a helper."""
+    # Imported here: subprocess costs every command's start ~4 ms; only a helper needs it.
+    import subprocess
+
+    setup = {
+        "path": sys.path,
+        "module": target.__module__,
+        "function": target.__qualname__,
+        "fds": fds,
+        "args": args,
+    }
+    popen = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds)
+    assert popen.stdin is not None
+    try:
+        # A few hundred bytes: the pipe takes them before the helper reads, so this never waits.
+        popen.stdin.write(json.dumps(setup).encode())
+        popen.stdin.close()
+    except OSError:
+        popen.kill()
+        popen.wait()
+        raise
+    return HelperProcess(popen)
+
+
+def run_helper(setup: dict[str, Any]) -> None:
+    """The helper's side of ``start_helper``."""
+    target = getattr(importlib.import_module(setup["module"]), setup["function"])
+    target(setup["fds"], setup["args"])
 
 
 def take_messages(messages: queue.SimpleQueue[_Message], wait: bool) -> list[_Message]:

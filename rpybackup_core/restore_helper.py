@@ -93,8 +93,8 @@ class RestoreHelper:
         try:
             self._process = start_helper(
                 serve,
-                (theirs, (address, fingerprint, name, token), key.to_text()),
-                "rpybackup-restore-helper",
+                [theirs.fileno()],
+                {"connect": [address, fingerprint, name, token], "key": key.to_text()},
             )
         finally:
             theirs.close()
@@ -224,11 +224,14 @@ def _error(report: dict[str, Any]) -> RPyBackupError:
 # ---- the helper process ---------------------------------------------------------------------
 
 
-def serve(sock: socket.socket, connect: tuple[str, str, str, str], key_text: str) -> None:
-    """The helper process: write each file handed over until the restore hangs up."""
+def serve(fds: list[int], args: dict[str, Any]) -> None:
+    """The helper process: write each file handed over on the socket ``fds[0]`` until the
+    restore hangs up."""
+    sock = socket.socket(fileno=fds[0])
     try:
-        with RemoteRepository.connect(*connect) as remote:
-            _Writer(remote, MasterKey.from_text(key_text), sock).serve()
+        address, fingerprint, name, token = (str(part) for part in args["connect"])
+        with RemoteRepository.connect(address, fingerprint, name, token) as remote:
+            _Writer(remote, MasterKey.from_text(str(args["key"])), sock).serve()
     except (OSError, RPyBackupError) as exc:
         log.info("restore helper: %s", exc)
     finally:
