@@ -63,7 +63,7 @@ def start_helper(
     import subprocess
 
     setup = {
-        "path": sys.path,
+        "path": [str(entry) for entry in sys.path],
         "module": target.__module__,
         "function": target.__qualname__,
         "fds": fds,
