@@ -69,7 +69,11 @@ def start_helper(
         "fds": fds,
         "args": args,
     }
-    popen = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds)
+    # A process group of its own: a Ctrl-C at the terminal reaches the caller only, which
+    # stops the helper itself (it would otherwise die mid-file with a traceback of its own).
+    popen = subprocess.Popen(
+        [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds, process_group=0
+    )
     assert popen.stdin is not None
     try:
         # A few hundred bytes: the pipe takes them before the helper reads, so this never waits.

@@ -16,7 +16,12 @@ def report_back(fds: list[int], args: dict[str, Any]) -> None:
     """In the helper: write what it was given and its own command line to ``fds[0]``."""
     with open("/proc/self/cmdline", "rb") as handle:
         command_line = handle.read().decode(errors="replace")
-    report = {"args": args, "pid": os.getpid(), "command_line": command_line}
+    report = {
+        "args": args,
+        "pid": os.getpid(),
+        "group": os.getpgrp(),
+        "command_line": command_line,
+    }
     with os.fdopen(fds[0], "w") as out:
         json.dump(report, out)
 
@@ -40,6 +45,8 @@ def test_the_helper_runs_the_target_with_its_descriptors_and_setup() -> None:
     assert report["args"] == {"token": SECRET, "count": 3}
     assert report["pid"] != os.getpid()
     assert SECRET not in report["command_line"]
+    # A Ctrl-C at the terminal goes to the caller's process group, not to the helper's.
+    assert report["group"] != os.getpgrp()
     assert not helper.is_alive()
 
 
