@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import queue
 import sys
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     import subprocess
 
 _Message = TypeVar("_Message")
+
+log = logging.getLogger(__name__)
 
 # The helper's first lines: its setup comes on stdin, so no secret is on its command line.
 _BOOT = (
@@ -31,22 +34,25 @@ def helper_wanted() -> bool:
 
 class HelperProcess:
     """A started helper: it ends by itself once the caller closes its end of their channel,
-    which the kernel does when the caller dies, so it never outlives the caller for long."""
+    which the kernel does when the caller dies, so it never outlives the caller for long.
+    Without a process (``None``), one that could not start: never alive."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | None) -> None:
         self._popen = popen
 
     def is_alive(self) -> bool:
-        return self._popen.poll() is None
+        return self._popen is not None and self._popen.poll() is None
 
     def join(self, timeout: float | None = None) -> None:
         import subprocess
 
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._popen.wait(timeout)
+        if self._popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout)
 
     def kill(self) -> None:
-        self._popen.kill()
+        if self._popen is not None:
+            self._popen.kill()
 
 
 def start_helper(
@@ -58,7 +64,10 @@ def start_helper(
     locks inside OpenSSL or zstd at the moment of a fork. Not multiprocessing's spawn either:
     that starts a third interpreter (its resource tracker) and has the helper import the
     caller's main script again, ~50 ms of CPU at the start of every backup and restore that
-    needs a helper."""
+    needs a helper.
+
+    A helper that cannot start is one that ended at once: the caller finds the other ends of
+    ``fds`` closed, as when a helper dies, and does the work itself."""
     # Imported here: subprocess costs every command's start ~4 ms; only a helper needs it.
     import subprocess
 
@@ -71,18 +80,21 @@ def start_helper(
     }
     # A process group of its own: a Ctrl-C at the terminal reaches the caller only, which
     # stops the helper itself (it would otherwise die mid-file with a traceback of its own).
-    popen = subprocess.Popen(
-        [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds, process_group=0
-    )
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds, process_group=0
+        )
+    except OSError as exc:
+        log.warning("a helper process could not start (%s): its work is done here", exc)
+        return HelperProcess(None)
     assert popen.stdin is not None
     try:
         # A few hundred bytes: the pipe takes them before the helper reads, so this never waits.
         popen.stdin.write(json.dumps(setup).encode())
         popen.stdin.close()
     except OSError:
+        # It is already gone: the caller finds its ends closed.
         popen.kill()
-        popen.wait()
-        raise
     return HelperProcess(popen)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +162,20 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_backup(
     source = _tree(tmp_path / "src")
     helpers = helper_starter(alice, BackupHelper)
     helpers.token = "not-the-token"
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 45
+    assert helpers.started[0].stopped
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_a_helper_that_cannot_start_leaves_its_files_to_the_backup(
+    alice: BackupClient, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _tree(tmp_path / "src")
+    helpers = helper_starter(alice, BackupHelper)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
 
     result = _backup(alice, source, helpers)
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from rpybackup_core.helper_process import HelperProcess, start_helper
 
@@ -78,3 +82,19 @@ def test_a_killed_helper_is_gone_though_its_pipe_is_open() -> None:
         assert not helper.is_alive()
     finally:
         os.close(jobs)
+
+
+def test_a_helper_that_cannot_start_is_never_alive_and_leaves_its_ends_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    ours, theirs = os.pipe()
+
+    helper = start_helper(report_back, [theirs], {})
+    os.close(theirs)
+
+    assert not helper.is_alive()
+    helper.kill()
+    helper.join(timeout=60)
+    with os.fdopen(ours, "rb") as reports:
+        assert reports.read() == b""

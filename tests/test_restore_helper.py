@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,20 @@ def test_a_helper_that_cannot_log_in_leaves_its_files_to_the_restore(
     client, source = _backed_up(server, tmp_path)
     helpers = helper_starter(client, RestoreHelper)
     helpers.token = "not-the-token"
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    assert result.errors == []
+    assert compare_trees(source, tmp_path / "out" / source.relative_to("/")) == []
+    assert helpers.started[0].stopped
+
+
+def test_a_helper_that_cannot_start_leaves_its_files_to_the_restore(
+    server, tmp_path: Path, helper_starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, source = _backed_up(server, tmp_path)
+    helpers = helper_starter(client, RestoreHelper)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
 
     result = _restore(client, tmp_path / "out", helpers)
 
