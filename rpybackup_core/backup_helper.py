@@ -131,6 +131,7 @@ class BackupHelper:
                 serve,
                 [jobs.fileno(), reports.fileno()],
                 {"connect": [address, fingerprint, name, token], "key": key.to_text()},
+                "rpybackup-backup-helper",
             )
         finally:
             jobs.close()

@@ -56,9 +56,13 @@ class HelperProcess:
 
 
 def start_helper(
-    target: Callable[[list[int], dict[str, Any]], None], fds: list[int], args: dict[str, Any]
+    target: Callable[[list[int], dict[str, Any]], None],
+    fds: list[int],
+    args: dict[str, Any],
+    name: str,
 ) -> HelperProcess:
-    """Run ``target(fds, args)`` in a new interpreter that inherits the descriptors ``fds``.
+    """Run ``target(fds, args)`` in a new interpreter that inherits the descriptors ``fds``;
+    ``name`` ends its command line, so that ``ps`` tells which helper it is.
 
     A fresh interpreter, not a fork: the caller's threads (upload, sealing, writing) may hold
     locks inside OpenSSL or zstd at the moment of a fork. Not multiprocessing's spawn either:
@@ -82,7 +86,10 @@ def start_helper(
     # stops the helper itself (it would otherwise die mid-file with a traceback of its own).
     try:
         popen = subprocess.Popen(
-            [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, pass_fds=fds, process_group=0
+            [sys.executable, "-c", _BOOT, name],
+            stdin=subprocess.PIPE,
+            pass_fds=fds,
+            process_group=0,
         )
     except OSError as exc:
         log.warning("a helper process could not start (%s): its work is done here", exc)

@@ -95,6 +95,7 @@ class RestoreHelper:
                 serve,
                 [theirs.fileno()],
                 {"connect": [address, fingerprint, name, token], "key": key.to_text()},
+                "rpybackup-restore-helper",
             )
         finally:
             theirs.close()

@@ -41,7 +41,7 @@ def wait_for_end(fds: list[int], args: dict[str, Any]) -> None:
 
 def test_the_helper_runs_the_target_with_its_descriptors_and_setup() -> None:
     ours, theirs = os.pipe()
-    helper = start_helper(report_back, [theirs], {"token": SECRET, "count": 3})
+    helper = start_helper(report_back, [theirs], {"token": SECRET, "count": 3}, "test-helper")
     os.close(theirs)
     with os.fdopen(ours, "rb") as reports:
         report = json.loads(reports.read())
@@ -49,6 +49,7 @@ def test_the_helper_runs_the_target_with_its_descriptors_and_setup() -> None:
     assert report["args"] == {"token": SECRET, "count": 3}
     assert report["pid"] != os.getpid()
     assert SECRET not in report["command_line"]
+    assert report["command_line"].endswith("test-helper\x00")
     # A Ctrl-C at the terminal goes to the caller's process group, not to the helper's.
     assert report["group"] != os.getpgrp()
     assert not helper.is_alive()
@@ -58,7 +59,7 @@ def _waiting_helper() -> tuple[HelperProcess, int]:
     """A helper that is up and waiting on a pipe; our end of it."""
     jobs_theirs, jobs_ours = os.pipe()
     ready_ours, ready_theirs = os.pipe()
-    helper = start_helper(wait_for_end, [jobs_theirs, ready_theirs], {})
+    helper = start_helper(wait_for_end, [jobs_theirs, ready_theirs], {}, "test-helper")
     os.close(jobs_theirs)
     os.close(ready_theirs)
     with os.fdopen(ready_ours, "rb") as ready:
@@ -90,7 +91,7 @@ def test_a_helper_that_cannot_start_is_never_alive_and_leaves_its_ends_closed(
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     ours, theirs = os.pipe()
 
-    helper = start_helper(report_back, [theirs], {})
+    helper = start_helper(report_back, [theirs], {}, "test-helper")
     os.close(theirs)
 
     assert not helper.is_alive()
