@@ -44,9 +44,9 @@ class HelperProcess:
         return self._popen is not None and self._popen.poll() is None
 
     def join(self, timeout: float | None = None) -> None:
-        import subprocess
-
         if self._popen is not None:
+            import subprocess
+
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout)
 
