@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from .crypto import SEAL_OVERHEAD, MasterKey, Sealer
 from .memory import keep_chunk_buffers, share_malloc_arena
 from .progress import Progress
-from .protocol import RECORD, Blob
+from .protocol import RECORD, Blob, record_parts
 from .remote import RemoteRepository
 
 _T = TypeVar("_T")
@@ -163,7 +163,7 @@ def seal_records(sealer: Sealer, runs: memoryview, job: list[tuple[bytes, bytes]
             end = 0
         if room > len(runs):
             sealed = sealer.seal(chunk_id, plain)
-            parts += [RECORD.pack(chunk_id, len(sealed)), sealed]
+            parts += record_parts([(chunk_id, sealed)])
             sealed_bytes += len(sealed)
             continue
         length = sealer.seal_into(chunk_id, plain, runs[end + RECORD.size :])
