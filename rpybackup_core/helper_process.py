@@ -67,7 +67,7 @@ def start_helper(
     A fresh interpreter, not a fork: the caller's threads (upload, sealing, writing) may hold
     locks inside OpenSSL or zstd at the moment of a fork. Not multiprocessing's spawn either:
     that starts a third interpreter (its resource tracker) and has the helper import the
-    caller's main script again, ~50 ms of CPU at the start of every backup and restore that
+    caller's main script again, ~65 ms of CPU at the start of every backup and restore that
     needs a helper.
 
     A helper that cannot start is one that ended at once: the caller finds the other ends of
