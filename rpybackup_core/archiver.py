@@ -93,6 +93,14 @@ HELPER_FILE = 4 * 1024 * 1024
 HELPER_START = 64 * 1024 * 1024
 # Large files the helper holds (handed over, not finished yet).
 _HELPER_FILES = 64
+# Files larger than this and up to HELPER_FILE are shared: one goes to the helper while it
+# holds less than _HELPER_SHARED_BYTES of them, or is read here, never waited for. A tree of
+# such files alone (photos) otherwise ran in one process, with a core half idle. The helper
+# starts for them once they come to HELPER_SHARED_START (a few such files are read sooner
+# than a helper starts), or to HELPER_START in a re-run.
+HELPER_SHARED_FILE = 1024 * 1024
+HELPER_SHARED_START = 16 * 1024 * 1024
+_HELPER_SHARED_BYTES = 32 * 1024 * 1024
 # In a first backup, once the walk has read _ENTRIES_AFTER_FILES files (a small backup is done
 # before a helper would have started), small files and directories with no subdirectory (two
 # links on the filesystems that count them) with a listing of at most HELPER_DIRECTORY_BYTES
@@ -173,6 +181,17 @@ class _Deferred:
 # A directory's entries (path and lstat), as a slice of them is walked.
 _Listed = list[tuple[str, os.stat_result]]
 _DIGEST_SIZE = 32
+
+
+class _HelperJob(NamedTuple):
+    """A file (``names`` None) or a run of a directory's entries handed to the helper, what it
+    counts among the entries the helper holds, and a shared file's bytes."""
+
+    path: str
+    names: list[str] | None
+    listing: _Listing
+    entries: int = 0
+    shared: int = 0
 
 
 class _Learning:
@@ -304,14 +323,15 @@ class Archiver:
         self._deferred_entries = 0
         self._start_helper = helper
         self._helper: BackupHelper | None = None
-        # Large files (a path) and runs of entries (a directory's prefix and their names) with
-        # the helper, in the order handed over (its reports come in that order); how many
-        # large files and entries of them it is still working on (the first ``_helper_done``
-        # jobs are finished, not reported yet), and the answers on the chunk ids the runs
-        # refer to.
-        self._helper_jobs: deque[tuple[str, list[str] | None, int, _Listing]] = deque()
+        # Files (a path) and runs of entries (a directory's prefix and their names) with the
+        # helper, in the order handed over (its reports come in that order); how many large
+        # files, bytes of shared files and entries of them it is still working on (the first
+        # ``_helper_done`` jobs are finished, not reported yet), and the answers on the chunk
+        # ids the runs refer to.
+        self._helper_jobs: deque[_HelperJob] = deque()
         self._helper_done = 0
         self._helper_large = 0
+        self._helper_shared = 0
         self._helper_entries = 0
         self._helper_references: list[Future[set[bytes]]] = []
         self._entries_to_helper = helper is not None and (cache is None or cache.generation == 1)
@@ -622,26 +642,27 @@ class Archiver:
                 cached.append((child, node, hit))
                 continue
             if self._to_helper(st):
-                self._hand_to_helper(child, None, listing)
+                shared = st.st_size if st.st_size <= HELPER_FILE else 0
+                self._hand_to_helper(_HelperJob(child, None, listing, shared=shared))
                 continue
             weight = self._helper_weight(st)
             if weight and self._helper_takes(run_weight + weight):
                 run.append(child.rpartition("/")[2])
                 run_weight += weight
                 if len(run) >= _HELPER_RUN:
-                    self._hand_to_helper(prefix, run, listing, run_weight)
+                    self._hand_to_helper(_HelperJob(prefix, run, listing, run_weight))
                     run, run_weight = [], 0
                 continue
             if run and stat.S_ISDIR(st.st_mode):
                 # Before the walk goes into a subdirectory (whose runs count at once): the
                 # helper can start on these meanwhile, and they count among what it holds.
-                self._hand_to_helper(prefix, run, listing, run_weight)
+                self._hand_to_helper(_HelperJob(prefix, run, listing, run_weight))
                 run, run_weight = [], 0
             entry = self._entry(child, st)
             if entry is not None:
                 listing.nodes.append(entry)
         if run:
-            self._hand_to_helper(prefix, run, listing, run_weight)
+            self._hand_to_helper(_HelperJob(prefix, run, listing, run_weight))
         answer = (
             self.uploader.ask_missing([cid for _, node, _ in cached for cid in node.content])
             if cached
@@ -869,24 +890,42 @@ class Archiver:
     # ---- the helper process -----------------------------------------------------------------
 
     def _to_helper(self, st: os.stat_result) -> bool:
-        return (
-            stat.S_ISREG(st.st_mode) and st.st_size > HELPER_FILE and self._ready_helper(st.st_size)
-        )
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= HELPER_SHARED_FILE:
+            return False
+        if st.st_size > HELPER_FILE:
+            return self._ready_helper(st.st_size)
+        return self._shares_helper(st.st_size)
 
     def _ready_helper(self, size: int) -> bool:
-        """Whether the helper takes another file of ``size`` bytes: started once the large
-        files met come to ``_helper_start``, while it has room."""
-        if self._helper is None and self._start_helper is not None:
-            self._large_bytes += size
-            if self._large_bytes < self._helper_start:
-                return False
-            self._started_helper()
-        helper = self._helper
+        """Whether the helper takes another large file of ``size`` bytes: started once the
+        large files met come to ``_helper_start``, while it has room."""
+        helper = self._running_helper(size, self._helper_start)
         if helper is None:
             return False
         while not helper.stopped and self._helper_large >= _HELPER_FILES:
             self._collect_helper(wait=True)
         return not helper.stopped
+
+    def _shares_helper(self, size: int) -> bool:
+        """Whether the helper takes a shared file of ``size`` bytes: started once the files
+        over HELPER_SHARED_FILE met come to HELPER_SHARED_START (or ``_helper_start``), while
+        it holds little enough of them."""
+        helper = self._running_helper(size, max(self._helper_start, HELPER_SHARED_START))
+        if helper is None:
+            return False
+        if self._helper_shared + size > _HELPER_SHARED_BYTES and helper.has_news():
+            self._collect_helper(wait=False)
+        return not helper.stopped and self._helper_shared + size <= _HELPER_SHARED_BYTES
+
+    def _running_helper(self, size: int, start: int) -> BackupHelper | None:
+        """The helper, started once the files it could take, ``size`` bytes more, come to
+        ``start`` bytes."""
+        if self._helper is None and self._start_helper is not None:
+            self._large_bytes += size
+            if self._large_bytes < start:
+                return None
+            self._started_helper()
+        return self._helper
 
     def _helper_weight(self, st: os.stat_result) -> int:
         """What an entry would count among the helper's entries if it took it: a small file
@@ -932,25 +971,23 @@ class Archiver:
         while not self._helper.stopped:
             self._collect_helper(wait=True)
 
-    def _hand_to_helper(
-        self, path: str, names: list[str] | None, listing: _Listing, weight: int = 0
-    ) -> None:
-        """Hand the helper a large file to read, or the ``names`` of entries under the prefix
-        ``path`` to back up (counting ``weight`` among its entries)."""
+    def _hand_to_helper(self, job: _HelperJob) -> None:
+        """Hand the helper a file to read, or a run of entries to back up."""
         assert self._helper is not None
         try:
-            if names is None:
-                self._helper.read(path)
+            if job.names is None:
+                self._helper.read(job.path)
             else:
-                self._helper.back_up(path, names)
+                self._helper.back_up(job.path, job.names)
         except OSError as exc:
             self._outlive_helper(exc)
-            listing.nodes.extend(self._take_back(path, names))
+            job.listing.nodes.extend(self._take_back(job.path, job.names))
             return
-        self._helper_jobs.append((path, names, weight, listing))
-        self._helper_large += names is None
-        self._helper_entries += weight
-        listing.reading += 1
+        self._helper_jobs.append(job)
+        self._helper_large += job.names is None and not job.shared
+        self._helper_shared += job.shared
+        self._helper_entries += job.entries
+        job.listing.reading += 1
 
     def _collect_helper(self, wait: bool) -> None:
         """Take the helper's reports; with ``wait``, wait for one. Each reported file's chunk
@@ -964,12 +1001,13 @@ class Archiver:
             if report is None:
                 self._read_unreported()
                 break
-            path, names, weight, listing = self._helper_jobs.popleft()
+            job = self._helper_jobs.popleft()
+            path, listing = job.path, job.listing
             listing.reading -= 1
             if self._helper_done:
                 self._helper_done -= 1
             else:
-                self._unload_helper(names, weight)
+                self._unload_helper(job)
             reported = report.path if isinstance(report, FileRead) else report.prefix
             if reported != path:
                 raise ProtocolError(f"backup helper reported {reported}, not {path}")
@@ -982,8 +1020,7 @@ class Archiver:
             listing.helped.append((report, self.uploader.ask_missing(report.node.content)))
             asked = True
         while self._helper_done < helper.jobs_done - helper.jobs_reported:
-            _, names, weight, _ = self._helper_jobs[self._helper_done]
-            self._unload_helper(names, weight)
+            self._unload_helper(self._helper_jobs[self._helper_done])
             self._helper_done += 1
         self._take_helper_stored(helper)
         if asked:
@@ -994,10 +1031,11 @@ class Archiver:
             self._helper_bytes = helper.bytes_read
             self.report(self.progress)
 
-    def _unload_helper(self, names: list[str] | None, weight: int) -> None:
+    def _unload_helper(self, job: _HelperJob) -> None:
         """A job the helper finished no longer counts among what it holds."""
-        self._helper_large -= names is None
-        self._helper_entries -= weight
+        self._helper_large -= job.names is None and not job.shared
+        self._helper_shared -= job.shared
+        self._helper_entries -= job.entries
 
     def _take_entries(self, report: EntriesRead, listing: _Listing) -> None:
         """Entries the helper backed up: their nodes join the listing, its counts the
@@ -1056,12 +1094,12 @@ class Archiver:
     def _read_unreported(self) -> None:
         """The helper stopped: what it had not reported is read here."""
         jobs, self._helper_jobs = self._helper_jobs, deque()
-        self._helper_done = self._helper_large = self._helper_entries = 0
+        self._helper_done = self._helper_large = self._helper_shared = self._helper_entries = 0
         if jobs:
             log.info("backup helper stopped; reading its %d unreported jobs here", len(jobs))
-        for path, names, _, listing in jobs:
-            listing.reading -= 1
-            listing.nodes.extend(self._take_back(path, names))
+        for job in jobs:
+            job.listing.reading -= 1
+            job.listing.nodes.extend(self._take_back(job.path, job.names))
 
     def _helped_files(self, helped: list[tuple[FileRead, Future[set[bytes]]]]) -> list[Node]:
         """The helper's files, unless the server lacks one of their chunks (then read here)."""

@@ -124,6 +124,42 @@ def test_a_first_backup_starts_the_helper_at_its_first_large_file(
     assert result.errors == [] and [helper.files for helper in helpers.started] == [5]
 
 
+def _photos(root: Path, count: int) -> Path:
+    """``count`` incompressible files of 2 MiB: over HELPER_SHARED_FILE, under HELPER_FILE."""
+    rng = random.Random(11)
+    root.mkdir(parents=True)
+    for index in range(count):
+        (root / f"IMG_{index:04d}.jpg").write_bytes(rng.randbytes(2 * MIB))
+    return root
+
+
+def test_files_between_the_shared_and_the_large_size_are_shared_with_the_helper(
+    alice: BackupClient, tmp_path: Path, helper_starter
+) -> None:
+    """The first 8 (16 MiB) are read by the backup before the helper starts; afterwards the
+    helper takes one while it holds less than 32 MiB of them, and the backup reads the others
+    rather than wait."""
+    source = _photos(tmp_path / "src", 40)
+    helpers = helper_starter(alice, BackupHelper)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 40
+    assert len(helpers.started) == 1 and 0 < helpers.started[0].files <= 40 - 7
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
+def test_a_few_files_between_the_shared_and_the_large_size_start_no_helper(
+    alice: BackupClient, tmp_path: Path, helper_starter
+) -> None:
+    source = _photos(tmp_path / "src", 7)
+    helpers = helper_starter(alice, BackupHelper)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 7 and helpers.started == []
+
+
 def test_large_files_read_by_the_helper_are_stored_once_and_restore_whole(
     server, alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:

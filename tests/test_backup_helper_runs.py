@@ -198,7 +198,9 @@ def alice(server) -> BackupClient:
 @pytest.fixture
 def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs after the walk's first 10 files, of at most 16 entries, while the helper holds
-    fewer than 64 (a leaf directory counts 16)."""
+    fewer than 64 (a leaf directory counts 16); no file is shared with the helper, so a
+    multi-chunk file of 3 MiB goes in a run."""
+    monkeypatch.setattr(archiver, "HELPER_SHARED_FILE", HELPER_FILE)
     monkeypatch.setattr(archiver, "_ENTRIES_AFTER_FILES", 10)
     monkeypatch.setattr(archiver, "_HELPER_RUN", 16)
     monkeypatch.setattr(archiver, "_HELPER_ENTRIES", 64)
