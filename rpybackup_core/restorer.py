@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
+# Files over this are written past the page cache (directio.py), small ones as large: a file
+# is written once and not read back, and on this VM a fresh page-cache page costs a fault to
+# the host too (a restore of 1 GB of 2 MiB photos: 4.4 -> 3.3 CPU-s, docs/performance.md).
+_DIRECT_FILE = 1024 * 1024
 # Get requests on the wire while the oldest reply is read and handed to the write pool.
 _FETCHES_IN_FLIGHT = 3
 # Subdirectory trees asked for ahead when a directory is entered (then more, so many to a
@@ -61,14 +65,19 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Large files handed to the helper process and not yet back (each holds a descriptor here);
 # with this many in its hands, this process writes the next one itself.
 _HANDED_FILES = 16
-# Small files go to the helper in slices of a directory's files. It is given more only while
-# it holds fewer than _HANDED_SMALL_FILES (the rest this process writes itself): enough to
-# keep it busy between two looks, few enough that neither process waits long for the other
-# at the end. It starts only after _HELPER_AFTER_FILES small files, as starting it costs
-# ~0.3 s of a core that a small restore would not win back.
+# Small files go to the helper in slices of a directory's files (of at most _SLICE_BYTES but
+# for a single file). It is given more only while it holds fewer than _HANDED_SMALL_FILES of
+# less than _HANDED_SMALL_BYTES (the rest this process writes itself): enough to keep it busy
+# between two looks, few enough that neither process waits long for the other at the end. It
+# starts only after _HELPER_AFTER_FILES small files or _HELPER_AFTER_BYTES of them, as
+# starting it costs ~0.3 s of a core that a small restore would not win back; by bytes, a
+# tree of a few hundred files of some MiB each (photos) no longer runs in one process.
 _SLICE_FILES = 128
+_SLICE_BYTES = 8 * 1024 * 1024
 _HANDED_SMALL_FILES = 1024
+_HANDED_SMALL_BYTES = 32 * 1024 * 1024
 _HELPER_AFTER_FILES = 1024
+_HELPER_AFTER_BYTES = 32 * 1024 * 1024
 # Hard-linked files whose first name a restore remembers, to link their other names to (a few
 # hundred bytes each); past this many, further ones are restored as files of their own.
 _LINK_GROUPS = 16384
@@ -155,8 +164,25 @@ def _identity(node: Node) -> tuple[object, ...]:
     return (node.size, node.digest, node.mode, node.uid, node.gid, node.mtime_ns)
 
 
-# A directory and some of its files (name, node, shown), written by one job.
-_Segment = tuple[OpenDir, list[tuple[str, Node, str]]]
+# A file to write: its name, node and the path shown for it.
+_Entry = tuple[str, Node, str]
+# A directory and some of its files, written by one job.
+_Segment = tuple[OpenDir, list[_Entry]]
+
+
+def _slices(files: list[_Entry]) -> Iterator[list[_Entry]]:
+    """A directory's small files in slices of at most _SLICE_FILES files and _SLICE_BYTES
+    (a larger file alone)."""
+    taken: list[_Entry] = []
+    size = 0
+    for entry in files:
+        if taken and (len(taken) >= _SLICE_FILES or size + entry[1].size > _SLICE_BYTES):
+            yield taken
+            taken, size = [], 0
+        taken.append(entry)
+        size += entry[1].size
+    if taken:
+        yield taken
 
 
 def _shares(segments: list[_Segment], count: int) -> list[list[_Segment]]:
@@ -228,6 +254,9 @@ class Restorer:
         self._slices: dict[int, _Segment] = {}
         self._slice_numbers = itertools.count()
         self._small_seen = 0
+        self._small_bytes = 0
+        # Bytes of small files in the slices the helper is writing.
+        self._handed_small_bytes = 0
         # What the helper wrote that progress counts so far, and of that, its finished files.
         self._helper_written = 0
         self._helper_finished = 0
@@ -563,10 +592,11 @@ class Restorer:
                 self._restore_file(where, node.name, node, shown)
             else:
                 small.append((node.name, node, shown))
-        for start in range(0, len(small), _SLICE_FILES):
-            entries = small[start : start + _SLICE_FILES]
+        for entries in _slices(small):
+            size = sum(node.size for _, node, _ in entries)
             self._small_seen += len(entries)
-            if not self._hand_slice(where, prefix, entries):
+            self._small_bytes += size
+            if not self._hand_slice(where, prefix, entries, size):
                 self._add_to_batch(where, entries)
 
     # ---- hard links -------------------------------------------------------------------------
@@ -748,7 +778,15 @@ class Restorer:
                 outcomes.append(Outcome(shown, error=damaged))
                 continue
             try:
-                temp = TempFile(where, name, node, shown, follow_existing, self._key.id_key)
+                temp = TempFile(
+                    where,
+                    name,
+                    node,
+                    shown,
+                    follow_existing,
+                    self._key.id_key,
+                    direct=node.size > _DIRECT_FILE,
+                )
             except OSError as exc:
                 outcomes.append(Outcome(shown, error=exc))
                 continue
@@ -810,11 +848,10 @@ class Restorer:
 
     # ---- the helper process -----------------------------------------------------------------
 
-    def _hand_slice(
-        self, where: OpenDir, prefix: str, entries: list[tuple[str, Node, str]]
-    ) -> bool:
-        """Hand these small files of ``where`` to the helper if it has room for them."""
-        if self._small_seen > _HELPER_AFTER_FILES:
+    def _hand_slice(self, where: OpenDir, prefix: str, entries: list[_Entry], size: int) -> bool:
+        """Hand these small files of ``where`` (``size`` bytes) to the helper if it has room
+        for them."""
+        if self._small_seen > _HELPER_AFTER_FILES or self._small_bytes > _HELPER_AFTER_BYTES:
             self._start_helper_now()
         helper = self._helper
         if helper is None:
@@ -825,7 +862,11 @@ class Restorer:
             return False
         # Large files in hand keep it busy (they are fetched in a row; slices would wait).
         handed_small = sum(len(handed) for _, handed in self._slices.values())
-        if self._handed or handed_small + len(entries) > _HANDED_SMALL_FILES:
+        if (
+            self._handed
+            or handed_small + len(entries) > _HANDED_SMALL_FILES
+            or self._handed_small_bytes + size > _HANDED_SMALL_BYTES
+        ):
             return False
         number = next(self._slice_numbers)
         try:
@@ -838,6 +879,7 @@ class Restorer:
             self._write_handed_here()
             return False
         self._slices[number] = (where, entries)
+        self._handed_small_bytes += size
         where.pending += 1
         return True
 
@@ -901,6 +943,7 @@ class Restorer:
         if handed is None:
             raise RestoreError(f"restore helper reported an unknown slice: {outcome.number}")
         where, entries = handed
+        self._handed_small_bytes -= sum(node.size for _, node, _ in entries)
         self._helper_finished += outcome.written
         for shown, error in outcome.errors:
             self._fail(shown, error)
@@ -927,6 +970,7 @@ class Restorer:
         )
         handed, self._handed = self._handed, {}
         slices, self._slices = self._slices, {}
+        self._handed_small_bytes = 0
         # What it wrote of these is written again.
         self.progress.bytes_done -= self._helper_written - self._helper_finished
         for where, temp, follow_existing in handed.values():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rpybackup_core import restorer
+from rpybackup_core import restore_files, restorer
 from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.restore_helper import RestoreHelper
@@ -312,3 +312,69 @@ def test_a_restore_over_an_earlier_one_replaces_small_files_through_the_helper(
     assert compare_trees(source, restored) == []
     assert _leftovers(target) == []
     assert helpers.started[0].small_files > 0
+
+
+def _photos_backed_up(server, tmp_path: Path, count: int) -> tuple[BackupClient, Path]:
+    """``count`` incompressible files of 2 MiB in one directory: small files to a restore
+    (up to 4 MiB), each worth some of a core."""
+    rng = random.Random(13)
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(count):
+        (source / f"IMG_{index:04d}.jpg").write_bytes(rng.randbytes(2 * MIB))
+    server.enroll("alice")
+    client = server.client("alice")
+    client.backup([str(source)])
+    return client, source
+
+
+class _SliceSizes(RestoreHelper):
+    """Records the bytes of each slice handed over."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.slice_bytes: list[int] = []
+
+    def hand_slice(self, number: int, fd: int, fresh: bool, prefix: str, nodes) -> None:  # type: ignore[no-untyped-def]
+        super().hand_slice(number, fd, fresh, prefix, nodes)
+        self.slice_bytes.append(sum(node.size for node in nodes))
+
+
+def test_a_few_hundred_files_of_some_mib_start_the_helper_by_their_bytes(
+    server, tmp_path: Path, helper_starter
+) -> None:
+    """40 files of 2 MiB, far fewer than the 1,024 small files that would start it: past
+    32 MiB of them the helper starts, and it is handed slices of at most 8 MiB."""
+    client, source = _photos_backed_up(server, tmp_path, 40)
+    helpers = helper_starter(client, _SliceSizes)
+
+    result = _restore(client, tmp_path / "out", helpers)
+
+    assert result.errors == [] and result.files == 40
+    assert compare_trees(source, tmp_path / "out" / source.relative_to("/")) == []
+    [helper] = helpers.started
+    assert helper.slice_bytes and max(helper.slice_bytes) <= 8 * MIB
+
+
+def test_files_over_a_mib_are_written_past_the_page_cache(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written once and not read back, as large files are; a file of a MiB or less is not."""
+    client, source = _photos_backed_up(server, tmp_path, 3)
+    (source / "small.txt").write_bytes(b"x" * MIB)
+    client.backup([str(source)])
+    direct: list[int] = []
+
+    class Recording(restore_files.DirectWriter):
+        def __init__(self, fd: int, stage_bytes: int, depth: int = 2) -> None:
+            super().__init__(fd, stage_bytes, depth)
+            direct.append(fd)
+
+    monkeypatch.setattr(restore_files, "DirectWriter", Recording)
+
+    with client.connection() as remote:
+        result = Restorer(remote, client.key).restore(client.snapshots()[-1].root, tmp_path / "out")
+
+    assert result.errors == [] and result.files == 4
+    assert compare_trees(source, tmp_path / "out" / source.relative_to("/")) == []
+    assert len(direct) == 3
