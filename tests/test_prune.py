@@ -135,8 +135,8 @@ def test_mostly_dead_pack_is_repacked_and_its_live_chunks_survive(
     source = tmp_path / "data"
     source.mkdir()
     (source / "small.bin").write_bytes(os.urandom(200 * 1024))
-    # No larger than HELPER_FILE: a larger file goes to the backup's helper process and into
-    # a pack of its own.
+    # No larger than HELPER_FILE, and alone under HELPER_SHARED_START: the backup reads it
+    # itself (the helper would put it into a pack of its own).
     (source / "large.bin").write_bytes(os.urandom(HELPER_FILE))
     backup(cli, alice, source, "2026-03-01T08:00:00Z")
     [first_pack] = stored_packs(server)
@@ -435,8 +435,8 @@ def test_a_read_in_progress_follows_chunks_a_repack_moved(server, cli, tmp_path:
     source = tmp_path / "data"
     source.mkdir()
     (source / "small.bin").write_bytes(os.urandom(200 * 1024))
-    # No larger than HELPER_FILE: a larger file goes to the backup's helper process and into
-    # a pack of its own.
+    # No larger than HELPER_FILE, and alone under HELPER_SHARED_START: the backup reads it
+    # itself (the helper would put it into a pack of its own).
     (source / "large.bin").write_bytes(os.urandom(HELPER_FILE))
     backup(cli, alice, source, "2026-03-01T08:00:00Z")
     (source / "large.bin").unlink()
