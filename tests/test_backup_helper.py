@@ -136,9 +136,8 @@ def _photos(root: Path, count: int) -> Path:
 def test_files_between_the_shared_and_the_large_size_are_shared_with_the_helper(
     alice: BackupClient, tmp_path: Path, helper_starter
 ) -> None:
-    """The first 8 (16 MiB) are read by the backup before the helper starts; afterwards the
-    helper takes one while it holds less than 32 MiB of them, and the backup reads the others
-    rather than wait."""
+    """The first 7 are read by the backup itself: the helper starts as the 8th brings them to
+    16 MiB, and takes some of the rest (one while it holds less than 32 MiB of them)."""
     source = _photos(tmp_path / "src", 40)
     helpers = helper_starter(alice, BackupHelper)
 

@@ -17,6 +17,7 @@ from rpybackup_core.client import BackupClient
 from rpybackup_core.demo import compare_trees
 from rpybackup_core.restore_helper import RestoreHelper
 from rpybackup_core.restorer import Restorer, RestoreResult
+from rpybackup_core.tree import Node
 from tests.conftest import damage_chunk
 
 MIB = 1024 * 1024
@@ -335,7 +336,7 @@ class _SliceSizes(RestoreHelper):
         super().__init__(*args, **kwargs)
         self.slice_bytes: list[int] = []
 
-    def hand_slice(self, number: int, fd: int, fresh: bool, prefix: str, nodes) -> None:  # type: ignore[no-untyped-def]
+    def hand_slice(self, number: int, fd: int, fresh: bool, prefix: str, nodes: list[Node]) -> None:
         super().hand_slice(number, fd, fresh, prefix, nodes)
         self.slice_bytes.append(sum(node.size for node in nodes))
 
