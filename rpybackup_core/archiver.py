@@ -337,8 +337,9 @@ class Archiver:
         self._entries_to_helper = helper is not None and (cache is None or cache.generation == 1)
         # The helper's bytes read that progress counts so far.
         self._helper_bytes = 0
-        # Bytes of the large files met before the helper started (read here), and how many
-        # start it: none in a first backup (the files cache knows nothing yet).
+        # Bytes of the files over HELPER_SHARED_FILE met before the helper started (read
+        # here), and how many of large ones start it: none in a first backup (the files cache
+        # knows nothing yet).
         self._large_bytes = 0
         self._helper_start = HELPER_START if cache is not None and cache.generation > 1 else 0
         self.dirs = 0

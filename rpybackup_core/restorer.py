@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 
 _FETCH_BYTES = 4 * 1024 * 1024
 _FETCH_IDS = 1024
-# Files over this are written past the page cache (directio.py), small ones as large: a file
-# is written once and not read back, and on this VM a fresh page-cache page costs a fault to
-# the host too (a restore of 1 GB of 2 MiB photos: 4.4 -> 3.3 CPU-s, docs/performance.md).
+# Small files over this are written past the page cache (directio.py) as large ones are: a
+# file is written once and not read back, and on this VM a fresh page-cache page costs a
+# fault to the host too (docs/performance.md, finding 96).
 _DIRECT_FILE = 1024 * 1024
 # Get requests on the wire while the oldest reply is read and handed to the write pool.
 _FETCHES_IN_FLIGHT = 3
