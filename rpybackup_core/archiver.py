@@ -184,14 +184,23 @@ _DIGEST_SIZE = 32
 
 
 class _HelperJob(NamedTuple):
-    """A file (``names`` None) or a run of a directory's entries handed to the helper, what it
-    counts among the entries the helper holds, and a shared file's bytes."""
+    """A file (``names`` None, ``size`` bytes) or a run of a directory's entries (counting
+    ``entries`` among those the helper holds) handed to the helper."""
 
     path: str
     names: list[str] | None
     listing: _Listing
     entries: int = 0
-    shared: int = 0
+    size: int = 0
+
+    @property
+    def large(self) -> bool:
+        return self.names is None and self.size > HELPER_FILE
+
+    @property
+    def shared(self) -> int:
+        """A shared file's bytes; 0 for a large file or a run."""
+        return self.size if self.names is None and not self.large else 0
 
 
 class _Learning:
@@ -643,8 +652,7 @@ class Archiver:
                 cached.append((child, node, hit))
                 continue
             if self._to_helper(st):
-                shared = st.st_size if st.st_size <= HELPER_FILE else 0
-                self._hand_to_helper(_HelperJob(child, None, listing, shared=shared))
+                self._hand_to_helper(_HelperJob(child, None, listing, size=st.st_size))
                 continue
             weight = self._helper_weight(st)
             if weight and self._helper_takes(run_weight + weight):
@@ -985,7 +993,7 @@ class Archiver:
             job.listing.nodes.extend(self._take_back(job.path, job.names))
             return
         self._helper_jobs.append(job)
-        self._helper_large += job.names is None and not job.shared
+        self._helper_large += job.large
         self._helper_shared += job.shared
         self._helper_entries += job.entries
         job.listing.reading += 1
@@ -1034,7 +1042,7 @@ class Archiver:
 
     def _unload_helper(self, job: _HelperJob) -> None:
         """A job the helper finished no longer counts among what it holds."""
-        self._helper_large -= job.names is None and not job.shared
+        self._helper_large -= job.large
         self._helper_shared -= job.shared
         self._helper_entries -= job.entries
 
