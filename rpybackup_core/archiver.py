@@ -54,6 +54,7 @@ from .files_cache import (
     subtrees_digest,
 )
 from .listing import sorted_names
+from .memory import resident_bytes
 from .progress import Progress, ProgressCallback, ignore_progress
 from .remote import RemoteRepository
 from .tree import DIR, FILE, SYMLINK, Node, TreeWriter, by_name
@@ -91,8 +92,18 @@ HELPER_FILE = 4 * 1024 * 1024
 # it). A first backup, which reads everything, starts it at its first large file: reading
 # large files here first made one of /usr/share slower and its peak higher.
 HELPER_START = 64 * 1024 * 1024
-# Large files the helper holds (handed over, not finished yet).
-_HELPER_FILES = 64
+# The helper is handed a large file while it holds fewer than _HELPER_LARGE_FILES or less than
+# _HELPER_LARGE_BYTES of them (handed over, not finished yet); the others wait here in walk
+# order. Once the walk is done, where it would wait for the helper it reads the last of them
+# itself. With every large file handed at once, a tree of them alone (raw photos) ran in the
+# helper while this process waited (docs/performance.md, finding 99).
+_HELPER_LARGE_FILES = 2
+_HELPER_LARGE_BYTES = 64 * 1024 * 1024
+# ... but only if this process holds less than this at the end of its walk: reading large
+# files takes up to ~40 MiB of buffers more (raw photos: 37 -> 77 MiB), and after a walk of
+# many small files the heap has no room for them (the issue's dataset beside the libraries
+# then peaked at 104-107 MiB; finding 98).
+_READ_WAITING_RSS = 56 * 1024 * 1024
 # Files larger than this and up to HELPER_FILE are shared: one goes to the helper while it
 # holds less than _HELPER_SHARED_BYTES of them, or is read here, never waited for. A tree of
 # such files alone (photos) otherwise ran in one process, with a core half idle. The helper
@@ -340,7 +351,12 @@ class Archiver:
         self._helper_jobs: deque[_HelperJob] = deque()
         self._helper_done = 0
         self._helper_large = 0
+        self._helper_large_bytes = 0
         self._helper_shared = 0
+        # Large files waiting for room in the helper, in walk order, and whether this process
+        # reads them where it would wait for the helper (decided when the walk is done).
+        self._waiting_large: deque[_HelperJob] = deque()
+        self._read_waiting: bool | None = None
         self._helper_entries = 0
         self._helper_references: list[Future[set[bytes]]] = []
         self._entries_to_helper = helper is not None and (cache is None or cache.generation == 1)
@@ -506,6 +522,9 @@ class Archiver:
                 node.content = self._store_tree(self._layout_nodes(path, value))
             if node is not None:
                 nodes.append(node)
+        if self._read_waiting is None:
+            resident = resident_bytes()
+            self._read_waiting = resident is not None and resident < _READ_WAITING_RSS
         self._run_deferred(wait=True)
         return nodes
 
@@ -652,7 +671,7 @@ class Archiver:
                 cached.append((child, node, hit))
                 continue
             if self._to_helper(st):
-                self._hand_to_helper(_HelperJob(child, None, listing, size=st.st_size))
+                self._give_helper(_HelperJob(child, None, listing, size=st.st_size))
                 continue
             weight = self._helper_weight(st)
             if weight and self._helper_takes(run_weight + weight):
@@ -893,7 +912,7 @@ class Archiver:
             self._deferred.popleft()
             self._deferred_entries -= head.entries
             while head.listing is not None and head.listing.reading:
-                self._collect_helper(wait=True)
+                self._wait_for_helper()
             head.action(head.answer.result() if head.answer is not None else set())
 
     # ---- the helper process -----------------------------------------------------------------
@@ -906,14 +925,10 @@ class Archiver:
         return self._shares_helper(st.st_size)
 
     def _ready_helper(self, size: int) -> bool:
-        """Whether the helper takes another large file of ``size`` bytes: started once the
-        large files met come to ``_helper_start``, while it has room."""
+        """Whether a large file of ``size`` bytes is for the helper: started once the large
+        files met come to ``_helper_start``."""
         helper = self._running_helper(size, self._helper_start)
-        if helper is None:
-            return False
-        while not helper.stopped and self._helper_large >= _HELPER_FILES:
-            self._collect_helper(wait=True)
-        return not helper.stopped
+        return helper is not None and not helper.stopped
 
     def _shares_helper(self, size: int) -> bool:
         """Whether the helper takes a shared file of ``size`` bytes: started once the files
@@ -951,7 +966,7 @@ class Archiver:
         """Whether the helper (started now if need be) has room for ``entries`` more and holds
         no large file (it would hold them for long)."""
         helper = self._helper or self._started_helper()
-        if helper.stopped or self._helper_large:
+        if helper.stopped or self._helper_large or self._waiting_large:
             return False
         if self._helper_entries + entries > _HELPER_ENTRIES and helper.has_news():
             self._collect_helper(wait=False)
@@ -980,8 +995,45 @@ class Archiver:
         while not self._helper.stopped:
             self._collect_helper(wait=True)
 
+    def _give_helper(self, job: _HelperJob) -> None:
+        """A file for the helper: a shared one now, a large one once it has room."""
+        if not job.large:
+            self._hand_to_helper(job)
+            return
+        job.listing.reading += 1
+        self._waiting_large.append(job)
+        self._feed_helper()
+
+    def _feed_helper(self) -> None:
+        """Hand the helper the large files waiting here while it has room for them."""
+        helper = self._helper
+        while (
+            self._waiting_large
+            and helper is not None
+            and not helper.stopped
+            and (
+                self._helper_large < _HELPER_LARGE_FILES
+                or self._helper_large_bytes < _HELPER_LARGE_BYTES
+            )
+        ):
+            self._send_to_helper(self._waiting_large.popleft())
+
+    def _wait_for_helper(self) -> None:
+        """Take the helper's news (handing it more if it has room), then read the last large
+        file waiting for it here; with none, wait for its news."""
+        self._collect_helper(wait=False)
+        if self._waiting_large and self._read_waiting:
+            self._read_here(self._waiting_large.pop())
+        else:
+            self._collect_helper(wait=True)
+
     def _hand_to_helper(self, job: _HelperJob) -> None:
         """Hand the helper a file to read, or a run of entries to back up."""
+        job.listing.reading += 1
+        self._send_to_helper(job)
+
+    def _send_to_helper(self, job: _HelperJob) -> None:
+        """Send the helper a job its listing already counts as reading."""
         assert self._helper is not None
         try:
             if job.names is None:
@@ -990,13 +1042,18 @@ class Archiver:
                 self._helper.back_up(job.path, job.names)
         except OSError as exc:
             self._outlive_helper(exc)
-            job.listing.nodes.extend(self._take_back(job.path, job.names))
+            self._read_here(job)
             return
         self._helper_jobs.append(job)
         self._helper_large += job.large
+        self._helper_large_bytes += job.size if job.large else 0
         self._helper_shared += job.shared
         self._helper_entries += job.entries
-        job.listing.reading += 1
+
+    def _read_here(self, job: _HelperJob) -> None:
+        """A job for the helper read here after all: its nodes join its listing."""
+        job.listing.reading -= 1
+        job.listing.nodes.extend(self._take_back(job.path, job.names))
 
     def _collect_helper(self, wait: bool) -> None:
         """Take the helper's reports; with ``wait``, wait for one. Each reported file's chunk
@@ -1032,6 +1089,7 @@ class Archiver:
             self._unload_helper(self._helper_jobs[self._helper_done])
             self._helper_done += 1
         self._take_helper_stored(helper)
+        self._feed_helper()
         if asked:
             self.uploader.send_checks()
         self.progress.uploaded_bytes += helper.uploaded_bytes - uploaded
@@ -1043,6 +1101,7 @@ class Archiver:
     def _unload_helper(self, job: _HelperJob) -> None:
         """A job the helper finished no longer counts among what it holds."""
         self._helper_large -= job.large
+        self._helper_large_bytes -= job.size if job.large else 0
         self._helper_shared -= job.shared
         self._helper_entries -= job.entries
 
@@ -1103,12 +1162,14 @@ class Archiver:
     def _read_unreported(self) -> None:
         """The helper stopped: what it had not reported is read here."""
         jobs, self._helper_jobs = self._helper_jobs, deque()
-        self._helper_done = self._helper_large = self._helper_shared = self._helper_entries = 0
+        jobs.extend(self._waiting_large)
+        self._waiting_large.clear()
+        self._helper_done = self._helper_large = self._helper_large_bytes = 0
+        self._helper_shared = self._helper_entries = 0
         if jobs:
             log.info("backup helper stopped; reading its %d unreported jobs here", len(jobs))
         for job in jobs:
-            job.listing.reading -= 1
-            job.listing.nodes.extend(self._take_back(job.path, job.names))
+            self._read_here(job)
 
     def _helped_files(self, helped: list[tuple[FileRead, Future[set[bytes]]]]) -> list[Node]:
         """The helper's files, unless the server lacks one of their chunks (then read here)."""

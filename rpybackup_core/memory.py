@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Callable
 from typing import cast
 
@@ -72,3 +73,12 @@ def _keep_on_heap(mmap_threshold: int, trim_threshold: int) -> None:
         mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     ):
         log.debug("mallopt refused the mmap or trim threshold; freed buffers go back to the kernel")
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now, or None where ``/proc`` does not tell (not Linux)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

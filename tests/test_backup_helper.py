@@ -124,6 +124,44 @@ def test_a_first_backup_starts_the_helper_at_its_first_large_file(
     assert result.errors == [] and [helper.files for helper in helpers.started] == [5]
 
 
+def _raw_photos(root: Path, count: int) -> Path:
+    """``count`` incompressible files just over HELPER_FILE, one directory: large files alone."""
+    rng = random.Random(13)
+    root.mkdir(parents=True)
+    for index in range(count):
+        (root / f"RAW_{index:04d}.dng").write_bytes(rng.randbytes(HELPER_FILE + MIB))
+    return root
+
+
+@pytest.mark.parametrize(("held", "read_here"), [(1024**4, True), (0, False)])
+def test_a_walk_done_in_little_memory_reads_large_files_waiting_for_the_helper(
+    server,
+    alice: BackupClient,
+    tmp_path: Path,
+    helper_starter,
+    monkeypatch: pytest.MonkeyPatch,
+    held: int,
+    read_here: bool,
+) -> None:
+    """The helper holds two large files at a time and the others wait. Where the walk, done,
+    would wait for the helper it reads a waiting one itself, if it holds less memory than the
+    bound (here far more, or none); each file is still stored once and restores whole."""
+    source = _raw_photos(tmp_path / "src", 8)
+    monkeypatch.setattr(archiver, "_HELPER_LARGE_BYTES", 0)
+    monkeypatch.setattr(archiver, "_READ_WAITING_RSS", held)
+    helpers = helper_starter(alice, BackupHelper)
+
+    result = _backup(alice, source, helpers)
+
+    assert result.errors == [] and result.files == 8
+    assert len(helpers.started) == 1
+    read_by_helper = helpers.started[0].files
+    assert 2 <= read_by_helper < 8 if read_here else read_by_helper == 8
+    stats = server.repo.chunk_stats(server.repo.client_by_name("alice").id)
+    assert result.uploaded_chunks == stats["chunks"]
+    assert _restored(alice, source, tmp_path / "out") == []
+
+
 def _photos(root: Path, count: int) -> Path:
     """``count`` incompressible files of 2 MiB: over HELPER_SHARED_FILE, under HELPER_FILE."""
     rng = random.Random(11)

@@ -1,4 +1,5 @@
-"""Malloc settings: worker threads share an arena; freed buffers stay on the heap."""
+"""Malloc settings: worker threads share an arena; freed buffers stay on the heap. And what
+the process holds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from rpybackup_core.memory import resident_bytes
 
 _PROBE = """
 import ctypes, sys
@@ -64,3 +67,12 @@ def test_keep_chunk_buffers_puts_a_chunk_and_a_chunkers_window_on_the_heap() -> 
 
 def test_keep_chunk_buffers_still_maps_a_buffer_larger_than_any_chunk() -> None:
     assert _where_a_buffer_lives("chunks", 12 * MIB) == "mapped"
+
+
+def test_resident_bytes_counts_the_pages_this_process_has_touched() -> None:
+    before = resident_bytes()
+    touched = b"\x01" * (32 * MIB)
+    after = resident_bytes()
+
+    assert before is not None and after is not None
+    assert after - before >= 30 * MIB and len(touched) == 32 * MIB
