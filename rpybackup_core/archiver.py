@@ -99,10 +99,10 @@ HELPER_START = 64 * 1024 * 1024
 # helper while this process waited (docs/performance.md, finding 99).
 _HELPER_LARGE_FILES = 2
 _HELPER_LARGE_BYTES = 64 * 1024 * 1024
-# ... but only if this process holds less than this at the end of its walk: reading large
-# files takes up to ~40 MiB of buffers more (raw photos: 37 -> 77 MiB), and after a walk of
-# many small files the heap has no room for them (the issue's dataset beside the libraries
-# then peaked at 104-107 MiB; finding 98).
+# ... but only if this process holds less than this at the end of its walk (if not, the helper
+# is then handed them all): reading large files takes up to ~40 MiB of buffers more (raw
+# photos: 37 -> 77 MiB), and after a walk of many small files the heap has no room for them
+# (the issue's dataset beside the libraries then peaked at 104-107 MiB; finding 98).
 _READ_WAITING_RSS = 56 * 1024 * 1024
 # Files larger than this and up to HELPER_FILE are shared: one goes to the helper while it
 # holds less than _HELPER_SHARED_BYTES of them, or is read here, never waited for. A tree of
@@ -523,8 +523,7 @@ class Archiver:
             if node is not None:
                 nodes.append(node)
         if self._read_waiting is None:
-            resident = resident_bytes()
-            self._read_waiting = resident is not None and resident < _READ_WAITING_RSS
+            self._decide_read_waiting()
         self._run_deferred(wait=True)
         return nodes
 
@@ -1005,18 +1004,27 @@ class Archiver:
         self._feed_helper()
 
     def _feed_helper(self) -> None:
-        """Hand the helper the large files waiting here while it has room for them."""
+        """Hand the helper the large files waiting here while it has room for them; all of
+        them once the walk is done and this process will not read them."""
         helper = self._helper
         while (
             self._waiting_large
             and helper is not None
             and not helper.stopped
             and (
-                self._helper_large < _HELPER_LARGE_FILES
+                self._read_waiting is False
+                or self._helper_large < _HELPER_LARGE_FILES
                 or self._helper_large_bytes < _HELPER_LARGE_BYTES
             )
         ):
             self._send_to_helper(self._waiting_large.popleft())
+
+    def _decide_read_waiting(self) -> None:
+        """The walk is done: whether this process reads large files waiting for the helper
+        (see _READ_WAITING_RSS)."""
+        resident = resident_bytes()
+        self._read_waiting = resident is not None and resident < _READ_WAITING_RSS
+        self._feed_helper()
 
     def _wait_for_helper(self) -> None:
         """Take the helper's news (handing it more if it has room), then read the last large
