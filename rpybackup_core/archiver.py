@@ -99,10 +99,11 @@ HELPER_START = 64 * 1024 * 1024
 # helper while this process waited (docs/performance.md, finding 99).
 _HELPER_LARGE_FILES = 2
 _HELPER_LARGE_BYTES = 64 * 1024 * 1024
-# ... but only if this process holds less than this at the end of its walk (if not, the helper
-# is then handed them all): reading large files takes up to ~40 MiB of buffers more (raw
-# photos: 37 -> 77 MiB), and after a walk of many small files the heap has no room for them
-# (the issue's dataset beside the libraries then peaked at 104-107 MiB; finding 98).
+# ... but only if this process holds less than this at the end of its walk (once it holds
+# more, even during the walk, the helper is handed them all): reading large files takes up to
+# ~40 MiB of buffers more (raw photos: 37 -> 77 MiB), and after a walk of many small files the
+# heap has no room for them (the issue's dataset beside the libraries then peaked at 104-107
+# MiB; finding 98).
 _READ_WAITING_RSS = 56 * 1024 * 1024
 # Files larger than this and up to HELPER_FILE are shared: one goes to the helper while it
 # holds less than _HELPER_SHARED_BYTES of them, or is read here, never waited for. A tree of
@@ -1002,6 +1003,10 @@ class Archiver:
         job.listing.reading += 1
         self._waiting_large.append(job)
         self._feed_helper()
+        if self._waiting_large and self._read_waiting is None and not self._holds_little():
+            # Already too much to read them at the end of the walk: the helper may have them.
+            self._read_waiting = False
+            self._feed_helper()
 
     def _feed_helper(self) -> None:
         """Hand the helper the large files waiting here while it has room for them; all of
@@ -1020,11 +1025,14 @@ class Archiver:
             self._send_to_helper(self._waiting_large.popleft())
 
     def _decide_read_waiting(self) -> None:
-        """The walk is done: whether this process reads large files waiting for the helper
-        (see _READ_WAITING_RSS)."""
-        resident = resident_bytes()
-        self._read_waiting = resident is not None and resident < _READ_WAITING_RSS
+        """The walk is done: whether this process reads large files waiting for the helper."""
+        self._read_waiting = self._holds_little()
         self._feed_helper()
+
+    def _holds_little(self) -> bool:
+        """Whether this process holds little enough to read large files (_READ_WAITING_RSS)."""
+        resident = resident_bytes()
+        return resident is not None and resident < _READ_WAITING_RSS
 
     def _wait_for_helper(self) -> None:
         """Take the helper's news (handing it more if it has room), then read the last large
