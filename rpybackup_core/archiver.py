@@ -104,7 +104,7 @@ _HELPER_LARGE_BYTES = 64 * 1024 * 1024
 # ~40 MiB of buffers more (raw photos: 37 -> 77 MiB), and after a walk of many small files the
 # heap has no room for them (the dataset beside the libraries then peaked at 104-107
 # MiB; finding 98).
-_READ_WAITING_RSS = 56 * 1024 * 1024
+_READ_WAITING_RSS = 48 * 1024 * 1024
 # Files larger than this and up to HELPER_FILE are shared: one goes to the helper while it
 # holds less than _HELPER_SHARED_BYTES of them, or is read here, never waited for. A tree of
 # such files alone (photos) otherwise ran in one process, with a core half idle. The helper
