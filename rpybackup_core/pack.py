@@ -36,7 +36,7 @@ END_MAGIC_V1 = b"RPBPEND1"
 ENTRY_V1 = struct.Struct(">32sQI32s")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackEntry:
     chunk_id: bytes
     offset: int
