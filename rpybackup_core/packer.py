@@ -1,12 +1,12 @@
 """One upload session's pack writing, on a thread of its own.
 
 The connection thread checks each put and hands the new records over; this thread hashes them
-(the storage hash the pack trailer and the index keep), appends them to the open pack and, when
-the pack is full, makes it durable and indexes it. Meanwhile the connection thread goes back to
-the socket (TLS decryption, the next request): on two cores the two overlap. A full pack is
-made durable and indexed on a third thread, while the writer goes on with the next pack: its
-fsync had stalled the writer, and behind the writer's queue bound the connection thread and the
-client's pipeline (docs/performance.md, finding 101).
+(the storage hash the pack trailer and the index keep) and appends them to the open pack.
+Meanwhile the connection thread goes back to the socket (TLS decryption, the next request): on
+two cores the two overlap. A full pack is made durable and indexed on a third thread, the
+committer, while the writer goes on with the next pack: the fsync had stalled the writer, and
+behind the writer's queue bound the connection thread and the client's pipeline
+(docs/performance.md, finding 101).
 
 Results come back in submission order as the row ids of each pack committed. After a storage
 failure the jobs already queued are skipped and the failure is raised once, to the connection
@@ -69,8 +69,9 @@ class Packer:
     def submit(self, records: Sequence[Record]) -> list[dict[bytes, int]]:
         """Queue records for the open pack; returns the packs committed since the last call.
 
-        Waits while more than the queue bound is in flight. Raises the StorageError of a
-        failed write once, after which nothing not yet returned was stored.
+        Waits while more than the queue bounds wait to be written or committed. Raises the
+        StorageError of a failed write or commit once, after which nothing not yet returned
+        was stored.
         """
         size = sum(len(sealed) for _, sealed in records)
         self._jobs.append((self._pool.submit(self._write, records), size, len(records)))
