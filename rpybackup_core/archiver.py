@@ -1035,13 +1035,15 @@ class Archiver:
         return resident is not None and resident < _READ_WAITING_RSS
 
     def _wait_for_helper(self) -> None:
-        """Take the helper's news (handing it more if it has room), then read the last large
-        file waiting for it here; with none, wait for its news."""
-        self._collect_helper(wait=False)
-        if self._waiting_large and self._read_waiting:
-            self._read_here(self._waiting_large.pop())
-        else:
-            self._collect_helper(wait=True)
+        """Where the walk would wait for the helper's news: if this process reads waiting large
+        files, take the news (handing the helper more if it has room) and read the last one
+        still waiting here; otherwise, or with none left, wait for the news."""
+        if self._read_waiting:
+            self._collect_helper(wait=False)
+            if self._waiting_large:
+                self._read_here(self._waiting_large.pop())
+                return
+        self._collect_helper(wait=True)
 
     def _hand_to_helper(self, job: _HelperJob) -> None:
         """Hand the helper a file to read, or a run of entries to back up."""
@@ -1061,10 +1063,7 @@ class Archiver:
             self._read_here(job)
             return
         self._helper_jobs.append(job)
-        self._helper_large += job.large
-        self._helper_large_bytes += job.size if job.large else 0
-        self._helper_shared += job.shared
-        self._helper_entries += job.entries
+        self._count_held(job, 1)
 
     def _read_here(self, job: _HelperJob) -> None:
         """A job for the helper read here after all: its nodes join its listing."""
@@ -1116,10 +1115,14 @@ class Archiver:
 
     def _unload_helper(self, job: _HelperJob) -> None:
         """A job the helper finished no longer counts among what it holds."""
-        self._helper_large -= job.large
-        self._helper_large_bytes -= job.size if job.large else 0
-        self._helper_shared -= job.shared
-        self._helper_entries -= job.entries
+        self._count_held(job, -1)
+
+    def _count_held(self, job: _HelperJob, sign: int) -> None:
+        """Count a job among what the helper holds (``sign`` 1), or no longer (-1)."""
+        self._helper_large += sign * job.large
+        self._helper_large_bytes += sign * job.large * job.size
+        self._helper_shared += sign * job.shared
+        self._helper_entries += sign * job.entries
 
     def _take_entries(self, report: EntriesRead, listing: _Listing) -> None:
         """Entries the helper backed up: their nodes join the listing, its counts the
