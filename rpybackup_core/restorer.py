@@ -170,7 +170,7 @@ _Entry = tuple[str, Node, str]
 _Segment = tuple[OpenDir, list[_Entry]]
 
 
-def _slices(files: list[_Entry]) -> Iterator[list[_Entry]]:
+def _sliced(files: list[_Entry]) -> Iterator[list[_Entry]]:
     """A directory's small files in slices of at most _SLICE_FILES files and _SLICE_BYTES
     (a larger file alone)."""
     taken: list[_Entry] = []
@@ -255,7 +255,8 @@ class Restorer:
         self._slice_numbers = itertools.count()
         self._small_seen = 0
         self._small_bytes = 0
-        # Bytes of small files in the slices the helper is writing.
+        # Small files, and their bytes, in the slices the helper is writing.
+        self._handed_small_files = 0
         self._handed_small_bytes = 0
         # What the helper wrote that progress counts so far, and of that, its finished files.
         self._helper_written = 0
@@ -592,7 +593,7 @@ class Restorer:
                 self._restore_file(where, node.name, node, shown)
             else:
                 small.append((node.name, node, shown))
-        for entries in _slices(small):
+        for entries in _sliced(small):
             size = sum(node.size for _, node, _ in entries)
             self._small_seen += len(entries)
             self._small_bytes += size
@@ -861,10 +862,9 @@ class Restorer:
             self._write_handed_here()
             return False
         # Large files in hand keep it busy (they are fetched in a row; slices would wait).
-        handed_small = sum(len(handed) for _, handed in self._slices.values())
         if (
             self._handed
-            or handed_small + len(entries) > _HANDED_SMALL_FILES
+            or self._handed_small_files + len(entries) > _HANDED_SMALL_FILES
             or self._handed_small_bytes + size > _HANDED_SMALL_BYTES
         ):
             return False
@@ -879,6 +879,7 @@ class Restorer:
             self._write_handed_here()
             return False
         self._slices[number] = (where, entries)
+        self._handed_small_files += len(entries)
         self._handed_small_bytes += size
         where.pending += 1
         return True
@@ -943,6 +944,7 @@ class Restorer:
         if handed is None:
             raise RestoreError(f"restore helper reported an unknown slice: {outcome.number}")
         where, entries = handed
+        self._handed_small_files -= len(entries)
         self._handed_small_bytes -= sum(node.size for _, node, _ in entries)
         self._helper_finished += outcome.written
         for shown, error in outcome.errors:
@@ -970,7 +972,7 @@ class Restorer:
         )
         handed, self._handed = self._handed, {}
         slices, self._slices = self._slices, {}
-        self._handed_small_bytes = 0
+        self._handed_small_files = self._handed_small_bytes = 0
         # What it wrote of these is written again.
         self.progress.bytes_done -= self._helper_written - self._helper_finished
         for where, temp, follow_existing in handed.values():
@@ -992,6 +994,7 @@ class Restorer:
             temp.abort()
         self._handed.clear()
         self._slices.clear()
+        self._handed_small_files = self._handed_small_bytes = 0
         if self._helper is not None:
             self._helper.close(abandon)
 
